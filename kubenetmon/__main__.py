@@ -1,0 +1,5 @@
+import sys
+
+from kubenetmon.cli import main
+
+sys.exit(main())

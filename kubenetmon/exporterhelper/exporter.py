@@ -1,0 +1,219 @@
+"""The queued exporter: queue, batching, retries and self-metrics, written once.
+
+An exporter subclasses :class:`QueuedExporter` and implements :meth:`push`
+(send one block, raise :class:`~kubenetmon.errors.RetryableError` or
+:class:`~kubenetmon.errors.PermanentError`), and optionally
+:meth:`open`/:meth:`close` for its client.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+from kubenetmon.component import BaseComponent, CreateSettings, Host
+from kubenetmon.errors import BackpressureError, PermanentError, RetryableError
+from kubenetmon.exporterhelper.config import ExporterHelperConfig
+from kubenetmon.exporterhelper.queue import Block, SendingQueue
+from kubenetmon.exporterhelper.retry import backoff_intervals
+from kubenetmon.flows import FlowBatch
+
+__all__ = ["QueuedExporter"]
+
+
+class QueuedExporter(BaseComponent):
+    """Base of exporters: ``consume`` queues, workers ``push`` blocks with retries."""
+
+    def __init__(self, settings: CreateSettings, config: ExporterHelperConfig) -> None:
+        self.settings = settings
+        self.helper_config = config
+        self.log = settings.logger
+        q = config.sending_queue
+        self._queue_capacity = q.capacity if q.enabled else 1
+        self._queue: SendingQueue | None = None
+        self._workers: list[threading.Thread] = []
+        self._drain = threading.Event()  # flush what is queued, then stop
+        self._abort = threading.Event()  # stop now (deadline passed)
+        self._accepting = False
+        self._shutdown_done = False
+        self._failed: str | None = None
+        self._rng = random.Random()
+        m = settings.metrics
+        self.m_sent = m.counter("exporter_sent_flows_total", "Flows delivered by an exporter.")
+        self.m_send_failed = m.counter(
+            "exporter_send_failed_flows_total", "Flows in send attempts that failed (retried or not)."
+        )
+        self.m_dropped = m.counter(
+            "exporter_dropped_flows_total", "Flows an exporter gave up on, by reason.", ["reason"]
+        )
+        self.m_refused = m.counter(
+            "exporter_enqueue_refused_flows_total", "Flows refused because the queue was full (backpressure)."
+        )
+        self.m_retries = m.counter("exporter_retries_total", "Send attempts that were retries.")
+        self.m_queue_size = m.gauge("exporter_queue_size", "Batches in the sending queue (incl. in flight).")
+        self.m_queue_capacity = m.gauge("exporter_queue_capacity", "Capacity of the sending queue, in batches.")
+        self.m_queue_bytes = m.gauge("exporter_queue_bytes", "Bytes of the persistent queue on disk.")
+        self.m_latency = m.histogram(
+            "exporter_send_latency_seconds",
+            "Duration of successful send attempts.",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.m_queue_capacity.set(self._queue_capacity)
+
+    # --- for subclasses --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the client. Called by ``start`` before any push."""
+
+    def close(self) -> None:
+        """Close the client. Called by ``shutdown`` after the last push."""
+
+    def push(self, block: Block, timeout: float) -> None:
+        """Send one block within ``timeout`` seconds. ``block.id`` is an idempotency key."""
+        raise NotImplementedError
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self, host: Host) -> None:
+        q = self.helper_config.sending_queue
+        directory = q.directory if q.enabled and q.storage == "persistent" else None
+        self._queue = SendingQueue(self._queue_capacity, directory)
+        recovered = self._queue.size()
+        if recovered:
+            self.log.info("persistent queue holds %d batches from a previous run; sending them first", recovered)
+        self.open()
+        self._accepting = True
+        workers = q.num_consumers if q.enabled else 1
+        for i in range(workers):
+            t = threading.Thread(target=self._work, name=f"{self.settings.id}-sender-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self._update_gauges()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        self._accepting = False
+        if self._queue is None:
+            return
+        self._drain.set()
+        deadline = time.monotonic() + timeout
+        for t in self._workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._workers):
+            self._abort.set()
+            for t in self._workers:
+                t.join(5.0)
+        lost = self._queue.close()
+        if lost:
+            n = sum(len(b) for b in lost)
+            self.m_dropped.labels(reason="shutdown").inc(n)
+            self.log.error(
+                "shutdown deadline passed with %d flows in the memory queue: dropped; use "
+                "sending_queue.storage: persistent to keep them across restarts",
+                n,
+            )
+        elif self._queue.size():
+            self.log.warning("%d batches stay in the persistent queue for the next start", self._queue.size())
+        self.close()
+
+    def is_ready(self) -> bool:
+        return self._accepting
+
+    def health(self) -> str | None:
+        if self._failed:
+            return self._failed
+        if self._accepting and not all(t.is_alive() for t in self._workers):
+            return "a sending worker died"
+        return None
+
+    # --- data path -------------------------------------------------------------------
+
+    def consume(self, batch: FlowBatch) -> None:
+        if batch.is_empty():
+            return
+        if not self._accepting or self._queue is None:
+            raise BackpressureError(f"exporter {self.settings.id} is not running")
+        q = self.helper_config.sending_queue
+        timeout = q.block_timeout if q.full_policy == "block" else 0.0
+        if self._queue.put(batch, timeout):
+            self._update_gauges()
+            return
+        n = len(batch)
+        if q.full_policy == "drop":
+            self.m_dropped.labels(reason="queue_full").inc(n)
+            self.log.warning("sending queue full (%d batches): dropped %d flows", self._queue.capacity, n)
+            return
+        self.m_refused.inc(n)
+        raise BackpressureError(f"sending queue of exporter {self.settings.id} is full", retry_after=1.0)
+
+    def _update_gauges(self) -> None:
+        if self._queue is not None:
+            self.m_queue_size.set(self._queue.size())
+            self.m_queue_bytes.set(self._queue.bytes_on_disk)
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        b = self.helper_config.batch
+        try:
+            while not self._abort.is_set():
+                block = self._queue.take_block(b.max_flows, b.max_wait, b.align, self._drain)
+                if block is None:
+                    if self._drain.is_set():
+                        return
+                    continue
+                self._send(block)
+                self._update_gauges()
+        except Exception as exc:  # a bug, not a send failure: make it visible in health
+            self._failed = f"sending worker crashed: {exc!r}"
+            self.log.exception("sending worker crashed")
+
+    def _send(self, block: Block) -> None:
+        assert self._queue is not None
+        n = len(block)
+        retry = self.helper_config.retry_on_failure
+        waits = backoff_intervals(retry, self._rng)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                self.push(block, self.helper_config.timeout)
+            except PermanentError as exc:
+                self.m_send_failed.inc(n)
+                self.m_dropped.labels(reason="permanent_error").inc(n)
+                self.log.error("dropping %d flows: permanent error: %s", n, exc)
+                self._queue.ack(block)
+                return
+            except Exception as exc:
+                self.m_send_failed.inc(n)
+                retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+                wait = next(waits, None) if retry.enabled else None
+                if wait is None:
+                    self.m_dropped.labels(reason="retries_exhausted").inc(n)
+                    self.log.error("dropping %d flows after %d attempts: %s", n, attempt + 1, exc)
+                    self._queue.ack(block)
+                    return
+                if retry_after is not None:
+                    wait = max(wait, retry_after)
+                self.log.warning("send of %d flows failed (%s); retrying in %.1fs", n, exc, wait)
+                if self._abort.wait(wait):
+                    self._give_up_at_shutdown(block)
+                    return
+                attempt += 1
+                self.m_retries.inc()
+                continue
+            self.m_latency.observe(time.monotonic() - started)
+            self.m_sent.inc(n)
+            self._queue.ack(block)
+            return
+
+    def _give_up_at_shutdown(self, block: Block) -> None:
+        assert self._queue is not None
+        # Persistent: the block stays on disk and is re-sent with the same id
+        # after a restart. Memory: close() counts it with the rest of what is lost.
+        self._queue.release(block)
+        if self.helper_config.sending_queue.storage == "persistent":
+            self.log.warning("block %s stays on disk; it will be re-sent with the same id after restart", block.id)

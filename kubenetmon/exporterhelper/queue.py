@@ -1,0 +1,248 @@
+"""The sending queue: bounded, in memory or persistent on disk, handing out blocks.
+
+A *block* is what one send attempt carries: one or more queued batches.
+Blocks have an id that stays the same across retries, and, with persistent
+storage, across restarts: the block's manifest (its id and the batches in
+it) is written to disk before its first attempt, so a block whose
+acknowledgement was lost is re-sent after a crash with the same id and the
+same content. Exporters pass the id to their peer as an idempotency key
+(``insert_deduplication_token`` for ClickHouse, ``kubenetmon-batch-id`` for
+OTLP), which makes delivery exactly-once end to end.
+
+Persistent layout (``directory``)::
+
+    items/<seq>.batch     one accepted batch (pickle), written atomically
+    blocks/<id>.json      a block's manifest: the seqs it holds
+
+A batch is durable when :meth:`SendingQueue.put` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubenetmon.flows import Flow, FlowBatch
+
+__all__ = ["Block", "SendingQueue"]
+
+
+@dataclass
+class Block:
+    """Batches sent together; ``id`` is stable across retries and restarts."""
+
+    id: str
+    batches: list[FlowBatch]
+    seqs: list[int] = field(default_factory=list)
+    recovered: bool = False  # read back from disk after a restart
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def flows(self) -> list[Flow]:
+        return [f for b in self.batches for f in b.flows]
+
+    def merged(self) -> FlowBatch:
+        out = FlowBatch()
+        for b in self.batches:
+            out.records.extend(b.records)
+            out.flows.extend(b.flows)
+        return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class SendingQueue:
+    """Bounded FIFO of batches; ``capacity`` counts queued and in-flight batches."""
+
+    def __init__(self, capacity: int, directory: str | Path | None = None) -> None:
+        self.capacity = capacity
+        self._dir = Path(directory) if directory else None
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[int, float, FlowBatch]] = deque()  # (seq, enqueued monotonic, batch)
+        self._recovered: deque[Block] = deque()
+        self._inflight: dict[str, Block] = {}
+        self._seq = 0
+        self._bytes = 0
+        self._closed = False
+        if self._dir is not None:
+            self._open_persistent(self._dir)
+
+    # --- persistence -----------------------------------------------------------------
+
+    def _open_persistent(self, directory: Path) -> None:
+        items, blocks = directory / "items", directory / "blocks"
+        items.mkdir(parents=True, exist_ok=True)
+        blocks.mkdir(parents=True, exist_ok=True)
+        for tmp in [*items.glob("*.tmp"), *blocks.glob("*.tmp")]:
+            tmp.unlink()  # an interrupted write: the batch was never acknowledged
+        stored: dict[int, Path] = {int(p.stem): p for p in items.glob("*.batch")}
+        self._seq = max(stored, default=0)
+        claimed: set[int] = set()
+        for manifest in sorted(blocks.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
+            seqs = [int(s) for s in json.loads(manifest.read_text())["seqs"]]
+            present = [s for s in seqs if s in stored]
+            if not present:
+                manifest.unlink()
+                continue
+            batches = [self._read(stored[s]) for s in present]
+            self._recovered.append(Block(manifest.stem, batches, present, recovered=True))
+            claimed.update(present)
+        for seq in sorted(stored):
+            if seq not in claimed:
+                self._pending.append((seq, 0.0, self._read(stored[seq])))
+
+    def _read(self, path: Path) -> FlowBatch:
+        data = path.read_bytes()
+        self._bytes += len(data)
+        batch = pickle.loads(data)
+        if not isinstance(batch, FlowBatch):
+            raise ValueError(f"{path} does not hold a flow batch")
+        return batch
+
+    def _item_path(self, seq: int) -> Path:
+        assert self._dir is not None
+        return self._dir / "items" / f"{seq:020d}.batch"
+
+    # --- producer side ---------------------------------------------------------------
+
+    def size(self) -> int:
+        with self._cond:
+            return self._size()
+
+    def _size(self) -> int:
+        return len(self._pending) + sum(len(b.batches) for b in (*self._recovered, *self._inflight.values()))
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return self._bytes
+
+    def put(self, batch: FlowBatch, timeout: float = 0.0) -> bool:
+        """Queue ``batch``; False when still full after ``timeout`` seconds or closed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._size() >= self.capacity and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            if self._closed:
+                return False
+            self._seq += 1
+            seq = self._seq
+            if self._dir is not None:
+                # Written under the lock so that seq order is disk order; the
+                # fsync is the price of "accepted means durable".
+                data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+                _write_atomic(self._item_path(seq), data)
+                self._bytes += len(data)
+            self._pending.append((seq, time.monotonic(), batch))
+            self._cond.notify_all()
+            return True
+
+    # --- consumer side ---------------------------------------------------------------
+
+    def take_block(
+        self, max_flows: int, max_wait: float, align: bool, drain: threading.Event
+    ) -> Block | None:
+        """Wait for and return the next block; None when ``drain`` is set and nothing is left.
+
+        Without ``drain``, returns None only after waking up empty (the caller loops).
+        """
+        with self._cond:
+            if self._recovered:
+                block = self._recovered.popleft()
+                self._inflight[block.id] = block
+                return block
+            while not self._pending:
+                if drain.is_set():
+                    return None
+                self._cond.wait(0.2)
+                if not self._pending and not drain.is_set():
+                    return None
+            first_enqueued = self._pending[0][1]
+            deadline = first_enqueued + max_wait
+            if align and max_wait > 0:
+                now_wall, now_mono = time.time(), time.monotonic()
+                enq_wall = now_wall - (now_mono - first_enqueued)
+                deadline = now_mono + (((enq_wall // max_wait) + 1) * max_wait - now_wall)
+            taken: list[tuple[int, float, FlowBatch]] = []
+            flows = 0
+            while True:
+                while self._pending and flows < max_flows:
+                    item = self._pending.popleft()
+                    taken.append(item)
+                    flows += len(item[2])
+                    if max_wait == 0:
+                        break
+                if max_wait == 0 or flows >= max_flows or drain.is_set():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.2))
+            block = Block(uuid.uuid4().hex, [t[2] for t in taken], [t[0] for t in taken])
+            self._inflight[block.id] = block
+        if self._dir is not None:
+            _write_atomic(self._dir / "blocks" / f"{block.id}.json", json.dumps({"seqs": block.seqs}).encode())
+        return block
+
+    def ack(self, block: Block) -> None:
+        """The block was delivered or given up on: forget it (and delete it from disk)."""
+        if self._dir is not None:
+            for seq in block.seqs:
+                path = self._item_path(seq)
+                try:
+                    self._bytes -= path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            (self._dir / "blocks" / f"{block.id}.json").unlink(missing_ok=True)
+        with self._cond:
+            self._inflight.pop(block.id, None)
+            self._cond.notify_all()
+
+    def release(self, block: Block) -> None:
+        """Stop sending ``block`` without forgetting it.
+
+        Persistent storage keeps it on disk for the next start; memory storage
+        keeps it for :meth:`close` to report as lost.
+        """
+        with self._cond:
+            self._inflight.pop(block.id, None)
+            self._recovered.appendleft(block)
+            self._cond.notify_all()
+
+    def close(self) -> list[FlowBatch]:
+        """Refuse new batches; return what memory-only storage would lose."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            if self._dir is not None:
+                return []
+            left = [b for _, _, b in self._pending]
+            left += [b for blk in (*self._recovered, *self._inflight.values()) for b in blk.batches]
+            return left

@@ -1,0 +1,1 @@
+"""Built-in receivers, one folder each."""

@@ -1,0 +1,30 @@
+"""Suite-wide fixtures and rules.
+
+Kernel tests (marker ``kernel``) need root and network namespaces. They skip
+with a reason elsewhere; under CI (``CI=true``) or with
+``KUBENETMON_REQUIRE_KERNEL=1`` a skipped kernel test fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+
+def _require_kernel() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "KUBENETMON_REQUIRE_KERNEL"
+    ) == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("kernel") is not None and _require_kernel():
+        report.outcome = "failed"
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"kernel test skipped under CI, which counts as a failure: {reason}"
