@@ -17,6 +17,7 @@ from kubenetmon.errors import PluginError
 __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_plugin_manager", "load_components"]
 
 # Built-in components, each an ordinary plugin module with ``@hookimpl`` functions.
+# Keep one module per line, sorted by kind then name.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.debug",
     "kubenetmon.extensions.health_check",
