@@ -25,6 +25,7 @@ Lifecycle contract (every component, built-in or third-party)
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -201,7 +202,7 @@ class Factory(Generic[C]):
     """Common part of all factories; see the kind-specific subclasses."""
 
     type: str
-    config_model: type[C]
+    config_model: builtins.type[C]
     description: str
     stability: Stability = Stability.ALPHA
 

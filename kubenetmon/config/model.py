@@ -35,16 +35,16 @@ class LogsConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
-    logs: LogsConfig = Field(default_factory=LogsConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
 
 
 class ServiceConfig(_Strict):
     extensions: list[str] = Field(default_factory=list, description="Extension ids to start.")
     pipelines: dict[str, PipelineConfig] = Field(description="Named pipelines, e.g. flows or flows/backup.")
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)  # type: ignore[arg-type]
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     identity: Identity = Field(
-        default_factory=Identity,  # type: ignore[arg-type]
+        default_factory=Identity,
         description="Local cloud, region, cluster, environment and cell, shared by all components.",
     )
     shutdown_timeout: float = Field(

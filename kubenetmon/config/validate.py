@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,9 @@ def _validate_section(
     if section is None:
         return result
     if not isinstance(section, dict):
-        problems.append(ConfigProblem(kind.section, f"must be a mapping of ids to configs, got {describe_value(section)}"))
+        problems.append(
+            ConfigProblem(kind.section, f"must be a mapping of ids to configs, got {describe_value(section)}")
+        )
         return result
     for key, body in section.items():
         path = f"{kind.section}::{key}"
@@ -99,14 +102,13 @@ def _validate_section(
                 )
             )
             continue
-        model = entry.factory.config_model
-        if body is None:
-            body = {}
-        if not isinstance(body, dict):
-            problems.append(ConfigProblem(path, f"must be a mapping, got {describe_value(body)}"))
+        model: type[ComponentConfig] = entry.factory.config_model
+        settings = {} if body is None else body
+        if not isinstance(settings, dict):
+            problems.append(ConfigProblem(path, f"must be a mapping, got {describe_value(settings)}"))
             continue
         try:
-            result[id_] = model.model_validate(body)
+            result[id_] = model.model_validate(settings)
         except ValidationError as exc:
             problems.extend(problems_from_validation_error(exc, path, model))
     return result
@@ -132,10 +134,8 @@ def _used_ids(service: ServiceConfig, kind: Kind) -> set[ComponentID]:
     used: set[ComponentID] = set()
     for pipeline in service.pipelines.values():
         for ref in getattr(pipeline, kind.section):
-            try:
+            with contextlib.suppress(ValueError):  # reported by _check_references
                 used.add(ComponentID.parse(ref))
-            except ValueError:
-                pass
     return used
 
 

@@ -72,6 +72,6 @@ class ExporterHelperConfig(ComponentConfig):
     """Fields every queued exporter has; subclass it and add the exporter's own."""
 
     timeout: float = Field(5.0, gt=0, description="Seconds one send attempt may take.")
-    sending_queue: QueueConfig = Field(default_factory=QueueConfig)  # type: ignore[arg-type]
-    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)  # type: ignore[arg-type]
-    batch: BatchConfig = Field(default_factory=BatchConfig)  # type: ignore[arg-type]
+    sending_queue: QueueConfig = Field(default_factory=QueueConfig)
+    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)

@@ -8,7 +8,6 @@ An exporter subclasses :class:`QueuedExporter` and implements :meth:`push`
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time

@@ -79,7 +79,8 @@ class FanOut:
         if len(refused) == len(self._consumers):
             raise refused[0][1]
         deadline = time.monotonic() + self._partial_retry_seconds
-        for i, exc in refused:
+        for i, first_refusal in refused:
+            last_refusal = first_refusal
             delay = 0.05
             while True:
                 if time.monotonic() >= deadline:
@@ -88,7 +89,7 @@ class FanOut:
                         "dropped %d flows for one pipeline branch: it kept refusing (%s) while "
                         "other branches had taken them",
                         len(copies[i]),
-                        exc,
+                        last_refusal,
                     )
                     break
                 time.sleep(delay)
@@ -97,4 +98,4 @@ class FanOut:
                     self._consumers[i].consume(copies[i])
                     break
                 except BackpressureError as again:
-                    exc = again
+                    last_refusal = again

@@ -124,7 +124,8 @@ def build_graph(config: Config, registry: ComponentRegistry, metrics: ComponentM
                 ),
             )
             processor = proc_factory.factory.create(settings, config.component(Kind.PROCESSOR, id_), downstream)
-            graph.processors.append(Node(Kind.PROCESSOR, id_, processor, pipeline=name if len(service.pipelines) > 1 else ""))
+            owner = name if len(service.pipelines) > 1 else ""
+            graph.processors.append(Node(Kind.PROCESSOR, id_, processor, pipeline=owner))
             consumer = CountingConsumer(
                 processor,
                 proc_metrics.counter("processor_incoming_flows_total", "Flows a processor took in."),

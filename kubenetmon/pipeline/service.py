@@ -51,7 +51,7 @@ class Service:
     def get_extension(self, id: ComponentID) -> Extension | None:
         for node in self.graph.extensions:
             if node.id == id:
-                return node.component  # type: ignore[return-value]
+                return node.component
         return None
 
     def components(self) -> Mapping[str, Component]:

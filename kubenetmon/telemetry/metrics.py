@@ -12,10 +12,10 @@ import threading
 from collections.abc import Sequence
 from http.server import ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import make_wsgi_app
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 __all__ = ["BoundMetric", "ComponentMetrics", "MetricsServer"]
 
@@ -30,10 +30,10 @@ class BoundMetric(Generic[M]):
     """
 
     def __init__(self, family: M, component: str, extra: Sequence[str]) -> None:
-        self._family = family
+        self._family: M = family
         self._component = component
         self._extra = tuple(extra)
-        self._plain = None if extra else family.labels(component=component)
+        self._plain: Any = None if extra else family.labels(component=component)
 
     def labels(self, **values: str) -> Any:
         if set(values) != set(self._extra):
@@ -86,7 +86,7 @@ class ComponentMetrics:
                 families[full] = family
             elif not isinstance(family, cls):
                 raise ValueError(f"metric {full} already registered as {type(family).__name__}")
-        return family  # type: ignore[no-any-return]
+        return family  # type: ignore[no-any-return,unused-ignore]
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> BoundMetric[Counter]:
         return BoundMetric(self._family(Counter, name, doc, labels), self.component, labels)
@@ -102,7 +102,7 @@ class ComponentMetrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
 
