@@ -20,7 +20,9 @@ Lifecycle contract (every component, built-in or third-party)
 * ``consume(batch)`` may be called from several threads at once. It either
   takes the batch (and from then on owns it) or raises
   :class:`~kubenetmon.errors.BackpressureError` when it cannot take it now;
-  the caller keeps the batch and retries later.
+  the caller keeps the batch and retries later. Exporters must not change
+  the batches they consume (one batch object may go to several exporters);
+  processors may change theirs (each pipeline gets its own copy).
 """
 
 from __future__ import annotations

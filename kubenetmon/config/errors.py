@@ -29,8 +29,8 @@ def _message(error: dict[str, Any], model: type[BaseModel] | None) -> str:
         return "required, but not set"
     if kind == "literal_error":
         expected = ctx.get("expected", "")
-        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
-        return f"{describe_value(value)} is not one of {', '.join(o for o in options if o)}"
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(", ")]
+        return f"{describe_value(value)} is not one of {', '.join(o or repr('') for o in options)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()), "")

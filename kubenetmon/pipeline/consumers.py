@@ -38,8 +38,10 @@ class FanOut:
     """Hands every batch to each consumer; stands before the exporters of a pipeline
     and after a receiver that feeds several pipelines.
 
-    Consumers other than the last get a copy, so that one may change its batch
-    without affecting another. When *every* consumer refuses a batch the
+    With ``copy`` (in front of pipelines, whose processors change batches)
+    consumers other than the last get a copy, so that one may change its batch
+    without affecting another. In front of exporters no copy is made:
+    exporters must not change the batches they are given. When *every* consumer refuses a batch the
     refusal goes back to the caller, who keeps the batch and retries, so
     nothing is counted twice. When only some refuse, retrying the whole batch
     would duplicate it in those that took it: the refusing ones are retried
@@ -51,11 +53,14 @@ class FanOut:
         self,
         consumers: Sequence[Consumer],
         metrics: ComponentMetrics,
+        *,
+        copy: bool,
         partial_retry_seconds: float = 5.0,
     ) -> None:
         if not consumers:
             raise ValueError("a fan-out needs at least one consumer")
         self._consumers = list(consumers)
+        self._copy = copy
         self._partial_retry_seconds = partial_retry_seconds
         self._dropped = metrics.counter(
             "fanout_dropped_flows_total",
@@ -67,7 +72,7 @@ class FanOut:
             self._consumers[0].consume(batch)
             return
         last = len(self._consumers) - 1
-        copies = [batch.copy() if i < last else batch for i in range(len(self._consumers))]
+        copies = [batch.copy() if self._copy and i < last else batch for i in range(len(self._consumers))]
         refused: list[tuple[int, BackpressureError]] = []
         for i, consumer in enumerate(self._consumers):
             try:

@@ -107,6 +107,7 @@ def build_graph(config: Config, registry: ComponentRegistry, metrics: ComponentM
         consumer: Consumer = FanOut(
             [exporters[ComponentID.parse(r)].component for r in pipeline.exporters],  # type: ignore[misc]
             fanout_metrics,
+            copy=False,
         )
         for ref in reversed(pipeline.processors):
             id_ = ComponentID.parse(ref)
@@ -147,7 +148,7 @@ def build_graph(config: Config, registry: ComponentRegistry, metrics: ComponentM
         assert rec_factory is not None and isinstance(rec_factory.factory, ReceiverFactory)
         settings = _settings(config, Kind.RECEIVER, id_, str(id_), metrics)
         out = CountingConsumer(
-            FanOut(heads, settings.metrics),
+            FanOut(heads, settings.metrics, copy=True),
             settings.metrics.counter("receiver_accepted_flows_total", "Flows a receiver pushed into the pipeline."),
             settings.metrics.counter(
                 "receiver_refused_flows_total", "Flows a receiver could not push because the pipeline pushed back."
