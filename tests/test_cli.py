@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubenetmon.cli import main, mask_secrets
+
+GOOD = """
+exporters:
+  debug: {verbosity: basic}
+  debug/loud: {verbosity: detailed}
+receivers: {}
+extensions:
+  health_check: {endpoint: "127.0.0.1:${env:HC_PORT:-13133}"}
+service:
+  extensions: [health_check]
+  pipelines: {}
+"""
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("kubenetmon 0.")
+
+
+def test_validate_reports_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "exporters:\n  debug: {verbosity: loud}\n  kafka: {}\n"
+        "service:\n  pipelines:\n    flows: {receivers: [otlpp], exporters: [debug]}\n"
+    )
+    assert main(["validate", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "exporters::debug::verbosity: 'loud' is not one of basic, normal, detailed" in err
+    assert "exporters::kafka: unknown exporter type 'kafka'" in err
+    assert "service::pipelines::flows: references receiver 'otlpp' which is not configured" in err
+
+
+def test_print_config_substitutes_and_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HC_PORT", "9999")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD)
+    assert main(["print-config", "--no-validate", "--config", str(cfg)]) == 0
+    assert 'endpoint: 127.0.0.1:9999' in capsys.readouterr().out
+
+
+def test_mask_secrets_hides_passwords_tokens_and_url_credentials() -> None:
+    masked = mask_secrets(
+        {"clickhouse": {"password": "hunter2", "endpoint": "https://default:hunter2@ch:8443/db", "username": "u"},
+         "headers": {"authorization": "Bearer abc"}, "empty_token": {"token": ""}}
+    )
+    assert masked == {
+        "clickhouse": {"password": "<redacted>", "endpoint": "https://default:<redacted>@ch:8443/db", "username": "u"},
+        "headers": {"authorization": "<redacted>"},
+        "empty_token": {"token": ""},
+    }
+
+
+def test_components_lists_builtins_with_their_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["components", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    debug = next(r for r in rows if r["type"] == "debug")
+    assert debug == {
+        "kind": "exporter", "type": "debug", "stability": "beta", "plugin": "kubenetmon.exporters.debug",
+        "description": debug["description"],
+    }
+
+
+def test_console_script_runs() -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("kubenetmon")), "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("kubenetmon ")
