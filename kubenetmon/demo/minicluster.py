@@ -297,6 +297,10 @@ class MiniCluster:
         """Delete a pod's namespace (its veth and the node's routes to it go too)."""
         with self._lock:
             pod = self.pods.pop(name)
+        # Deleting the node's end removes the pair and the routes at once;
+        # a deleted namespace's devices go away later, asynchronously.
+        node = self.nodes[pod.node]
+        node.netns.ip("link", "del", pod.host_ifname)
         pod.netns.delete()
         return pod
 

@@ -1,0 +1,180 @@
+"""Real ``kubenetmon run`` subprocesses (agents, gateway) with guaranteed teardown.
+
+Each process gets its own process group (so ``kill -9`` reaches any child)
+and a log file; :class:`ProcessSet` stops every process it started when it
+closes, even after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+__all__ = ["KubenetmonProcess", "ProcessSet", "free_port", "wait_for_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 20.0, process: KubenetmonProcess | None = None) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``.
+
+    Fails early, with the process's log, when ``process`` exits meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive:
+            raise RuntimeError(f"{process.name} exited ({process.returncode}) before listening:\n{process.log_tail()}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    tail = process.log_tail() if process is not None else ""
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s\n{tail}")
+
+
+class KubenetmonProcess:
+    """One ``python -m kubenetmon run --config …`` subprocess."""
+
+    def __init__(
+        self,
+        name: str,
+        configs: Sequence[Path],
+        *,
+        env: Mapping[str, str],
+        log_dir: Path,
+        log_level: str = "info",
+    ) -> None:
+        self.name = name
+        self.configs = list(configs)
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.log_level = log_level
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "kubenetmon", "run", "--log-level", self.log_level]
+        for config in self.configs:
+            args += ["--config", str(config)]
+        return args
+
+    def start(self) -> KubenetmonProcess:
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._log.write(f"\n=== start {self.starts + 1}: {' '.join(self.command)}\n".encode())
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            self.command,
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: kill() reaches children too
+        )
+        self.starts += 1
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful: the pipeline drains and flushes), then SIGKILL after ``timeout``."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self._proc.wait(10)
+        self._close_log()
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        """``kill -9`` the whole process group: no drain, no flush."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            self._proc.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class ProcessSet:
+    """Owns kubenetmon processes; :meth:`close` stops every one (agents before the gateway)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: dict[str, KubenetmonProcess] = {}
+
+    def spawn(self, name: str, configs: Sequence[Path], env: Mapping[str, str], **kw: str) -> KubenetmonProcess:
+        if name in self.processes and self.processes[name].alive:
+            raise RuntimeError(f"{name} is already running")
+        proc = KubenetmonProcess(name, configs, env=env, log_dir=self.log_dir, **kw)
+        self.processes[name] = proc
+        return proc.start()
+
+    def __getitem__(self, name: str) -> KubenetmonProcess:
+        return self.processes[name]
+
+    def __enter__(self) -> ProcessSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 20.0) -> None:
+        # Agents first: they flush into the gateway, which flushes into storage.
+        order = sorted(self.processes.values(), key=lambda p: p.name.startswith("gateway"))
+        for proc in order:
+            try:
+                proc.stop(timeout)
+            except Exception:
+                proc.kill()
