@@ -1,0 +1,57 @@
+{{/*
+The agent's pipeline config, generated from the values, before .Values.config is merged
+over it. Keys are the components' own config keys (see each component's README).
+*/}}
+{{- define "kubenetmon-agent.generatedPipeline" -}}
+receivers:
+  conntrack:
+    node_name: "${env:NODE_NAME}"
+    interval: {{ include "kubenetmon-agent.seconds" .Values.configuration.collectionInterval }}
+    sanity_check: {{ not .Values.configuration.skipConntrackSanityCheck }}
+    uptime_wait: {{ include "kubenetmon-agent.seconds" .Values.configuration.uptimeWaitDuration }}
+    configure_sysctls: {{ eq .Values.configuration.sysctls "agent" }}
+    checkpoint_path: /var/lib/kubenetmon/checkpoint
+exporters:
+  otlp:
+    endpoint: {{ include "kubenetmon-agent.gatewayEndpoint" . | quote }}
+    tls:
+      insecure: {{ not .Values.gateway.tls.enabled }}
+      {{- if .Values.gateway.tls.enabled }}
+      insecure_skip_verify: {{ .Values.gateway.tls.insecureSkipVerify }}
+      {{- if .Values.gateway.tls.caSecret }}
+      ca_file: /etc/kubenetmon-tls/ca.crt
+      {{- end }}
+      {{- end }}
+    {{- if .Values.gateway.token.enabled }}
+    headers:
+      authorization: "Bearer ${env:KUBENETMON_AGENT_TOKEN}"
+    {{- end }}
+    sending_queue:
+      storage: persistent
+      directory: /var/lib/kubenetmon/queue
+extensions:
+  health_check:
+    endpoint: {{ printf "0.0.0.0:%d" (int .Values.healthCheck.port) | quote }}
+service:
+  extensions: [health_check]
+  pipelines:
+    flows:
+      receivers: [conntrack]
+      exporters: [otlp]
+  telemetry:
+    metrics:
+      address: {{ ternary (printf "0.0.0.0:%d" (int .Values.metrics.port)) "" .Values.metrics.enabled | quote }}
+    logs:
+      level: {{ .Values.logs.level }}
+      encoding: {{ .Values.logs.encoding }}
+  shutdown_timeout: {{ max 5 (sub (int .Values.terminationGracePeriodSeconds) 5) }}
+{{- end }}
+
+{{/* The pipeline config written to the ConfigMap: generated, with .Values.config merged over it. */}}
+{{- define "kubenetmon-agent.pipeline" -}}
+{{- $generated := include "kubenetmon-agent.generatedPipeline" . | fromYaml }}
+{{- if hasKey $generated "Error" }}
+{{- fail (printf "internal error rendering the pipeline: %s" $generated.Error) }}
+{{- end }}
+{{- toYaml (mustMergeOverwrite $generated (deepCopy .Values.config)) }}
+{{- end }}

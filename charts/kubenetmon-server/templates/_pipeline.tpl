@@ -1,0 +1,84 @@
+{{/*
+The gateway's pipeline config, generated from the values, before .Values.config is merged
+over it. Keys are the components' own config keys (see each component's README).
+*/}}
+{{- define "kubenetmon-server.generatedPipeline" -}}
+{{- $ch := include "kubenetmon-server.clickhouse" . | fromYaml }}
+{{- $processors := list "k8s_attributes" "cloud_prefix" }}
+{{- if .Values.connectionFlags.flags }}
+{{- $processors = append $processors "connection_flags" }}
+{{- end }}
+receivers:
+  otlp:
+    grpc:
+      endpoint: {{ printf "0.0.0.0:%d" (int .Values.service.port) | quote }}
+      max_connection_age: {{ include "kubenetmon-server.seconds" .Values.agentChannel.maxConnectionAge }}
+      {{- if .Values.agentChannel.tls.enabled }}
+      tls:
+        cert_file: /etc/kubenetmon-tls/tls.crt
+        key_file: /etc/kubenetmon-tls/tls.key
+      {{- end }}
+      {{- if .Values.agentChannel.token.enabled }}
+      bearer_token: "${env:KUBENETMON_AGENT_TOKEN}"
+      {{- end }}
+processors:
+  k8s_attributes:
+    owners: {{ .Values.attribution.owners }}
+  cloud_prefix: {}
+  {{- if .Values.connectionFlags.flags }}
+  connection_flags:
+    flags: {{ toYaml .Values.connectionFlags.flags | nindent 6 }}
+  {{- end }}
+{{- if .Values.inserter.enabled }}
+exporters:
+  clickhouse:
+    endpoint: {{ $ch.url }}
+    database: {{ .Values.inserter.database | quote }}
+    table: {{ .Values.inserter.table | quote }}
+    username: "${env:CLICKHOUSE_USERNAME}"
+    password: "${env:CLICKHOUSE_PASSWORD}"
+    insecure_skip_verify: {{ .Values.inserter.insecureSkipVerify }}
+    connect_timeout: {{ include "kubenetmon-server.seconds" .Values.inserter.dialTimeout }}
+    wait_for_async_insert: {{ .Values.inserter.waitForAsyncInsert }}
+    batch:
+      max_flows: {{ int .Values.inserter.batchSize }}
+      max_wait: {{ include "kubenetmon-server.seconds" .Values.inserter.batchSendTimeout }}
+{{- end }}
+extensions:
+  health_check:
+    endpoint: {{ printf "0.0.0.0:%d" (int .Values.healthCheck.port) | quote }}
+service:
+  extensions: [health_check]
+  pipelines:
+    flows:
+      receivers: [otlp]
+      processors: {{ toJson $processors }}
+      exporters: {{ ternary (list "clickhouse") (list) .Values.inserter.enabled | toJson }}
+  telemetry:
+    metrics:
+      address: {{ ternary (printf "0.0.0.0:%d" (int .Values.metrics.port)) "" .Values.metrics.enabled | quote }}
+    logs:
+      level: {{ .Values.logs.level }}
+      encoding: {{ .Values.logs.encoding }}
+  identity:
+    cloud: {{ .Values.cloud | quote }}
+    region: {{ .Values.region | quote }}
+    cluster: {{ .Values.cluster | quote }}
+    environment: {{ .Values.environment | quote }}
+    cell: {{ .Values.cell | quote }}
+  shutdown_timeout: {{ max 5 (sub (int .Values.terminationGracePeriodSeconds) 10) }}
+{{- end }}
+
+{{/* The pipeline config written to the ConfigMap: generated, with .Values.config merged over it. */}}
+{{- define "kubenetmon-server.pipeline" -}}
+{{- $generated := include "kubenetmon-server.generatedPipeline" . | fromYaml }}
+{{- if hasKey $generated "Error" }}
+{{- fail (printf "internal error rendering the pipeline: %s" $generated.Error) }}
+{{- end }}
+{{- $merged := mustMergeOverwrite $generated (deepCopy .Values.config) }}
+{{- $exporters := dig "service" "pipelines" "flows" "exporters" (list) $merged }}
+{{- if not $exporters }}
+{{- fail "no exporter in service.pipelines.flows: with inserter.enabled=false, add one under config (e.g. config.exporters.otlp and config.service.pipelines.flows.exporters=[otlp])" }}
+{{- end }}
+{{- toYaml $merged }}
+{{- end }}
