@@ -1,0 +1,123 @@
+"""Config of the ``clickhouse`` exporter."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kubenetmon.exporterhelper import BatchConfig, ExporterHelperConfig, RetryConfig
+
+__all__ = ["ClickHouseConfig", "TLSConfig"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class TLSConfig(BaseModel):
+    """TLS towards a ClickHouse server (``https://`` endpoints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: str = Field("", description="PEM file of the CA(s) that signed the server certificate; "
+                         "empty uses the system trust store.")
+    cert_file: str = Field("", description="Client certificate (PEM) for mutual TLS.")
+    key_file: str = Field("", description="Private key of cert_file, when it is not inside cert_file.")
+    insecure_skip_verify: bool = Field(
+        False, description="Do not verify the server certificate. For tests only: it allows interception."
+    )
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TLSConfig:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file is set but cert_file is not; set both for mutual TLS")
+        return self
+
+
+class ClickHouseConfig(ExporterHelperConfig):
+    """Where and how rows go into the ``network_flows_0`` table."""
+
+    endpoint: str = Field(
+        "http://localhost:8123/default",
+        description="DSN of the target: https://host:8443/db or http://host:8123/db for a server, or "
+        "chdb:///abs/path for the embedded engine (one process per path). user:password@ in a server "
+        "DSN is accepted but username/password keys are preferred.",
+    )
+    database: str = Field("", description="Database of the table; empty takes it from the DSN path, else 'default'.")
+    table: str = Field("network_flows_0", description="Table the rows go to.")
+    username: str = Field("", description="User; empty falls back to username_file, then $CLICKHOUSE_USERNAME, "
+                          "then the DSN, then 'default'.")
+    username_file: str = Field("", description="File holding the user (trailing whitespace trimmed).")
+    password: str = Field("", description="Password; empty falls back to password_file, then "
+                          "$CLICKHOUSE_PASSWORD, then the DSN.")
+    password_file: str = Field("", description="File holding the password (trailing whitespace trimmed).")
+    tls: TLSConfig = Field(default_factory=TLSConfig)  # type: ignore[arg-type]
+    compression: Literal["lz4", "zstd", "gzip", "none"] = Field(
+        "lz4", description="HTTP compression of inserts and results (servers only; chDB ignores it)."
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="Seconds to establish a connection to a server.")
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds one insert may take (HTTP send/receive timeout); then it is retried."
+    )
+    create_schema: bool | None = Field(
+        None,
+        description="Create the database and table from the shipped DDL when missing. Default: true for "
+        "chdb:// endpoints, false for servers (where the table is usually managed by its owners).",
+    )
+    deduplication_window: int = Field(
+        1000,
+        ge=0,
+        description="non_replicated_deduplication_window set on tables we create with a non-replicated "
+        "engine, so that a retried block (same insert_deduplication_token) is counted once.",
+    )
+    interval_seconds: int = Field(
+        60, gt=0, le=65535, description="Bucket width: intervalStartTime is the UTC start of the bucket "
+        "holding the flow's interval end; also written to intervalSeconds."
+    )
+    aggregate: bool = Field(
+        True, description="Sum rows with equal keys within a block before insert (one row per bucket, "
+        "direction and endpoints instead of one per agent interval)."
+    )
+    ipv6: Literal["write", "drop"] = Field(
+        "write",
+        description="write: IPv6 flows are written with localIPv4/remoteIPv4 = 0.0.0.0 (the table has no "
+        "IPv6 columns); drop: they are not written (counted in clickhouse_rows_rejected_total{reason=ipv6}).",
+    )
+    async_insert: bool = Field(
+        False, description="Use server-side async inserts; always with wait_for_async_insert=1 so that an "
+        "acknowledged insert is durable, and async_insert_deduplicate=1 so that retries count once."
+    )
+    retry_on_failure: RetryConfig = Field(
+        default_factory=lambda: RetryConfig(max_elapsed_time=3600.0),  # type: ignore[call-arg]
+        description="Retries of failed inserts (default: keep trying for an hour, so that a ClickHouse "
+        "outage of that length loses nothing).",
+    )
+    batch: BatchConfig = Field(
+        default_factory=lambda: BatchConfig(max_flows=100_000, max_wait=60.0, align=True),  # type: ignore[call-arg]
+        description="Blocks close on the minute (max_wait 60, align) so that one block holds whole "
+        "buckets and pre-aggregation is complete; max_flows caps a block.",
+    )
+
+    @field_validator("database", "table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if value and not _IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower()
+        if scheme not in ("http", "https", "chdb"):
+            raise ValueError(
+                f"{value!r} is not a supported endpoint: use https://host:8443/db, http://host:8123/db "
+                "or chdb:///absolute/path"
+            )
+        return value
+
+    def is_embedded(self) -> bool:
+        return self.endpoint.lower().startswith("chdb:")
+
+    def creates_schema(self) -> bool:
+        return self.is_embedded() if self.create_schema is None else self.create_schema

@@ -1,0 +1,226 @@
+"""The ``clickhouse`` exporter: typed, columnar, deduplicated inserts into ``network_flows_0``.
+
+Queueing, batching, retry and shutdown flushing come from
+:class:`~kubenetmon.exporterhelper.QueuedExporter`; this class only turns a
+block into columns and inserts them with ``insert_deduplication_token`` set
+to the block id, which the helper keeps stable across retries and restarts.
+So a block is counted once even when an insert succeeded but its
+acknowledgement was lost.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from kubenetmon.component import CreateSettings
+from kubenetmon.errors import KubenetmonError, PermanentError, RetryableError
+from kubenetmon.exporterhelper import Block, QueuedExporter
+from kubenetmon.exporters.clickhouse.config import ClickHouseConfig
+from kubenetmon.exporters.clickhouse.connection import Connection, connect
+from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES, COLUMN_TYPES, PreparedRows, RowMapper
+from kubenetmon.exporters.clickhouse.schema import SchemaError, check_table, create_table
+
+__all__ = ["ClickHouseExporter", "classify_error"]
+
+# ClickHouse error codes that retrying the same block cannot fix: the data or
+# the schema is wrong. Everything else (network, timeouts, TOO_MANY_PARTS,
+# MEMORY_LIMIT_EXCEEDED, a read-only replica, auth being rotated…) is retried.
+_PERMANENT_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        8,  # THERE_IS_NO_COLUMN
+        16,  # NO_SUCH_COLUMN_IN_TABLE
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        43,  # ILLEGAL_TYPE_OF_ARGUMENT
+        44,  # ILLEGAL_COLUMN
+        47,  # UNKNOWN_IDENTIFIER
+        53,  # TYPE_MISMATCH
+        60,  # UNKNOWN_TABLE
+        62,  # SYNTAX_ERROR
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        81,  # UNKNOWN_DATABASE
+        115,  # UNKNOWN_SETTING
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+    }
+)
+
+
+def classify_error(exc: BaseException) -> KubenetmonError:
+    """Map a clickhouse-connect (or serialization) failure to Retryable/PermanentError."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if isinstance(exc, RetryableError | PermanentError):
+        return exc
+    if isinstance(exc, SchemaError):
+        return PermanentError(str(exc))
+    if isinstance(exc, OperationalError):  # connection refused/reset, timeouts, 5xx after retries
+        return RetryableError(f"ClickHouse unreachable: {exc}")
+    if isinstance(exc, DatabaseError):
+        code = getattr(exc, "code", None)
+        if code in _PERMANENT_CODES:
+            return PermanentError(f"ClickHouse rejected the block (code {code}): {exc}")
+        return RetryableError(f"ClickHouse error (code {code}): {exc}")
+    if isinstance(exc, TypeError | ValueError | struct.error | OverflowError):
+        return PermanentError(f"rows could not be encoded: {exc!r}")
+    if isinstance(exc, OSError | TimeoutError):
+        return RetryableError(f"ClickHouse unreachable: {exc!r}")
+    return RetryableError(f"insert failed: {exc!r}")
+
+
+class ClickHouseExporter(QueuedExporter):
+    """Writes attributed flows into the ``network_flows_0`` table (DESIGN §4.3)."""
+
+    def __init__(self, settings: CreateSettings, config: ClickHouseConfig) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self.mapper = RowMapper(settings.identity, config.interval_seconds, config.aggregate, config.ipv6)
+        self._conn: Connection | None = None
+        self._ready_schema = False
+        self._conn_lock = threading.Lock()
+        # Columns of blocks being retried: a retry re-sends without re-mapping.
+        self._prepared: OrderedDict[str, PreparedRows] = OrderedDict()
+        self._prepared_lock = threading.Lock()
+        m = settings.metrics
+        self.m_rows = m.counter("clickhouse_rows_inserted_total", "Rows inserted into ClickHouse.")
+        self.m_blocks = m.counter("clickhouse_blocks_inserted_total", "Insert statements (blocks) acknowledged.")
+        self.m_aggregated = m.counter(
+            "clickhouse_rows_aggregated_total", "Flows summed into another row of the same key before insert."
+        )
+        self.m_rejected = m.counter(
+            "clickhouse_rows_rejected_total", "Flows not written, by reason (invalid_direction, ipv6, …).",
+            ["reason"],
+        )
+        self.m_failures = m.counter(
+            "clickhouse_insert_failures_total", "Failed insert attempts, by kind (retryable, permanent).", ["kind"]
+        )
+        self.m_insert_latency = m.histogram(
+            "clickhouse_insert_latency_seconds",
+            "Duration of successful inserts.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+
+    # --- client ----------------------------------------------------------------------
+
+    def make_connection(self) -> Connection:
+        """Open the connection. A seam for tests that wrap the real client."""
+        return connect(self.config)
+
+    def _connection(self) -> Connection:
+        with self._conn_lock:
+            if self._conn is None:
+                self._conn = self.make_connection()
+                self._ready_schema = False
+            if not self._ready_schema:
+                conn = self._conn
+                if self.config.creates_schema():
+                    create_table(conn.client, conn.database, self.config.table, self.config.deduplication_window)
+                for warning in check_table(conn.client, conn.database, self.config.table):
+                    self.log.warning("%s", warning)
+                self._ready_schema = True
+            return self._conn
+
+    def open(self) -> None:
+        try:
+            self._connection()
+        except KubenetmonError:
+            raise  # schema mismatch, chDB path in use, bad credentials file: refuse to start
+        except Exception as exc:
+            if self.config.is_embedded() or isinstance(classify_error(exc), PermanentError):
+                raise
+            # A server outage at start must not stop the gateway: batches queue
+            # up and the first push connects (and checks the schema) again.
+            self._drop_connection()
+            self.log.warning("ClickHouse not reachable at start (%s); will retry on the first insert", exc)
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+            self._ready_schema = False
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                self.log.debug("error closing the ClickHouse client", exc_info=True)
+
+    # --- data path -------------------------------------------------------------------
+
+    def insert_settings(self, block_id: str) -> dict[str, Any]:
+        settings: dict[str, Any] = {"insert_deduplication_token": block_id}
+        if self.config.async_insert:
+            settings.update(async_insert=1, wait_for_async_insert=1, async_insert_deduplicate=1)
+        return settings
+
+    def _prepare(self, block: Block) -> PreparedRows:
+        with self._prepared_lock:
+            prepared = self._prepared.get(block.id)
+        if prepared is not None:
+            return prepared
+        unattributed = sum(len(b.records) for b in block.batches)
+        prepared = self.mapper.prepare(block.flows())
+        if unattributed:
+            prepared.rejected["unattributed"] += unattributed
+        for reason, n in prepared.rejected.items():
+            self.m_rejected.labels(reason=reason).inc(n)
+        if prepared.rejected:
+            self.log.warning(
+                "block %s: %d flows not written (%s)%s", block.id, sum(prepared.rejected.values()),
+                ", ".join(f"{r}={n}" for r, n in sorted(prepared.rejected.items())),
+                "; raw conntrack records need the k8s_attributes processor before this exporter"
+                if unattributed else "",
+            )
+        self.m_aggregated.inc(prepared.aggregated_away)
+        with self._prepared_lock:
+            self._prepared[block.id] = prepared
+            while len(self._prepared) > 8:
+                self._prepared.popitem(last=False)
+        return prepared
+
+    def push(self, block: Block, timeout: float) -> None:
+        prepared = self._prepare(block)
+        if prepared.rows == 0:
+            self._forget(block.id)
+            return
+        started = time.monotonic()
+        try:
+            conn = self._connection()
+            self.insert(conn, prepared, block.id)
+        except Exception as exc:
+            err = classify_error(exc)
+            kind = "permanent" if isinstance(err, PermanentError) else "retryable"
+            self.m_failures.labels(kind=kind).inc()
+            if kind == "retryable":
+                self._drop_connection()  # reconnect (and re-check the schema) next time
+            else:
+                self._forget(block.id)
+            raise err from exc
+        self.m_insert_latency.observe(time.monotonic() - started)
+        self.m_rows.inc(prepared.rows)
+        self.m_blocks.inc()
+        self._forget(block.id)
+
+    def insert(self, conn: Connection, prepared: PreparedRows, token: str) -> None:
+        """One typed, columnar insert; never SQL text."""
+        conn.client.insert(
+            table=self.config.table,
+            database=conn.database,
+            data=prepared.columns,
+            column_names=list(COLUMN_NAMES),
+            column_type_names=list(COLUMN_TYPES),
+            column_oriented=True,
+            settings=self.insert_settings(token),
+        )
+
+    def _forget(self, block_id: str) -> None:
+        with self._prepared_lock:
+            self._prepared.pop(block_id, None)

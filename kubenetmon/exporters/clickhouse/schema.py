@@ -1,0 +1,149 @@
+"""The ``network_flows_0`` table: the shipped DDL, creating it, and checking it.
+
+``network_flows_0.sql`` next to this module is a byte-for-byte copy of
+``config/network_flows_0.sql`` (the original project's DDL; a test keeps them
+equal). Creating the table substitutes the database and table names and, for
+non-replicated engines, adds ``non_replicated_deduplication_window`` — without
+it a MergeTree ignores ``insert_deduplication_token`` and a retried block
+whose acknowledgement was lost would be counted twice.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+from clickhouse_connect.driver.binding import quote_identifier
+
+from kubenetmon.errors import KubenetmonError
+
+__all__ = ["COLUMNS", "SchemaError", "check_table", "create_table", "render_ddl", "shipped_ddl"]
+
+
+class SchemaError(KubenetmonError):
+    """The table is missing or does not have the columns we write."""
+
+
+# What we write, in DDL order, with the types as DESCRIBE TABLE spells them.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("date", "Date"),
+    ("intervalStartTime", "DateTime"),
+    ("intervalSeconds", "UInt16"),
+    ("environment", "LowCardinality(String)"),
+    ("proto", "LowCardinality(String)"),
+    ("connectionClass", "LowCardinality(String)"),
+    ("connectionFlags", "Map(LowCardinality(String), Bool)"),
+    ("direction", "Enum8('out' = 1, 'in' = 2)"),
+    ("localCloud", "LowCardinality(String)"),
+    ("localRegion", "LowCardinality(String)"),
+    ("localCluster", "LowCardinality(String)"),
+    ("localCell", "LowCardinality(String)"),
+    ("localAvailabilityZone", "LowCardinality(String)"),
+    ("localNode", "String"),
+    ("localInstanceID", "String"),
+    ("localNamespace", "LowCardinality(String)"),
+    ("localPod", "String"),
+    ("localIPv4", "IPv4"),
+    ("localPort", "UInt16"),
+    ("localApp", "String"),
+    ("remoteCloud", "LowCardinality(String)"),
+    ("remoteRegion", "LowCardinality(String)"),
+    ("remoteCluster", "LowCardinality(String)"),
+    ("remoteCell", "LowCardinality(String)"),
+    ("remoteAvailabilityZone", "LowCardinality(String)"),
+    ("remoteNode", "String"),
+    ("remoteInstanceID", "String"),
+    ("remoteNamespace", "LowCardinality(String)"),
+    ("remotePod", "String"),
+    ("remoteIPv4", "IPv4"),
+    ("remotePort", "UInt16"),
+    ("remoteApp", "String"),
+    ("remoteCloudService", "LowCardinality(String)"),
+    ("bytes", "UInt64"),
+    ("packets", "UInt64"),
+)
+
+_CREATE = re.compile(r"^\s*CREATE TABLE\s+default\.network_flows_0\b")
+_ENGINE = re.compile(r"^ENGINE\s*=\s*(\w+)", re.M)
+_SETTINGS = re.compile(r"^SETTINGS\s+.*$", re.M)
+
+
+def shipped_ddl() -> str:
+    """The original DDL exactly as shipped."""
+    return resources.files(__package__).joinpath("network_flows_0.sql").read_text(encoding="utf-8")
+
+
+def render_ddl(database: str, table: str, deduplication_window: int = 1000) -> str:
+    """The shipped DDL for ``database.table``, ``IF NOT EXISTS``, with deduplication enabled."""
+    ddl = shipped_ddl().strip().rstrip(";").rstrip()
+    target = f"{quote_identifier(database)}.{quote_identifier(table)}"
+    ddl, n = _CREATE.subn(f"CREATE TABLE IF NOT EXISTS {target}", ddl, count=1)
+    if n != 1:
+        raise SchemaError("the shipped DDL does not start with CREATE TABLE default.network_flows_0")
+    engine = _ENGINE.search(ddl)
+    if engine and not engine.group(1).startswith("Replicated") and deduplication_window > 0:
+        setting = f"non_replicated_deduplication_window = {int(deduplication_window)}"
+        if _SETTINGS.search(ddl):
+            ddl = _SETTINGS.sub(lambda m: f"{m.group(0)}, {setting}", ddl, count=1)
+        else:
+            ddl += f"\nSETTINGS {setting}"
+    return ddl
+
+
+def create_table(client: Any, database: str, table: str, deduplication_window: int) -> None:
+    """Create the database and the table when missing (idempotent)."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
+    client.command(render_ddl(database, table, deduplication_window))
+
+
+def _normalise(type_name: str) -> str:
+    return type_name.replace(" ", "")
+
+
+def check_table(client: Any, database: str, table: str) -> list[str]:
+    """Compare the table with :data:`COLUMNS`; raise :class:`SchemaError` listing every mismatch.
+
+    Returns warnings that do not stop writing (e.g. deduplication disabled).
+    Extra columns are fine: they take their defaults.
+    """
+    params = {"db": database, "table": table}
+    rows = client.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
+        parameters=params,
+    ).result_rows
+    name = f"{database}.{table}"
+    if not rows:
+        raise SchemaError(
+            f"table {name} does not exist: create it with config/network_flows_0.sql (with that name) "
+            "or set create_schema: true"
+        )
+    actual = {str(r[0]): str(r[1]) for r in rows}
+    problems = []
+    for column, expected in COLUMNS:
+        got = actual.get(column)
+        if got is None:
+            problems.append(f"column {column} is missing (expected {expected})")
+        elif _normalise(got) != _normalise(expected):
+            problems.append(f"column {column} is {got}, expected {expected}")
+    if problems:
+        raise SchemaError(
+            f"table {name} does not match what kubenetmon writes: " + "; ".join(problems)
+            + ". Recreate it from config/network_flows_0.sql or point the exporter at another table"
+        )
+    warnings = []
+    info = client.query(
+        "SELECT engine, engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
+        parameters=params,
+    ).result_rows
+    if info:
+        engine, engine_full = str(info[0][0]), str(info[0][1])
+        if not engine.startswith("Replicated") and not re.search(
+            r"non_replicated_deduplication_window\s*=\s*[1-9]", engine_full
+        ):
+            warnings.append(
+                f"table {name} ({engine}) has no non_replicated_deduplication_window: a retried insert whose "
+                "acknowledgement was lost will be counted twice; ALTER TABLE ... MODIFY SETTING "
+                "non_replicated_deduplication_window = 1000"
+            )
+    return warnings
