@@ -102,7 +102,9 @@ class ClickHouseConfig(ExporterHelperConfig):
     @classmethod
     def _identifier(cls, value: str) -> str:
         if value and not _IDENTIFIER.match(value):
-            raise ValueError(f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)")
+            raise ValueError(
+                f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)"
+            )
         return value
 
     @field_validator("endpoint")
