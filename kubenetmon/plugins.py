@@ -22,6 +22,7 @@ __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_p
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.debug",
     "kubenetmon.extensions.health_check",
+    "kubenetmon.processors.cloud_prefix",
 )
 
 _HOOKS: dict[Kind, str] = {

@@ -1,0 +1,305 @@
+"""The ``cloud_prefix`` processor: where does each flow's remote address lie?
+
+Decision (reference §6, with §12.2 items 11 and 18 fixed):
+
+1. Private space (RFC 1918, 100.64.0.0/10, link-local, loopback, ``0.0.0.0``,
+   the original's multicast ranges, IPv6 loopback/link-local/ULA, and the
+   configured ``vpc_cidrs``) → ``INTRA_VPC``, remote cloud/region = local.
+2. Else the longest cloud prefix holding the address:
+   local cloud in the local region or ``global`` → ``INTRA_REGION``; local
+   cloud elsewhere → ``INTER_REGION``; local cloud without a region →
+   ``UNKNOWN`` (counted; the original dropped the flow); another cloud or
+   no match → ``PUBLIC_INTERNET``.
+
+Classification is per distinct remote :class:`~kubenetmon.flows.Endpoint`
+(the ``out`` and ``in`` twins share it) and cached by address for the life
+of one table, so a busy gateway mostly does one dict lookup per endpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import NamedTuple
+
+import pytricia
+
+from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
+from kubenetmon.errors import BackpressureError, ConfigError, ConfigProblem
+from kubenetmon.flows import ConnectionClass, FlowBatch
+from kubenetmon.processors.cloud_prefix.config import CloudPrefixConfig
+from kubenetmon.processors.cloud_prefix.fetch import RangeLoader
+from kubenetmon.processors.cloud_prefix.sources import GLOBAL
+from kubenetmon.processors.cloud_prefix.table import PrefixTable
+
+__all__ = ["PRIVATE_CIDRS", "Classification", "CloudPrefixProcessor", "RemoteClassifier", "region_problem"]
+
+# The original's IsPrivate/IsLocal/IsLoopback set (reference §6) plus 100.64.0.0/10 (§12.2 item 11) and IPv6.
+PRIVATE_CIDRS: tuple[str, ...] = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8",
+    "0.0.0.0/32", "224.0.0.0/24", "239.0.0.0/8", "232.0.0.0/8",
+    "::/128", "::1/128", "fe80::/10", "fc00::/7",
+)
+# Holes inside the ranges above: the original excludes 232.0.0.0/24 from 232/8.
+_NOT_PRIVATE: tuple[str, ...] = ("232.0.0.0/24",)
+
+
+class Classification(NamedTuple):
+    """The outcome for one remote address."""
+
+    connection_class: str
+    cloud: str
+    region: str
+    cloud_service: str
+
+
+class RemoteClassifier:
+    """Classifies addresses against private space and one :class:`PrefixTable` (immutable once built)."""
+
+    def __init__(self, table: PrefixTable | None, cloud: str, region: str, vpc_cidrs: tuple[str, ...] = ()) -> None:
+        self.table = table
+        self._cloud = cloud
+        self._region = region
+        self._private4 = pytricia.PyTricia(32)
+        self._private6 = pytricia.PyTricia(128)
+        for cidr in (*PRIVATE_CIDRS, *vpc_cidrs):
+            (self._private6 if ":" in cidr else self._private4)[cidr] = True
+        for cidr in _NOT_PRIVATE:
+            self._private4[cidr] = False
+        self._intra_vpc = Classification(ConnectionClass.INTRA_VPC, cloud, region, "")
+        self._public = Classification(ConnectionClass.PUBLIC_INTERNET, "", "", "")
+        self._unknown = Classification(ConnectionClass.UNKNOWN, "", "", "")
+
+    def classify(self, address: str) -> Classification:
+        """Raises ValueError when ``address`` is not an IP address."""
+        v6 = ":" in address
+        if (self._private6 if v6 else self._private4).get(address):
+            return self._intra_vpc
+        if self.table is None:
+            return self._unknown
+        detail = self.table.lookup(address)
+        if detail is None:
+            return self._public
+        if detail.cloud != self._cloud or not self._cloud:
+            cls = ConnectionClass.PUBLIC_INTERNET
+        elif not detail.region:
+            cls = ConnectionClass.UNKNOWN
+        elif detail.region in (GLOBAL, self._region):
+            cls = ConnectionClass.INTRA_REGION
+        else:
+            cls = ConnectionClass.INTER_REGION
+        return Classification(cls, detail.cloud, detail.region, detail.service)
+
+
+def region_problem(table: PrefixTable, cloud: str, region: str) -> str | None:
+    """Why ``region`` cannot be checked against ``cloud``'s ranges, or None when it is there."""
+    if not cloud:
+        return None
+    regions = [r for r in table.regions(cloud) if r and r != GLOBAL]
+    if region and region in regions:
+        return None
+    shown = ", ".join(regions) if regions else "(none: no ranges of this cloud are loaded)"
+    what = f"region {region!r} is not" if region else "no region is"
+    return (
+        f"{what} among the {cloud} regions of the loaded cloud ranges, so intra-region traffic cannot be "
+        f"told from inter-region traffic; set service::identity::region to one of: {shown} "
+        "(or set skip_region_check: true)"
+    )
+
+
+class _State(NamedTuple):
+    classifier: RemoteClassifier
+    cache: dict[str, Classification]
+
+
+class CloudPrefixProcessor(BaseComponent):
+    """Sets ``connection_class`` and the remote's cloud, region and cloud service on every flow."""
+
+    def __init__(self, settings: CreateSettings, config: CloudPrefixConfig, consumer: Consumer) -> None:
+        self._settings = settings
+        self._config = config
+        self._next = consumer
+        self._log = settings.logger
+        self._identity = settings.identity
+        m = settings.metrics
+        self._m_prefixes = m.gauge("cloud_prefix_prefixes", "Prefixes in the current table.", ["cloud", "family"])
+        self._m_refreshes = m.counter(
+            "cloud_prefix_refreshes_total", "Loads and downloads of range documents by result.", ["source", "result"]
+        )
+        self._m_builds = m.counter("cloud_prefix_table_builds_total", "Tables built, by result.", ["result"])
+        self._m_lookups = m.counter("cloud_prefix_lookups_total", "Remote addresses classified.", ["cache"])
+        self._m_classes = m.counter("cloud_prefix_flows_total", "Flows classified, by class.", ["connection_class"])
+        self._m_unknown = m.counter(
+            "cloud_prefix_unknown_total", "Remote endpoints classified UNKNOWN (a local-cloud range with no region, "
+            "an invalid address, or no table yet).", ["reason"]
+        )
+        self._m_loaded_at = m.gauge("cloud_prefix_table_loaded_timestamp_seconds", "When the table was built.")
+        self._m_age = m.gauge("cloud_prefix_table_age_seconds", "Seconds since the current table was built.")
+        self._stop = threading.Event()
+        self._loader = RangeLoader(config, self._log, self._count_result, stop=self._stop)
+        self._state = _State(self._classifier(None), {})
+        self._problem: str | None = None
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self, host: Host) -> None:
+        self._loader.load_local()
+        if self._loader.covers(self._identity.cloud):
+            problem = self._install(self._loader.build())
+            if problem is not None:
+                raise ConfigError([ConfigProblem(f"processors::{self._settings.id}", problem)])
+        elif not self._needs_download():
+            raise ConfigError([ConfigProblem(
+                f"processors::{self._settings.id}",
+                f"no usable range document for cloud {self._identity.cloud!r} in the files or cache, and "
+                "downloads are off; run `kubenetmon cloud-ranges fetch --out DIR` where the Internet is "
+                "reachable and set files_dir: DIR",
+            )])
+        self._thread = threading.Thread(target=self._refresh_loop, name=f"{self._settings.id}-refresh", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def is_ready(self) -> bool:
+        return self._state.classifier.table is not None
+
+    def health(self) -> str | None:
+        return self._problem
+
+    @property
+    def table(self) -> PrefixTable | None:
+        return self._state.classifier.table
+
+    # --- refresh -------------------------------------------------------------
+
+    def _needs_download(self) -> bool:
+        return not self._config.offline and any(s.url for _, s in self._config.sources.items() if s.enabled)
+
+    def _count_result(self, source: str, result: str) -> None:
+        self._m_refreshes.labels(source=source, result=result).inc()
+
+    def _classifier(self, table: PrefixTable | None) -> RemoteClassifier:
+        return RemoteClassifier(table, self._identity.cloud, self._identity.region, self._config.vpc_cidrs)
+
+    def _install(self, table: PrefixTable) -> str | None:
+        """Swap ``table`` in unless the region check rejects it; return the rejection."""
+        if not self._config.skip_region_check:
+            problem = region_problem(table, self._identity.cloud, self._identity.region)
+            if problem is not None:
+                self._m_builds.labels(result="rejected").inc()
+                return problem
+        for (cloud, family), count in table.counts().items():
+            self._m_prefixes.labels(cloud=cloud, family=family).set(count)
+        # One assignment: consume() sees the old or the new state, never a mix.
+        self._state = _State(self._classifier(table), {})
+        self._m_builds.labels(result="swapped").inc()
+        self._m_loaded_at.set(table.loaded_at)
+        self._problem = None
+        self._log.info(
+            "cloud ranges: table of %d prefixes from %s", len(table),
+            ", ".join(f"{k} ({v})" for k, v in sorted(self._loader.loaded().items())),
+        )
+        return None
+
+    def refresh_now(self) -> bool:
+        """One refresh (download or re-read every source); True when a new table was swapped in."""
+        with self._refresh_lock:
+            changed = self._loader.refresh()
+            if not changed or not self._loader.covers(self._identity.cloud):
+                return False
+            problem = self._install(self._loader.build())
+            if problem is not None:
+                self._log.error("cloud ranges: refreshed table rejected, keeping the last good one: %s", problem)
+                if self.table is None:
+                    self._problem = problem
+                return False
+            return True
+
+    def _refresh_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            wait = self._loader.due_in()
+            if self._loader.missing() or not self.is_ready():
+                # Without data, try again soon instead of in refresh_interval.
+                wait = min(self._config.refresh_interval, 0.0 if failures == 0 else min(900.0, 15.0 * 2**failures))
+            if self._stop.wait(wait):
+                return
+            try:
+                self.refresh_now()
+            except Exception:  # a bug here must not kill refreshes for good
+                self._log.exception("cloud ranges: refresh failed")
+            failures = failures + 1 if (self._loader.missing() or not self.is_ready()) else 0
+            self._m_age.set(time.time() - self.table.loaded_at if self.table else 0)
+
+    # --- data path -----------------------------------------------------------
+
+    def consume(self, batch: FlowBatch) -> None:
+        state = self._state
+        if state.classifier.table is None and self._config.not_ready == "backpressure" and batch.flows:
+            raise BackpressureError(f"{self._settings.id}: no cloud range table loaded yet", retry_after=5.0)
+        classify = state.classifier.classify
+        cache = state.cache
+        identity = self._identity
+        seen: dict[int, Classification] = {}
+        classes: Counter[str] = Counter()
+        hits = misses = invalid = unknown = 0
+        for flow in batch.flows:
+            remote = flow.remote
+            result = seen.get(id(remote))
+            if result is None:
+                address = remote.address
+                result = cache.get(address)
+                if result is None:
+                    misses += 1
+                    try:
+                        result = classify(address)
+                    except ValueError:
+                        invalid += 1
+                        result = Classification(ConnectionClass.UNKNOWN, "", "", "")
+                    else:
+                        if len(cache) >= self._config.cache_size:
+                            cache.clear()
+                        if self._config.cache_size:
+                            cache[address] = result
+                else:
+                    hits += 1
+                if result.connection_class == ConnectionClass.UNKNOWN:
+                    unknown += 1
+                remote.cloud, remote.region, remote.cloud_service = result[1], result[2], result[3]
+                seen[id(remote)] = result
+            flow.connection_class = result.connection_class
+            classes[result.connection_class] += 1
+            local = flow.local
+            if not local.cloud:
+                local.cloud = identity.cloud
+            if not local.region:
+                local.region = identity.region
+            if not local.cluster:
+                local.cluster = identity.cluster
+            if not local.cell:
+                local.cell = identity.cell
+        self._count(classes, hits, misses, invalid, unknown - invalid, table=state.classifier.table)
+        self._next.consume(batch)
+
+    def _count(
+        self, classes: Counter[str], hits: int, misses: int, invalid: int, unknown: int, *, table: PrefixTable | None
+    ) -> None:
+        for cls, n in classes.items():
+            self._m_classes.labels(connection_class=cls).inc(n)
+        if hits:
+            self._m_lookups.labels(cache="hit").inc(hits)
+        if misses:
+            self._m_lookups.labels(cache="miss").inc(misses)
+        if invalid:
+            self._m_unknown.labels(reason="invalid_address").inc(invalid)
+        if unknown:
+            self._m_unknown.labels(reason="no_table" if table is None else "no_region").inc(unknown)
+        if table is not None:
+            self._m_age.set(time.time() - table.loaded_at)
