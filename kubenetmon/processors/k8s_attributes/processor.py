@@ -1,0 +1,159 @@
+"""The ``k8s_attributes`` processor component: records in, attributed flows out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from kubenetmon.component import Consumer, CreateSettings, Host
+from kubenetmon.errors import BackpressureError
+from kubenetmon.flows import ConntrackRecord, Flow, FlowBatch
+from kubenetmon.processors.k8s_attributes.config import K8sAttributesConfig
+from kubenetmon.processors.k8s_attributes.decision import Attributor, BatchOutcome
+from kubenetmon.processors.k8s_attributes.index import ClusterIndex, ObjectParser
+from kubenetmon.processors.k8s_attributes.kube_source import KubernetesSource
+from kubenetmon.processors.k8s_attributes.static_source import StaticSource
+
+__all__ = ["K8sAttributesProcessor"]
+
+
+def _describe(r: ConntrackRecord) -> str:
+    return (
+        f"{r.transport} ({r.src}:{r.sport}->{r.dst}:{r.dport}), "
+        f"({r.reply_src}:{r.reply_sport}->{r.reply_dst}:{r.reply_dport}) seen by node {r.node!r}"
+    )
+
+
+class K8sAttributesProcessor:
+    """Turns ``FlowBatch.records`` into attributed ``FlowBatch.flows`` (see README.md).
+
+    The index is filled by a source (Kubernetes API or static file) running in
+    its own thread(s); ``consume`` only reads it.
+    """
+
+    def __init__(self, settings: CreateSettings, config: K8sAttributesConfig, consumer: Consumer) -> None:
+        self._config = config
+        self._next = consumer
+        self._log = settings.logger
+        self.index = ClusterIndex()
+        parser = ObjectParser(
+            app_labels=config.app_labels,
+            instance_id_labels=config.instance_id_labels,
+            zone_labels=config.zone_labels,
+            address_types=config.kubernetes.address_types,
+        )
+        self.source: KubernetesSource | StaticSource
+        if config.source == "static":
+            self.source = StaticSource(
+                path=config.static.path, poll_interval=config.static.poll_interval, index=self.index,
+                parser=parser, logger=self._log, metrics=settings.metrics,
+            )
+        else:
+            self.source = KubernetesSource(
+                config.kubernetes, self.index, parser, self._log, settings.metrics, owners=config.owners
+            )
+        self._attributor = Attributor(
+            self.index,
+            cluster=settings.identity.cluster,
+            keep_node_flows=config.node_flows == "keep",
+            keep_unknown_direction=config.unknown_direction == "keep",
+            owners=config.owners,
+        )
+        m = settings.metrics
+        self._m_records = m.counter("k8s_attributes_records_total", "Conntrack records attributed into flows.")
+        self._m_dropped = m.counter(
+            "k8s_attributes_dropped_records_total", "Conntrack records dropped, by reason.", ["reason"]
+        )
+        self._m_unknown_kept = m.counter(
+            "k8s_attributes_unknown_direction_kept_total",
+            "Records whose direction could not be decided, kept with the original source as local.",
+        )
+        self._m_node_kept = m.counter(
+            "k8s_attributes_node_flows_kept_total", "Node/hostNetwork records kept (node_flows: keep)."
+        )
+        self._m_lookups = m.counter(
+            "k8s_attributes_lookups_total", "Address lookups in the index, by result (hit, miss).", ["result"]
+        )
+        self._m_hits = self._m_lookups.labels(result="hit")
+        self._m_misses = self._m_lookups.labels(result="miss")
+        for name, doc, fn in (
+            ("k8s_attributes_pods_indexed", "Pods in the index.", lambda: self.index.pod_count),
+            ("k8s_attributes_pod_ips_indexed", "Pod IPs that resolve to a pod.", lambda: self.index.pod_ip_count),
+            ("k8s_attributes_nodes_indexed", "Nodes in the index.", lambda: self.index.node_count),
+            ("k8s_attributes_shared_pod_ips", "IPs claimed by several live pods (newest running wins).",
+             self.index.shared_ip_count),
+        ):
+            m.gauge(name, doc).labels().set_function(fn)
+        self._log_lock = threading.Lock()
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._started = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, host: Host) -> None:
+        self._started = True
+        self.source.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            self.source.stop(timeout)
+
+    def is_ready(self) -> bool:
+        return self.source.is_ready()
+
+    def health(self) -> str | None:
+        return self.source.health()
+
+    # ------------------------------------------------------------------ data path
+
+    def consume(self, batch: FlowBatch) -> None:
+        if not batch.records:
+            self._next.consume(batch)
+            return
+        if self._config.wait_for_sync and not self.source.is_ready():
+            raise BackpressureError("k8s_attributes: pods and nodes are not listed yet; retry shortly")
+        flows: list[Flow] = list(batch.flows)
+        outcome = self._attributor.attribute(batch.records, flows)
+        self._account(outcome)
+        # A new batch, so that a caller retrying after backpressure downstream
+        # still holds its records untouched.
+        self._next.consume(FlowBatch([], flows))
+
+    def _account(self, o: BatchOutcome) -> None:
+        if o.attributed:
+            self._m_records.inc(o.attributed)
+        if o.lookup_hits:
+            self._m_hits.inc(o.lookup_hits)
+        if o.lookup_misses:
+            self._m_misses.inc(o.lookup_misses)
+        if o.kept_unknown_direction:
+            self._m_unknown_kept.inc(o.kept_unknown_direction)
+        if o.kept_node_flow:
+            self._m_node_kept.inc(o.kept_node_flow)
+        if o.dropped_node_flow:
+            self._m_dropped.labels(reason="node_flow").inc(o.dropped_node_flow)
+            self._log_drop("node_flow", o.dropped_node_flow, "flow to or from a node address", o.example_node_flow)
+        if o.dropped_unknown_direction:
+            self._m_dropped.labels(reason="unknown_direction").inc(o.dropped_unknown_direction)
+            self._log_drop("unknown_direction", o.dropped_unknown_direction,
+                           "cannot identify flow direction", o.example_unknown)
+
+    def _log_drop(self, reason: str, count: int, what: str, example: ConntrackRecord | None) -> None:
+        """One line per reason per ``drop_log_interval``, with the count since the last line."""
+        now = time.monotonic()
+        with self._log_lock:
+            total = self._suppressed.get(reason, 0) + count
+            if now - self._last_log.get(reason, -1e18) < self._config.drop_log_interval:
+                self._suppressed[reason] = total
+                return
+            self._suppressed[reason] = 0
+            self._last_log[reason] = now
+        self._log.info(
+            "dropped %d conntrack record(s) (%s: %s), e.g. %s",
+            total, reason, what, _describe(example) if example is not None else "?",
+        )
