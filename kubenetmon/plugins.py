@@ -23,6 +23,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.debug",
     "kubenetmon.extensions.health_check",
     "kubenetmon.processors.cloud_prefix",
+    "kubenetmon.processors.k8s_attributes",
 )
 
 _HOOKS: dict[Kind, str] = {
