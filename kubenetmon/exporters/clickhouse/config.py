@@ -51,7 +51,7 @@ class ClickHouseConfig(ExporterHelperConfig):
     password: str = Field("", description="Password; empty falls back to password_file, then "
                           "$CLICKHOUSE_PASSWORD, then the DSN.")
     password_file: str = Field("", description="File holding the password (trailing whitespace trimmed).")
-    tls: TLSConfig = Field(default_factory=TLSConfig)  # type: ignore[arg-type]
+    tls: TLSConfig = Field(default_factory=TLSConfig)
     compression: Literal["lz4", "zstd", "gzip", "none"] = Field(
         "lz4", description="HTTP compression of inserts and results (servers only; chDB ignores it)."
     )
@@ -88,12 +88,12 @@ class ClickHouseConfig(ExporterHelperConfig):
         "acknowledged insert is durable, and async_insert_deduplicate=1 so that retries count once."
     )
     retry_on_failure: RetryConfig = Field(
-        default_factory=lambda: RetryConfig(max_elapsed_time=3600.0),  # type: ignore[call-arg]
+        default_factory=lambda: RetryConfig(max_elapsed_time=3600.0),
         description="Retries of failed inserts (default: keep trying for an hour, so that a ClickHouse "
         "outage of that length loses nothing).",
     )
     batch: BatchConfig = Field(
-        default_factory=lambda: BatchConfig(max_flows=100_000, max_wait=60.0, align=True),  # type: ignore[call-arg]
+        default_factory=lambda: BatchConfig(max_flows=100_000, max_wait=60.0, align=True),
         description="Blocks close on the minute (max_wait 60, align) so that one block holds whole "
         "buckets and pre-aggregation is complete; max_flows caps a block.",
     )

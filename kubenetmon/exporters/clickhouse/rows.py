@@ -109,6 +109,8 @@ class RowMapper:
         counts_bytes: list[int] = []
         counts_packets: list[int] = []
         accepted = 0
+        lip: IPv4Address | None
+        rip: IPv4Address | None
         for f in flows:
             direction = f.direction
             if direction != "out" and direction != "in":  # noqa: PLR1714 - faster than a set lookup here
