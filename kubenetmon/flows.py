@@ -146,10 +146,16 @@ class FlowBatch:
     ``records`` are raw conntrack deltas not yet attributed; ``flows`` are
     attributed. ``k8s_attributes`` moves records into flows; exporters use
     the view they understand.
+
+    ``batch_id``, when a producer sets it, names the batch's content for
+    idempotency: a producer that re-delivers a batch after a crash (the
+    conntrack receiver's write-ahead checkpoint) uses the same id, so an
+    exporter can pass it on and the peer can deduplicate. Empty: no id.
     """
 
     records: list[ConntrackRecord] = field(default_factory=list)
     flows: list[Flow] = field(default_factory=list)
+    batch_id: str = ""
 
     def __len__(self) -> int:
         return len(self.records) + len(self.flows)
@@ -193,4 +199,4 @@ class FlowBatch:
             )
             for f in self.flows
         ]
-        return FlowBatch(records, flows)
+        return FlowBatch(records, flows, self.batch_id)
