@@ -23,8 +23,19 @@ receivers:
       {{- end }}
 processors:
   k8s_attributes:
+    source: kubernetes
     owners: {{ .Values.attribution.owners }}
-  cloud_prefix: {}
+    node_flows: {{ .Values.attribution.nodeFlows }}
+  cloud_prefix:
+    {{- with .Values.cloudPrefix.vpcCidrs }}
+    vpc_cidrs: {{ toJson . }}
+    {{- end }}
+    {{- if .Values.cloudPrefix.filesVolume }}
+    files_dir: /var/lib/kubenetmon/cloud-ranges
+    {{- end }}
+    cache_dir: /var/cache/kubenetmon/cloud-ranges
+    offline: {{ .Values.cloudPrefix.offline }}
+    skip_region_check: {{ or .Values.cloudPrefix.skipRegionCheck (not .Values.region) }}
   {{- if .Values.connectionFlags.flags }}
   connection_flags:
     flags: {{ toYaml .Values.connectionFlags.flags | nindent 6 }}
@@ -35,14 +46,22 @@ exporters:
     endpoint: {{ $ch.url }}
     database: {{ .Values.inserter.database | quote }}
     table: {{ .Values.inserter.table | quote }}
-    username: "${env:CLICKHOUSE_USERNAME}"
-    password: "${env:CLICKHOUSE_PASSWORD}"
-    insecure_skip_verify: {{ .Values.inserter.insecureSkipVerify }}
+    # Credentials are files from the Secret: never in the ConfigMap or the environment.
+    username_file: /etc/kubenetmon-clickhouse/{{ .Values.inserter.existingSecretUsernameKey }}
+    password_file: /etc/kubenetmon-clickhouse/{{ .Values.inserter.existingSecretPasswordKey }}
+    {{- if eq $ch.scheme "https" }}
+    tls:
+      insecure_skip_verify: {{ .Values.inserter.insecureSkipVerify }}
+      {{- if .Values.inserter.caSecret }}
+      ca_file: /etc/kubenetmon-clickhouse-ca/ca.crt
+      {{- end }}
+    {{- end }}
     connect_timeout: {{ include "kubenetmon-server.seconds" .Values.inserter.dialTimeout }}
-    wait_for_async_insert: {{ .Values.inserter.waitForAsyncInsert }}
+    async_insert: {{ .Values.inserter.asyncInsert }}
     batch:
       max_flows: {{ int .Values.inserter.batchSize }}
       max_wait: {{ include "kubenetmon-server.seconds" .Values.inserter.batchSendTimeout }}
+      align: true
 {{- end }}
 extensions:
   health_check:
