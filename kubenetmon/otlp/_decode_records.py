@@ -1,0 +1,495 @@
+"""OTLP metrics requests → conntrack records (DESIGN §4.1), the gateway's hot path.
+
+The request is parsed by the protobuf runtime (upb, in C). Data points are
+then read in one of two ways:
+
+* **fast path** — each ``Sum`` is re-serialized (one C call) and its data
+  points are matched by one compiled regular expression that spells out the
+  canonical layout our encoder writes (attribute keys in contract order). No
+  per-field Python calls: one match per point, and attributes are parsed once
+  per record, not once per point.
+* **slow path** — any metric whose bytes do not match that layout exactly
+  (other senders, other attribute order, extra fields, bad values) is read
+  field by field through the message API, with every check of the contract.
+
+Both paths produce identical results (``tests/otlp`` checks that), and both
+reject single data points, never a whole request.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubenetmon.flows import ConntrackRecord
+from kubenetmon.otlp import _contract as c
+from kubenetmon.otlp._wire import kv_string
+
+__all__ = ["DecodeResult", "decode_records"]
+
+
+@dataclass
+class DecodeResult:
+    """What :func:`decode_records` made of one request.
+
+    ``errors`` holds one human-readable message per distinct reason;
+    ``rejected_by_reason`` counts rejected points by a short reason code
+    (fit for a metric label).
+    """
+
+    records: list[ConntrackRecord] = field(default_factory=list)
+    rejected_points: int = 0
+    errors: list[str] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    accepted_points: int = 0
+    nodes: list[str] = field(default_factory=list)
+
+    def error_message(self) -> str:
+        """One line for OTLP partial success ``error_message``."""
+        return "; ".join(self.errors)
+
+
+class _Rejections:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.messages: dict[str, str] = {}
+
+    def add(self, reason: str, message: str, points: int = 1) -> None:
+        if points <= 0:
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + points
+        self.messages.setdefault(reason, message)
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _NotCanonical(Exception):
+    """A metric's bytes are not in the layout the fast path reads: use the slow path."""
+
+
+# --- addresses and ports ---------------------------------------------------------------
+
+
+class _Addresses(dict[str, str | None]):
+    """Address text → canonical ``inet_ntop`` form, or None when not an IP address."""
+
+    def __missing__(self, text: str) -> str | None:
+        canonical: str | None = None
+        family = socket.AF_INET6 if ":" in text else socket.AF_INET
+        try:
+            canonical = socket.inet_ntop(family, socket.inet_pton(family, text))
+        except (OSError, ValueError):
+            canonical = None
+        self[text] = canonical
+        return canonical
+
+
+_ADDRESSES = _Addresses()
+_ADDRESS_CACHE_LIMIT = 200_000
+
+
+def _address(text: str, network_type: str, key: str) -> str:
+    if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
+        _ADDRESSES.clear()
+    canonical = _ADDRESSES[text]
+    if canonical is None:
+        raise _Reject("bad_address", f"attribute {key}={text!r} is not an IP address")
+    if (":" in canonical) != (network_type == "ipv6"):
+        raise _Reject("bad_address", f"attribute {key}={text!r} is not an {network_type} address")
+    return canonical
+
+
+# --- slow path: field by field ---------------------------------------------------------
+
+_STRING_ATTRS = {
+    c.ATTR_NETWORK_TRANSPORT: 0,
+    c.ATTR_NETWORK_TYPE: 1,
+    c.ATTR_SRC_ADDRESS: 2,
+    c.ATTR_DST_ADDRESS: 4,
+    c.ATTR_REPLY_SRC_ADDRESS: 6,
+    c.ATTR_REPLY_DST_ADDRESS: 8,
+    c.ATTR_DIRECTION: 10,
+}
+_INT_ATTRS = {
+    c.ATTR_SRC_PORT: 3,
+    c.ATTR_DST_PORT: 5,
+    c.ATTR_REPLY_SRC_PORT: 7,
+    c.ATTR_REPLY_DST_PORT: 9,
+}
+_SLOT_NAMES = [
+    c.ATTR_NETWORK_TRANSPORT, c.ATTR_NETWORK_TYPE, c.ATTR_SRC_ADDRESS, c.ATTR_SRC_PORT,
+    c.ATTR_DST_ADDRESS, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_SRC_PORT,
+    c.ATTR_REPLY_DST_ADDRESS, c.ATTR_REPLY_DST_PORT, c.ATTR_DIRECTION,
+]
+_TRANSPORTS = ("tcp", "udp")
+_NETWORK_TYPES = ("ipv4", "ipv6")
+
+
+def _tuple_key(slots: list[Any]) -> tuple[Any, ...]:
+    """Validated (transport, type, src, sport, dst, dport, rsrc, rsport, rdst, rdport)."""
+    transport, network_type = slots[0], slots[1]
+    for i in (0, 1, 2, 3, 4, 5):
+        if slots[i] is None:
+            raise _Reject("missing_attribute", f"data point has no {_SLOT_NAMES[i]} attribute")
+    if transport not in _TRANSPORTS:
+        raise _Reject("bad_attribute_value", f"network.transport={transport!r} is not tcp or udp")
+    if network_type not in _NETWORK_TYPES:
+        raise _Reject("bad_attribute_value", f"network.type={network_type!r} is not ipv4 or ipv6")
+    reply_present = [slots[i] is not None for i in (6, 7, 8, 9)]
+    if any(reply_present) and not all(reply_present):
+        raise _Reject(
+            "incomplete_reply_tuple",
+            "kubenetmon.reply.* attributes must be all four present (NAT) or all absent (mirror)",
+        )
+    for i in (3, 5, 7, 9):
+        port = slots[i]
+        if port is not None and not 0 <= port <= 65535:
+            raise _Reject("bad_port", f"attribute {_SLOT_NAMES[i]}={port} is not a port (0..65535)")
+    src = _address(slots[2], network_type, _SLOT_NAMES[2])
+    dst = _address(slots[4], network_type, _SLOT_NAMES[4])
+    if reply_present[0]:
+        rsrc = _address(slots[6], network_type, _SLOT_NAMES[6])
+        rdst = _address(slots[8], network_type, _SLOT_NAMES[8])
+        return (transport, network_type, src, slots[3], dst, slots[5], rsrc, slots[7], rdst, slots[9])
+    return (transport, network_type, src, slots[3], dst, slots[5], dst, slots[5], src, slots[3])
+
+
+def _read_point_slow(dp: Any) -> tuple[tuple[Any, ...], bool, int, int, int]:
+    """(tuple key, is_reply, start, end, value) of one data point, or _Reject."""
+    which = dp.WhichOneof("value")
+    if which != "as_int":
+        raise _Reject("wrong_value_type", f"data point value is {which or 'missing'}; the contract sends as_int")
+    value = dp.as_int
+    if value < 0:
+        raise _Reject("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
+    start, end = dp.start_time_unix_nano, dp.time_unix_nano
+    if not start or not end or start > end:
+        raise _Reject(
+            "bad_interval",
+            f"start_time_unix_nano={start} time_unix_nano={end}: both are required and start <= time",
+        )
+    slots: list[Any] = [None] * 11
+    for kv in dp.attributes:
+        key = kv.key
+        slot = _STRING_ATTRS.get(key)
+        if slot is not None:
+            v = kv.value
+            if v.WhichOneof("value") != "string_value":
+                raise _Reject("wrong_attribute_type", f"attribute {key} must be a string")
+            slots[slot] = v.string_value
+            continue
+        slot = _INT_ATTRS.get(key)
+        if slot is not None:
+            v = kv.value
+            if v.WhichOneof("value") != "int_value":
+                raise _Reject("wrong_attribute_type", f"attribute {key} must be an int")
+            slots[slot] = v.int_value
+        # Unknown attributes are ignored: later versions of the contract may add some.
+    direction = slots[10]
+    if direction == c.DIRECTION_ORIGINAL:
+        is_reply = False
+    elif direction == c.DIRECTION_REPLY:
+        is_reply = True
+    else:
+        raise _Reject(
+            "bad_direction", f"kubenetmon.conntrack.direction={direction!r} is not original or reply"
+        )
+    return _tuple_key(slots), is_reply, start, end, value
+
+
+# --- fast path: canonical bytes ------------------------------------------------------
+
+
+def _kv_field(key: str, value: str) -> bytes:
+    """A string attribute exactly as the encoder writes it (NumberDataPoint.attributes)."""
+    body = kv_string(key, value)
+    return b"\x3a" + bytes((len(body),)) + body
+
+
+def _attr_prefix(key: str) -> bytes:
+    """Pattern of an attribute up to its value's own bytes (lengths are checked by the parser)."""
+    return b"\x3a.\x0a" + re.escape(bytes((len(key),)) + key.encode()) + b"\x12."
+
+
+def _fixed(key: str, values: Iterable[str]) -> bytes:
+    return b"(" + b"|".join(re.escape(_kv_field(key, v)) for v in values) + b")"
+
+
+_ADDR = b"\x0a.([0-9A-Fa-f.:]{2,45})"
+_PORT = b"\x18([\x00-\x7f]|[\x80-\xff][\x00-\x7f]|[\x80-\xff]{2}[\x00-\x07])"
+
+# The attribute block (all but the direction) in contract order; groups:
+# transport, type, src, sport, dst, dport, then the optional reply tuple.
+_ATTRS_RE = re.compile(
+    _fixed(c.ATTR_NETWORK_TRANSPORT, _TRANSPORTS)
+    + _fixed(c.ATTR_NETWORK_TYPE, _NETWORK_TYPES)
+    + _attr_prefix(c.ATTR_SRC_ADDRESS) + _ADDR
+    + _attr_prefix(c.ATTR_SRC_PORT) + _PORT
+    + _attr_prefix(c.ATTR_DST_ADDRESS) + _ADDR
+    + _attr_prefix(c.ATTR_DST_PORT) + _PORT
+    + b"(?:"
+    + _attr_prefix(c.ATTR_REPLY_SRC_ADDRESS) + _ADDR
+    + _attr_prefix(c.ATTR_REPLY_SRC_PORT) + _PORT
+    + _attr_prefix(c.ATTR_REPLY_DST_ADDRESS) + _ADDR
+    + _attr_prefix(c.ATTR_REPLY_DST_PORT) + _PORT
+    + b")?",
+    re.DOTALL,
+)
+_TRANSPORT_OF = {_kv_field(c.ATTR_NETWORK_TRANSPORT, v): v for v in _TRANSPORTS}
+_TYPE_OF = {_kv_field(c.ATTR_NETWORK_TYPE, v): v for v in _NETWORK_TYPES}
+_DIR_ORIGINAL = _kv_field(c.ATTR_DIRECTION, c.DIRECTION_ORIGINAL)
+_DIR_REPLY = _kv_field(c.ATTR_DIRECTION, c.DIRECTION_REPLY)
+_SUM_TRAILER = b"\x10" + bytes((c.TEMPORALITY_DELTA,)) + b"\x18\x01"
+_TIMES = struct.Struct("<xQxQ")  # \x11 start \x19 time
+
+
+def _varint_value(data: bytes) -> int:
+    n = 0
+    for shift, b in enumerate(data):
+        n |= (b & 0x7F) << (7 * shift)
+    return n
+
+
+# Attribute block → validated tuple key (or the rejection). Long-lived
+# connections show up in every interval with the same bytes, so this saves
+# most of the parsing in steady state. Bounded; dict operations are atomic
+# under the GIL, which is all the receiver's threads need.
+_TUPLES: dict[bytes, Any] = {}
+_TUPLES_LIMIT = 200_000
+
+
+def _key_prefix(key: str) -> bytes:
+    return b"\x0a" + bytes((len(key),)) + key.encode() + b"\x12"
+
+
+_SRC_A, _SRC_P = _key_prefix(c.ATTR_SRC_ADDRESS), _key_prefix(c.ATTR_SRC_PORT)
+_DST_A, _DST_P = _key_prefix(c.ATTR_DST_ADDRESS), _key_prefix(c.ATTR_DST_PORT)
+_RSRC_A, _RSRC_P = _key_prefix(c.ATTR_REPLY_SRC_ADDRESS), _key_prefix(c.ATTR_REPLY_SRC_PORT)
+_RDST_A, _RDST_P = _key_prefix(c.ATTR_REPLY_DST_ADDRESS), _key_prefix(c.ATTR_REPLY_DST_PORT)
+
+
+def _string_kv(prefix: bytes, value: bytes) -> bytes:
+    n = len(value)
+    return b"\x3a" + bytes((len(prefix) + n + 3,)) + prefix + bytes((n + 2, 0x0A, n)) + value
+
+
+def _int_kv(prefix: bytes, varint: bytes) -> bytes:
+    n = len(varint)
+    return b"\x3a" + bytes((len(prefix) + n + 2,)) + prefix + bytes((n + 1, 0x18)) + varint
+
+
+def _parse_attrs(attrs: bytes) -> Any:
+    m = _ATTRS_RE.fullmatch(attrs)
+    if m is None:
+        raise _NotCanonical
+    g = m.groups()
+    # The pattern does not check the length bytes; rebuilding the block from
+    # what it captured does, so only a byte-for-byte canonical block passes.
+    rebuilt = (
+        g[0] + g[1] + _string_kv(_SRC_A, g[2]) + _int_kv(_SRC_P, g[3])
+        + _string_kv(_DST_A, g[4]) + _int_kv(_DST_P, g[5])
+    )
+    slots: list[Any] = [
+        _TRANSPORT_OF[g[0]], _TYPE_OF[g[1]],
+        g[2].decode(), _varint_value(g[3]), g[4].decode(), _varint_value(g[5]),
+        None, None, None, None, None,
+    ]
+    if g[6] is not None:
+        rebuilt += (
+            _string_kv(_RSRC_A, g[6]) + _int_kv(_RSRC_P, g[7])
+            + _string_kv(_RDST_A, g[8]) + _int_kv(_RDST_P, g[9])
+        )
+        slots[6:10] = [g[6].decode(), _varint_value(g[7]), g[8].decode(), _varint_value(g[9])]
+    if rebuilt != attrs:
+        raise _NotCanonical
+    try:
+        return _tuple_key(slots)
+    except _Reject as exc:
+        return exc
+
+
+_COUNTERS = {c.METRIC_BYTES: 11, c.METRIC_PACKETS: 12}  # index of the original-direction counter
+_REPLY_OFFSET = 2  # reply_bytes = original_bytes + 2, in ConntrackRecord's field order
+
+
+def _points_of(metric: Any) -> int:
+    which = metric.WhichOneof("data")
+    return len(getattr(metric, which).data_points) if which else 0
+
+
+def _node_of(resource: Any) -> str:
+    for kv in resource.attributes:
+        if kv.key == c.RESOURCE_NODE_NAME:
+            if kv.value.WhichOneof("value") != "string_value":
+                raise _Reject("missing_node", "resource attribute k8s.node.name must be a string")
+            if not kv.value.string_value:
+                break
+            return str(kv.value.string_value)
+    raise _Reject("missing_node", "resource has no k8s.node.name attribute (the observing node)")
+
+
+class _Decoder:
+    def __init__(self, fast: bool) -> None:
+        self.fast = fast
+        self.rejections = _Rejections()
+        self.accs: dict[tuple[Any, ...], list[Any]] = {}
+        self.accepted = 0
+        self.nodes: dict[str, None] = {}
+
+    def run(self, request: Any) -> DecodeResult:
+        for rm in request.resource_metrics:
+            try:
+                node = _node_of(rm.resource)
+            except _Reject as exc:
+                n = sum(_points_of(m) for sm in rm.scope_metrics for m in sm.metrics)
+                self.rejections.add(exc.reason, exc.message, n)
+                continue
+            self.nodes[node] = None
+            fast_keys: dict[tuple[bytes, bytes], Any] = {}
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    self._metric(metric, node, fast_keys)
+        records = [ConntrackRecord(*acc) for acc in self.accs.values() if acc[11] or acc[12] or acc[13] or acc[14]]
+        rej = self.rejections
+        return DecodeResult(
+            records=records,
+            rejected_points=sum(rej.counts.values()),
+            errors=[f"{reason}: {msg}" for reason, msg in rej.messages.items()],
+            rejected_by_reason=dict(rej.counts),
+            accepted_points=self.accepted,
+            nodes=list(self.nodes),
+        )
+
+    def _metric(self, metric: Any, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
+        name = metric.name
+        base = _COUNTERS.get(name)
+        rej = self.rejections
+        if base is None:
+            rej.add("unknown_metric", f"unknown metric {name!r}: the contract has {c.METRIC_BYTES} and "
+                    f"{c.METRIC_PACKETS}", _points_of(metric))
+            return
+        which = metric.WhichOneof("data")
+        if which != "sum":
+            rej.add("not_sum", f"metric {name} is a {which or 'metric without data'}, not a Sum",
+                    _points_of(metric))
+            return
+        s = metric.sum
+        if s.aggregation_temporality != c.TEMPORALITY_DELTA:
+            rej.add("not_delta", f"metric {name} must have DELTA temporality", len(s.data_points))
+            return
+        if not s.is_monotonic:
+            rej.add("not_monotonic", f"metric {name} must be monotonic", len(s.data_points))
+            return
+        if self.fast:
+            self._points_fast(s.SerializeToString(), base, node, fast_keys)
+        else:
+            self._points_slow(s.data_points, base, node)
+
+    def _acc(self, node: str, key: tuple[Any, ...], start: int, end: int) -> list[Any]:
+        vkey = (node, *key, start, end)
+        acc = self.accs.get(vkey)
+        if acc is None:
+            acc = self.accs[vkey] = [node, *key, 0, 0, 0, 0, start, end]
+        return acc
+
+    def _points_slow(self, points: Any, base: int, node: str) -> None:
+        rej = self.rejections
+        for dp in points:
+            try:
+                key, is_reply, start, end, value = _read_point_slow(dp)
+            except _Reject as exc:
+                rej.add(exc.reason, exc.message)
+                continue
+            acc = self._acc(node, key, start, end)
+            acc[base + _REPLY_OFFSET if is_reply else base] += value
+            self.accepted += 1
+
+    def _points_fast(self, data: bytes, base: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
+        # Walks the re-serialized Sum by the data points' own length prefixes;
+        # anything not in the encoder's exact layout raises _NotCanonical.
+        end = len(data) - len(_SUM_TRAILER)
+        if not data.endswith(_SUM_TRAILER):
+            raise _NotCanonical
+        rej = self.rejections
+        from_bytes = int.from_bytes
+        dir_reply, dir_original = _DIR_REPLY, _DIR_ORIGINAL
+        len_reply, len_original = len(dir_reply), len(dir_original)
+        reply_index = base + _REPLY_OFFSET
+        pos = accepted = 0
+        while pos < end:
+            n = data[pos + 1]
+            if n & 0x80:
+                if data[pos + 2] & 0x80:
+                    raise _NotCanonical
+                n = (n & 0x7F) | (data[pos + 2] << 7)
+                p = pos + 3
+            else:
+                p = pos + 2
+            q = p + n
+            if q > end or data[pos] != 0x0A or data[p] != 0x11 or data[p + 9] != 0x19 or data[p + 18] != 0x31:
+                raise _NotCanonical
+            if data.endswith(dir_reply, p, q):
+                k = (data[p : p + 18], data[p + 27 : q - len_reply])
+                index = reply_index
+            elif data.endswith(dir_original, p, q):
+                k = (data[p : p + 18], data[p + 27 : q - len_original])
+                index = base
+            else:
+                raise _NotCanonical
+            pos = q
+            acc = fast_keys.get(k)
+            if acc is None:
+                acc = fast_keys[k] = self._fast_acc(node, k)
+            if type(acc) is not list:
+                rej.add(acc.reason, acc.message)
+                continue
+            value = from_bytes(data[p + 19 : p + 27], "little", signed=True)
+            if value < 0:
+                rej.add("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
+                continue
+            acc[index] += value
+            accepted += 1
+        if pos != end:
+            raise _NotCanonical
+        self.accepted += accepted
+
+    def _fast_acc(self, node: str, k: tuple[bytes, bytes]) -> Any:
+        times, attrs = k
+        key = _TUPLES.get(attrs)
+        if key is None:
+            key = _parse_attrs(attrs)
+            if len(_TUPLES) >= _TUPLES_LIMIT:
+                _TUPLES.clear()
+            _TUPLES[attrs] = key
+        if type(key) is _Reject:
+            return key
+        start, end = _TIMES.unpack(times)
+        if start > end:
+            return _Reject(
+                "bad_interval",
+                f"start_time_unix_nano={start} time_unix_nano={end}: both are required and start <= time",
+            )
+        return self._acc(node, key, start, end)
+
+
+def decode_records(request: Any) -> DecodeResult:
+    """Read the conntrack records of one ``ExportMetricsServiceRequest`` (DESIGN §4.1).
+
+    The original and reply points of one tuple and interval (of both metrics)
+    become one :class:`ConntrackRecord` with four counters. A data point that
+    breaks the contract is rejected and counted by reason; the rest of the
+    request is still read.
+    """
+    try:
+        return _Decoder(fast=True).run(request)
+    except _NotCanonical:
+        return _Decoder(fast=False).run(request)
