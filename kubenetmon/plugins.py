@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.extensions.health_check",
     "kubenetmon.processors.cloud_prefix",
     "kubenetmon.processors.k8s_attributes",
+    "kubenetmon.receivers.conntrack",
 )
 
 _HOOKS: dict[Kind, str] = {
