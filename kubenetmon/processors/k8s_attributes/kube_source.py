@@ -112,6 +112,9 @@ class _Reflector:
         self._log = logger
         self._stop = stop
         self.synced = threading.Event()
+        # Where the next watch resumes: advanced by every event and bookmark, so
+        # that a broken stream resumes after the last change seen; None = re-list.
+        self.rv: str | None = None
         self.died: str | None = None
         self.last_event = time.monotonic()
         self._resp_lock = threading.Lock()
@@ -127,25 +130,25 @@ class _Reflector:
     # ------------------------------------------------------------------ loop
 
     def _run(self) -> None:
-        rv: str | None = None
         backoff = self._cfg.backoff_initial
         listed = False
         try:
             while not self._stop.is_set():
+                rv = self.rv
                 try:
                     if rv is None:
                         if listed:
                             self._m_relists.inc()
-                        rv = self._list()
+                        self.rv = rv = self._list()
                         listed = True
                         self.synced.set()
-                    rv = self._watch(rv)
+                    self._watch(rv)
                     self._m_restarts.labels(resource=self.resource.name, reason="timeout").inc()
                     backoff = self._cfg.backoff_initial
                 except _Expired:
                     self._m_restarts.labels(resource=self.resource.name, reason="expired").inc()
                     self._log.info("%s: resourceVersion %s expired (410 Gone); re-listing", self.resource.name, rv)
-                    rv = None
+                    self.rv = None
                 except Exception as exc:
                     if self._stop.is_set():
                         break
@@ -153,12 +156,12 @@ class _Reflector:
                     if reason == "http_410":
                         self._m_restarts.labels(resource=self.resource.name, reason="expired").inc()
                         self._log.info("%s: HTTP 410 Gone; re-listing", self.resource.name)
-                        rv = None
+                        self.rv = None
                         continue
                     self._m_restarts.labels(resource=self.resource.name, reason=reason).inc()
                     self._log.warning(
                         "%s: %s failed (%s: %s); retrying in %.1fs from resourceVersion %s",
-                        self.resource.name, "watch" if rv else "list", type(exc).__name__, exc, backoff, rv,
+                        self.resource.name, "watch" if rv else "list", type(exc).__name__, exc, backoff, self.rv,
                     )
                     self._stop.wait(backoff * (0.5 + random.random() / 2))
                     backoff = min(backoff * 2, self._cfg.backoff_max)
@@ -210,7 +213,7 @@ class _Reflector:
 
     # ------------------------------------------------------------------ watch
 
-    def _watch(self, rv: str) -> str:
+    def _watch(self, rv: str) -> None:
         cfg = self._cfg
         resp = self.resource.list_fn(
             watch=True,
@@ -254,14 +257,13 @@ class _Reflector:
                             self._log.warning("%s: skipping malformed %s event: %r", name, type_, exc)
                     events.labels(resource=name, type=str(type_)).inc()
                     if new_rv:
-                        rv = str(new_rv)
+                        self.rv = str(new_rv)
                     self.last_event = time.monotonic()
                 if self._stop.is_set():
                     break
         finally:
             self._set_resp(None)
             resp.release_conn()
-        return rv
 
     # ------------------------------------------------------------------ stopping
 
