@@ -22,10 +22,12 @@ __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_p
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.clickhouse",
     "kubenetmon.exporters.debug",
+    "kubenetmon.exporters.otlp",
     "kubenetmon.extensions.health_check",
     "kubenetmon.processors.cloud_prefix",
     "kubenetmon.processors.k8s_attributes",
     "kubenetmon.receivers.conntrack",
+    "kubenetmon.receivers.otlp",
 )
 
 _HOOKS: dict[Kind, str] = {

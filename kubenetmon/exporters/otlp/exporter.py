@@ -1,0 +1,197 @@
+"""The ``otlp`` exporter: sends queue blocks as OTLP/gRPC metrics requests.
+
+Built on :class:`~kubenetmon.exporterhelper.QueuedExporter`, which owns the
+queue and the retries; this module encodes a block, sends its requests, and
+turns gRPC outcomes into retryable or permanent errors. The sync gRPC stub
+runs in the helper's worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+from kubenetmon.component import CreateSettings
+from kubenetmon.errors import PermanentError, RetryableError
+from kubenetmon.exporterhelper import Block, QueuedExporter
+from kubenetmon.exporters.otlp.config import OtlpExporterConfig
+from kubenetmon.otlp import contract, encode_flows_bytes, encode_records_bytes
+from kubenetmon.otlp.status import retry_after_of
+
+__all__ = ["EXPORT_METHOD", "OtlpExporter"]
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+
+# OTLP/gRPC spec: these are retryable; RESOURCE_EXHAUSTED only when the server
+# says when to come back (RetryInfo); everything else is permanent.
+_RETRYABLE = {
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
+_ENCODED_BLOCKS_KEPT = 8
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PermanentError(f"cannot read tls {what} {path!r}: {exc}") from exc
+
+
+class _EncodedBlock:
+    """A block's requests, encoded once and reused by retries; parts already acknowledged."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.done: set[int] = set()
+
+
+class OtlpExporter(QueuedExporter):
+    """Exports records (DESIGN §4.1) and flows (§4.4) over OTLP/gRPC."""
+
+    def __init__(self, settings: CreateSettings, config: OtlpExporterConfig) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self._channel: grpc.Channel | None = None
+        self._export: grpc.UnaryUnaryMultiCallable | None = None
+        self._encoded: OrderedDict[str, _EncodedBlock] = OrderedDict()
+        self._encoded_lock = threading.Lock()
+        m = settings.metrics
+        self.m_requests = m.counter(
+            "exporter_otlp_requests_total", "OTLP export requests by outcome (ok, retryable, permanent).",
+            ["outcome"],
+        )
+        self.m_points = m.counter("exporter_otlp_sent_points_total", "Data points acknowledged by the server.")
+        self.m_rejected = m.counter(
+            "exporter_otlp_rejected_points_total",
+            "Data points the server rejected through OTLP partial success (permanent, not retried).",
+        )
+        self.m_bytes = m.counter("exporter_otlp_request_bytes_total", "Uncompressed bytes of requests sent.")
+
+    # --- client ----------------------------------------------------------------------
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        tls = self.config.tls
+        if tls.insecure:
+            return None
+        root = _read(tls.ca_file, "ca_file") if tls.ca_file else None
+        key = _read(tls.key_file, "key_file") if tls.key_file else None
+        cert = _read(tls.cert_file, "cert_file") if tls.cert_file else None
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+
+    def open(self) -> None:
+        cfg = self.config
+        size = cfg.max_message_size_mib * 1024 * 1024
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.keepalive_time_ms", int(cfg.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(cfg.reconnect_backoff_max * 1000)),
+            ("grpc.initial_reconnect_backoff_ms", int(min(1.0, cfg.reconnect_backoff_max) * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(min(1.0, cfg.reconnect_backoff_max) * 1000)),
+            ("grpc.lb_policy_name", cfg.balancer_name),
+            ("grpc.enable_retries", 0),  # the exporter helper retries, with the queue behind it
+        ]
+        if cfg.tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", cfg.tls.server_name_override))
+        creds = self._credentials()
+        if creds is None:
+            self._channel = grpc.insecure_channel(cfg.endpoint, options=options)
+        else:
+            self._channel = grpc.secure_channel(cfg.endpoint, creds, options=options)
+        self._export = self._channel.unary_unary(
+            EXPORT_METHOD, request_serializer=None, response_deserializer=ExportMetricsServiceResponse.FromString
+        )
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+            self._export = None
+
+    # --- sending ---------------------------------------------------------------------
+
+    def encode(self, block: Block) -> list[bytes]:
+        """The block's serialized requests: records (§4.1) first, then flows (§4.4)."""
+        batch = block.merged()
+        cfg = self.config
+        parts: list[bytes] = []
+        if batch.records:
+            try:
+                parts += encode_records_bytes(batch.records, cfg.resource, max_points=cfg.max_points_per_request)
+            except (ValueError, TypeError) as exc:
+                raise PermanentError(f"cannot encode conntrack records: {exc}") from exc
+        if batch.flows:
+            try:
+                parts += encode_flows_bytes(batch.flows, cfg.resource, max_points=cfg.max_points_per_request)
+            except (ValueError, TypeError) as exc:
+                raise PermanentError(f"cannot encode flows: {exc}") from exc
+        return parts
+
+    def _encoded_block(self, block: Block) -> _EncodedBlock:
+        with self._encoded_lock:
+            enc = self._encoded.get(block.id)
+        if enc is None:
+            enc = _EncodedBlock(self.encode(block))
+            with self._encoded_lock:
+                self._encoded[block.id] = enc
+                while len(self._encoded) > _ENCODED_BLOCKS_KEPT:
+                    self._encoded.popitem(last=False)
+        return enc
+
+    def push(self, block: Block, timeout: float) -> None:
+        export = self._export
+        if export is None:
+            raise RetryableError("the OTLP channel is closed")
+        enc = self._encoded_block(block)
+        compression = grpc.Compression.Gzip if self.config.compression == "gzip" else grpc.Compression.NoCompression
+        headers = list(self.config.headers.items())
+        for i, data in enumerate(enc.parts):
+            if i in enc.done:
+                continue  # acknowledged in an earlier attempt; the receiver would only dedup it
+            # The id is the queue block's (stable across retries and restarts);
+            # a split block numbers its parts, deterministically.
+            batch_id = block.id if len(enc.parts) == 1 else f"{block.id}:{i}"
+            metadata = [(contract.BATCH_ID_METADATA, batch_id), *headers]
+            try:
+                response = export(data, timeout=timeout, metadata=metadata, compression=compression)
+            except grpc.RpcError as exc:
+                raise self._classify(exc, batch_id) from None
+            enc.done.add(i)
+            self.m_requests.labels(outcome="ok").inc()
+            self.m_bytes.inc(len(data))
+            self._partial_success(response, batch_id)
+        with self._encoded_lock:
+            self._encoded.pop(block.id, None)
+
+    def _partial_success(self, response: ExportMetricsServiceResponse, batch_id: str) -> None:
+        ps = response.partial_success
+        if ps.rejected_data_points:
+            self.m_rejected.inc(ps.rejected_data_points)
+            self.log.warning(
+                "server rejected %d data points of request %s (not retried): %s",
+                ps.rejected_data_points, batch_id, ps.error_message or "no reason given",
+            )
+        elif ps.error_message:
+            self.log.warning("server warning for request %s: %s", batch_id, ps.error_message)
+
+    def _classify(self, exc: grpc.RpcError, batch_id: str) -> Exception:
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+        retry_after = retry_after_of(trailing)
+        message = f"export of request {batch_id} to {self.config.endpoint} failed: {code.name}: {details}"
+        if code in _RETRYABLE or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None):
+            self.m_requests.labels(outcome="retryable").inc()
+            return RetryableError(message, retry_after=retry_after)
+        self.m_requests.labels(outcome="permanent").inc()
+        return PermanentError(message)

@@ -1,0 +1,96 @@
+"""Config of the ``otlp`` receiver (OpenTelemetry Collector key names where they exist)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kubenetmon.component import ComponentConfig
+
+__all__ = ["AuthConfig", "DedupConfig", "GrpcServerConfig", "KeepaliveConfig", "OtlpReceiverConfig", "ServerTLSConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerTLSConfig(_Strict):
+    cert_file: str = Field("", description="PEM server certificate; empty serves plain text (no TLS).")
+    key_file: str = Field("", description="PEM private key of cert_file.")
+    client_ca_file: str = Field(
+        "", description="PEM CA(s) of client certificates; set it to require mTLS (clients without a "
+        "certificate signed by it are refused)."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> ServerTLSConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file (mTLS) needs cert_file and key_file")
+        return self
+
+
+class KeepaliveConfig(_Strict):
+    time: float = Field(30.0, gt=0, description="Seconds of inactivity before the server pings a client.")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for a ping's answer before closing.")
+    max_connection_idle: float = Field(0.0, ge=0, description="Close connections idle this long; 0 never.")
+    max_connection_age: float = Field(
+        300.0, ge=0,
+        description="Close connections this old (clients reconnect, so agents rebalance across gateway "
+        "replicas); 0 never.",
+    )
+    max_connection_age_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get after max_connection_age before the close."
+    )
+    min_client_ping_interval: float = Field(
+        10.0, ge=0, description="Clients pinging more often than this are told to go away (too_many_pings)."
+    )
+
+
+class GrpcServerConfig(_Strict):
+    endpoint: str = Field("0.0.0.0:4317", description="host:port to listen on (port 0: any free port).")
+    tls: ServerTLSConfig = Field(default_factory=ServerTLSConfig)
+    max_recv_msg_size_mib: int = Field(32, gt=0, description="Largest request accepted (after decompression).")
+    max_concurrent_requests: int = Field(
+        16, gt=0, description="Requests handled at once; more are refused with RESOURCE_EXHAUSTED."
+    )
+    workers: int = Field(4, gt=0, description="Threads that decode requests and call the next consumer.")
+    keepalive: KeepaliveConfig = Field(default_factory=KeepaliveConfig)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"endpoint {value!r} must be host:port, e.g. 0.0.0.0:4317")
+        return value
+
+
+class AuthConfig(_Strict):
+    bearer_token: str = Field(
+        "", description="When set, requests must carry 'authorization: Bearer <token>'; others get "
+        "UNAUTHENTICATED. Use ${env:VAR} rather than a literal."
+    )
+
+
+class DedupConfig(_Strict):
+    enabled: bool = Field(True, description="Acknowledge without consuming a request whose "
+                          "kubenetmon-batch-id this node already delivered.")
+    max_ids_per_node: int = Field(4096, gt=0, description="Batch ids remembered per node.")
+    ttl: float = Field(900.0, gt=0, description="Seconds a batch id is remembered.")
+
+
+class OtlpReceiverConfig(ComponentConfig):
+    """OTLP/gRPC ``MetricsService/Export`` server for the agent → gateway contract (DESIGN §4.1)."""
+
+    grpc: GrpcServerConfig = Field(default_factory=GrpcServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    backpressure_status: Literal["unavailable", "resource_exhausted"] = Field(
+        "unavailable", description="gRPC status sent (with RetryInfo) when the next consumer pushes back."
+    )
+    backpressure_retry_after: float = Field(
+        1.0, gt=0, description="RetryInfo delay when the consumer pushes back without saying when to retry."
+    )

@@ -1,0 +1,269 @@
+"""The ``otlp`` receiver: an OTLP/gRPC metrics server for the agent → gateway contract.
+
+Why a sync gRPC server (thread pool) rather than grpc.aio: the next consumer
+is synchronous and may block (a queue waiting for room), and decoding is CPU
+work; an asyncio server would have to hop every request to a thread anyway.
+Each request runs in one pool thread from bytes to ``consume``; the GIL makes
+more parallelism moot, and ``max_concurrent_requests`` bounds memory.
+
+Requests are read as raw bytes (no generated servicer), so a request that is
+not protobuf is answered INVALID_ARGUMENT and counted, instead of failing
+inside gRPC.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
+from kubenetmon.errors import BackpressureError
+from kubenetmon.flows import FlowBatch
+from kubenetmon.otlp import contract, decode_records
+from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
+from kubenetmon.receivers.otlp.config import OtlpReceiverConfig
+from kubenetmon.receivers.otlp.dedup import BatchIdWindow
+
+__all__ = ["OtlpReceiver"]
+
+_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+        self.retry_after = retry_after
+
+
+class OtlpReceiver(BaseComponent):
+    """Serves ``MetricsService/Export``; hands decoded records to its consumer.
+
+    ``interceptors`` are extra gRPC server interceptors (tests use one to
+    lose acknowledgements on purpose).
+    """
+
+    def __init__(
+        self,
+        settings: CreateSettings,
+        config: OtlpReceiverConfig,
+        consumer: Consumer,
+        *,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.consumer = consumer
+        self.log = settings.logger
+        self._interceptors = tuple(interceptors)
+        self._server: grpc.Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopped = False
+        self.port = 0
+        self.dedup = BatchIdWindow(config.dedup.max_ids_per_node, config.dedup.ttl)
+        token = config.auth.bearer_token
+        self._expected_auth = f"Bearer {token}".encode() if token else None
+        m = settings.metrics
+        self.m_requests = m.counter(
+            "receiver_otlp_requests_total",
+            "Export requests by outcome (ok, partial, duplicate, refused, invalid, unauthenticated, error).",
+            ["outcome"],
+        )
+        self.m_accepted = m.counter("receiver_accepted_points_total", "Data points handed to the next consumer.")
+        self.m_records = m.counter("receiver_accepted_records_total", "Conntrack records handed to the consumer.")
+        self.m_refused = m.counter(
+            "receiver_refused_points_total", "Data points refused because the consumer pushed back (retried by "
+            "the client)."
+        )
+        self.m_rejected = m.counter(
+            "receiver_rejected_points_total", "Data points rejected as breaking the contract, by reason.", ["reason"]
+        )
+        self.m_duplicates = m.counter(
+            "receiver_duplicate_points_total", "Data points of re-sent requests acknowledged without consuming."
+        )
+        self.m_latency = m.histogram(
+            "receiver_request_latency_seconds", "Time to handle one export request.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        g = self.config.grpc
+        k = g.keepalive
+        size = g.max_recv_msg_size_mib * 1024 * 1024
+        options = [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", int(k.time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(k.timeout * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(k.min_client_ping_interval * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ]
+        if k.max_connection_idle:
+            options.append(("grpc.max_connection_idle_ms", int(k.max_connection_idle * 1000)))
+        if k.max_connection_age:
+            options.append(("grpc.max_connection_age_ms", int(k.max_connection_age * 1000)))
+            options.append(("grpc.max_connection_age_grace_ms", int(k.max_connection_age_grace * 1000)))
+        return options
+
+    def start(self, host: Host) -> None:
+        g = self.config.grpc
+        self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix=f"{self.settings.id}-grpc")
+        server = grpc.server(
+            self._pool,
+            options=self._server_options(),
+            interceptors=self._interceptors,
+            maximum_concurrent_rpcs=g.max_concurrent_requests,
+        )
+        handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),))
+        tls = g.tls
+        try:
+            if tls.cert_file:
+                creds = grpc.ssl_server_credentials(
+                    [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+                    root_certificates=Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None,
+                    require_client_auth=bool(tls.client_ca_file),
+                )
+                port = server.add_secure_port(g.endpoint, creds)
+            else:
+                port = server.add_insecure_port(g.endpoint)
+        except (OSError, RuntimeError) as exc:
+            self._pool.shutdown(wait=False)
+            raise RuntimeError(f"cannot listen on {g.endpoint}: {exc}") from exc
+        if not port:
+            self._pool.shutdown(wait=False)
+            raise RuntimeError(f"cannot listen on {g.endpoint}: the address is in use or not local")
+        self.port = port
+        server.start()
+        self._server = server
+        self.log.info("OTLP/gRPC receiver listening on %s (port %d, tls=%s)", g.endpoint, port, bool(tls.cert_file))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            # New requests are refused at once; requests in progress get the
+            # grace period to finish handing their batch to the consumer.
+            self._server.stop(grace=max(0.0, timeout)).wait(timeout + 1.0)
+            self._server = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def is_ready(self) -> bool:
+        return self._server is not None and not self._stopped
+
+    # --- the handler -----------------------------------------------------------------
+
+    def _export(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        started = time.monotonic()
+        try:
+            response, outcome = self._handle(data, context)
+        except _Abort as exc:
+            self.m_requests.labels(outcome=exc.outcome).inc()
+            if exc.retry_after is not None:
+                details = retry_info_status(exc.code.value[0], exc.message, exc.retry_after)
+                context.set_trailing_metadata(((STATUS_DETAILS_KEY, details),))
+            context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug: tell the client to retry rather than lose data
+            self.m_requests.labels(outcome="error").inc()
+            self.log.exception("export request failed")
+            details = retry_info_status(
+                grpc.StatusCode.UNAVAILABLE.value[0], "internal error", self.config.backpressure_retry_after
+            )
+            context.set_trailing_metadata(((STATUS_DETAILS_KEY, details),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"internal error: {exc}")
+        finally:
+            self.m_latency.observe(time.monotonic() - started)
+        self.m_requests.labels(outcome=outcome).inc()
+        return response
+
+    def _metadata(self, context: grpc.ServicerContext) -> dict[str, Any]:
+        return dict(context.invocation_metadata() or ())
+
+    def _handle(self, data: bytes, context: grpc.ServicerContext) -> tuple[bytes, str]:
+        metadata = self._metadata(context)
+        if self._expected_auth is not None:
+            given = metadata.get("authorization", "")
+            given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+            if not hmac.compare_digest(given_bytes, self._expected_auth):
+                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token", "unauthenticated")
+        request = ExportMetricsServiceRequest()
+        try:
+            request.ParseFromString(data)
+        except DecodeError as exc:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not an ExportMetricsServiceRequest: {exc}",
+                "invalid",
+            ) from None
+        result = decode_records(request)
+        for reason, n in result.rejected_by_reason.items():
+            self.m_rejected.labels(reason=reason).inc(n)
+        if result.rejected_points:
+            self.log.warning(
+                "rejected %d data points from %s: %s",
+                result.rejected_points, context.peer(), result.error_message(),
+            )
+        response = ExportMetricsServiceResponse()
+        if result.rejected_points:
+            response.partial_success.rejected_data_points = result.rejected_points
+            response.partial_success.error_message = result.error_message()
+        payload = response.SerializeToString()
+        outcome = "partial" if result.rejected_points else "ok"
+        if not result.records:
+            return payload, outcome
+        batch_id = metadata.get(contract.BATCH_ID_METADATA)
+        if not self.config.dedup.enabled or not isinstance(batch_id, str) or not batch_id:
+            self._consume(result.records, result.accepted_points)
+            return payload, outcome
+        state = self.dedup.begin(result.nodes, batch_id)
+        if state == "duplicate":
+            self.m_duplicates.inc(result.accepted_points)
+            self.log.info("request %s from %s was already delivered: acknowledged, not consumed",
+                          batch_id, ",".join(result.nodes))
+            return payload, "duplicate"
+        if state == "in_flight":
+            self.m_refused.inc(result.accepted_points)
+            raise _Abort(
+                grpc.StatusCode.UNAVAILABLE, f"request {batch_id} is being handled; retry later",
+                "refused", self.config.backpressure_retry_after,
+            )
+        delivered = False
+        try:
+            self._consume(result.records, result.accepted_points)
+            delivered = True
+        finally:
+            self.dedup.end(result.nodes, batch_id, delivered)
+        return payload, outcome
+
+    def _consume(self, records: list[Any], points: int) -> None:
+        try:
+            self.consumer.consume(FlowBatch(records=records))
+        except BackpressureError as exc:
+            self.m_refused.inc(points)
+            retry_after = exc.retry_after if exc.retry_after is not None else self.config.backpressure_retry_after
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if self.config.backpressure_status == "resource_exhausted"
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            raise _Abort(code, f"pipeline is full: {exc}", "refused", retry_after) from None
+        self.m_accepted.inc(points)
+        self.m_records.inc(len(records))
