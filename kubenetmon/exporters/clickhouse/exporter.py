@@ -55,7 +55,7 @@ _PERMANENT_CODES = frozenset(
 
 def classify_error(exc: BaseException) -> KubenetmonError:
     """Map a clickhouse-connect (or serialization) failure to Retryable/PermanentError."""
-    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 
     if isinstance(exc, RetryableError | PermanentError):
         return exc
@@ -63,6 +63,8 @@ def classify_error(exc: BaseException) -> KubenetmonError:
         return PermanentError(str(exc))
     if isinstance(exc, OperationalError):  # connection refused/reset, timeouts, 5xx after retries
         return RetryableError(f"ClickHouse unreachable: {exc}")
+    if isinstance(exc, DataError):  # the driver could not encode a value
+        return PermanentError(f"rows could not be encoded: {exc}")
     if isinstance(exc, DatabaseError):
         code = getattr(exc, "code", None)
         if code in _PERMANENT_CODES:
