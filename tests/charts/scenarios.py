@@ -45,7 +45,7 @@ SERVER_SCENARIOS = (
     Scenario(
         "owners",
         sets={**README_SERVER_SETS, "attribution.owners": "true", "deployment.replicaCount": "3",
-              "deployment.podAntiAffinity": "hard", "extraPipPackages[0]": "kubenetmon-nat-flags==1.0"},
+              "deployment.podAntiAffinity": "hard", "extraPipPackages[0]": "kubenetmon-nat-gateway==0.1.0"},
     ),
 )
 

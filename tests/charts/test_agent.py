@@ -103,7 +103,7 @@ def test_skip_conntrack_sanity_check_reaches_the_receiver(render: RenderFn) -> N
     skipped = _conntrack(render(AGENT, sets=README_AGENT_SETS))
     default = _conntrack(render(AGENT))
     assert skipped != default
-    assert skipped["sanity_check"] is False and default["sanity_check"] is True
+    assert skipped["skip_sanity_check"] is True and default["skip_sanity_check"] is False
 
 
 def test_collection_interval_is_converted_to_seconds(render: RenderFn) -> None:
@@ -153,11 +153,18 @@ def test_gateway_tls_and_token_are_wired(render: RenderFn) -> None:
     exporter = _otlp(rendered)
     assert str(exporter["tls"]["ca_file"]).startswith(mounts["gateway-ca"] + "/")
     assert exporter["tls"].get("insecure", False) is False
+    assert exporter["headers"] == {"authorization": "Bearer ${env:KUBENETMON_AGENT_TOKEN}"}
     token_env = next(e for e in container["env"] if e["name"] == "KUBENETMON_AGENT_TOKEN")
     (secret,) = rendered.of_kind("Secret")
     assert token_env["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
     assert base64.b64decode(secret["data"]["token"]).decode() == "agent-token-value"
     assert "agent-token-value" not in rendered.one("ConfigMap")["data"]["config.yaml"]
+
+
+def test_plaintext_to_the_gateway_by_default(render: RenderFn) -> None:
+    exporter = _otlp(render(AGENT))
+    assert exporter["tls"] == {"insecure": True}
+    assert "headers" not in exporter
 
 
 def test_notes_tell_what_to_check(helm: str) -> None:

@@ -185,6 +185,14 @@ def test_health_probes_and_ports_match_the_pipeline(render: RenderFn) -> None:
     assert container["args"] == ["run", "--config", "/etc/kubenetmon/config.yaml"]
 
 
+def test_max_connection_age_reaches_the_receiver_keepalive(render: RenderFn) -> None:
+    rendered = render(SERVER, sets={"agentChannel.maxConnectionAge": "2m"})
+    keepalive = rendered.configmap_pipeline()["receivers"]["otlp"]["grpc"]["keepalive"]
+    assert float(keepalive["max_connection_age"]) == 120.0
+    plain = render(SERVER).configmap_pipeline()["receivers"]["otlp"]
+    assert "tls" not in plain["grpc"] and "auth" not in plain
+
+
 def test_gateway_runs_unprivileged_with_a_read_only_root(render: RenderFn) -> None:
     rendered = render(SERVER)
     pod = rendered.pod_spec()
@@ -221,10 +229,10 @@ def test_scheduling_values_reach_the_pod(render: RenderFn) -> None:
 
 
 def test_extra_pip_packages_are_installed_onto_pythonpath(render: RenderFn) -> None:
-    rendered = render(SERVER, values={"extraPipPackages": ["kubenetmon-nat-flags==1.0", "other-plugin"]})
+    rendered = render(SERVER, values={"extraPipPackages": ["kubenetmon-nat-gateway==0.1.0", "other-plugin"]})
     pod = rendered.pod_spec()
     (init,) = pod["initContainers"]
-    assert init["args"][-2:] == ["kubenetmon-nat-flags==1.0", "other-plugin"]
+    assert init["args"][-2:] == ["kubenetmon-nat-gateway==0.1.0", "other-plugin"]
     target = init["command"][init["command"].index("--target") + 1]
     init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
     main = rendered.container("kubenetmon-server")
@@ -242,8 +250,10 @@ def test_agent_channel_tls_and_token_are_wired(render: RenderFn) -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in rendered.pod_spec()["volumes"]}
     assert volumes["agent-tls"]["secret"]["secretName"] == "kubenetmon-gateway-tls"
-    grpc = rendered.configmap_pipeline()["receivers"]["otlp"]["grpc"]
-    assert str(grpc["tls"]["cert_file"]).startswith(mounts["agent-tls"] + "/")
+    receiver = rendered.configmap_pipeline()["receivers"]["otlp"]
+    assert str(receiver["grpc"]["tls"]["cert_file"]).startswith(mounts["agent-tls"] + "/")
+    assert str(receiver["grpc"]["tls"]["key_file"]).startswith(mounts["agent-tls"] + "/")
+    assert receiver["auth"]["bearer_token"] == "${env:KUBENETMON_AGENT_TOKEN}"
     token_env = next(e for e in container["env"] if e["name"] == "KUBENETMON_AGENT_TOKEN")
     secret_name = token_env["valueFrom"]["secretKeyRef"]["name"]
     (token_secret,) = [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == secret_name]

@@ -7,7 +7,7 @@ receivers:
   conntrack:
     node_name: "${env:NODE_NAME}"
     interval: {{ include "kubenetmon-agent.seconds" .Values.configuration.collectionInterval }}
-    sanity_check: {{ not .Values.configuration.skipConntrackSanityCheck }}
+    skip_sanity_check: {{ .Values.configuration.skipConntrackSanityCheck }}
     uptime_wait: {{ include "kubenetmon-agent.seconds" .Values.configuration.uptimeWaitDuration }}
     configure_sysctls: {{ eq .Values.configuration.sysctls "agent" }}
     checkpoint_path: /var/lib/kubenetmon/checkpoint
@@ -16,11 +16,8 @@ exporters:
     endpoint: {{ include "kubenetmon-agent.gatewayEndpoint" . | quote }}
     tls:
       insecure: {{ not .Values.gateway.tls.enabled }}
-      {{- if .Values.gateway.tls.enabled }}
-      insecure_skip_verify: {{ .Values.gateway.tls.insecureSkipVerify }}
-      {{- if .Values.gateway.tls.caSecret }}
+      {{- if and .Values.gateway.tls.enabled .Values.gateway.tls.caSecret }}
       ca_file: /etc/kubenetmon-tls/ca.crt
-      {{- end }}
       {{- end }}
     {{- if .Values.gateway.token.enabled }}
     headers:

@@ -12,15 +12,17 @@ receivers:
   otlp:
     grpc:
       endpoint: {{ printf "0.0.0.0:%d" (int .Values.service.port) | quote }}
-      max_connection_age: {{ include "kubenetmon-server.seconds" .Values.agentChannel.maxConnectionAge }}
+      keepalive:
+        max_connection_age: {{ include "kubenetmon-server.seconds" .Values.agentChannel.maxConnectionAge }}
       {{- if .Values.agentChannel.tls.enabled }}
       tls:
         cert_file: /etc/kubenetmon-tls/tls.crt
         key_file: /etc/kubenetmon-tls/tls.key
       {{- end }}
-      {{- if .Values.agentChannel.token.enabled }}
+    {{- if .Values.agentChannel.token.enabled }}
+    auth:
       bearer_token: "${env:KUBENETMON_AGENT_TOKEN}"
-      {{- end }}
+    {{- end }}
 processors:
   k8s_attributes:
     source: kubernetes
