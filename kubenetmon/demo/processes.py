@@ -66,6 +66,7 @@ class KubenetmonProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
+        self.log_offset = 0
 
     @property
     def command(self) -> list[str]:
@@ -78,6 +79,7 @@ class KubenetmonProcess:
         if self.alive:
             raise RuntimeError(f"{self.name} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_offset = len(self.log_text())  # wait_for_log looks at this start's lines only
         self._log = self.log_path.open("ab")
         self._log.write(f"\n=== start {self.starts + 1}: {' '.join(self.command)}\n".encode())
         self._log.flush()
@@ -142,6 +144,18 @@ class KubenetmonProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_for_log(self, text: str, *, timeout: float = 30.0) -> None:
+        """Wait until this start's log contains ``text``; fail early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text()[self.log_offset:]:
+                return
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited ({self.returncode}) before logging {text!r}:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not log {text!r} within {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -11,7 +11,7 @@ from kubenetmon.demo.expected import attribute, pair_totals
 from kubenetmon.demo.minicluster import MiniCluster, PodSpec, Topology, default_topology
 from kubenetmon.demo.traffic import Exchange, PeerServer, run_exchanges
 from kubenetmon.netns import list_namespaces
-from tests.e2e.conftest import INTERNET_HOST, PREFIX, S3_OTHER_REGION, require_root
+from tests.e2e.harness import INTERNET_HOST, PREFIX, S3_OTHER_REGION, require_root
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
