@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.exporters.otlp",
     "kubenetmon.extensions.health_check",
     "kubenetmon.processors.cloud_prefix",
+    "kubenetmon.processors.connection_flags",
     "kubenetmon.processors.k8s_attributes",
     "kubenetmon.receivers.conntrack",
     "kubenetmon.receivers.otlp",
