@@ -76,13 +76,30 @@ class ConnectionFlagsConfig(ComponentConfig):
     rules: tuple[FlagRule, ...] = Field(
         (), description="Evaluated in order; for each flag the first matching rule sets its value."
     )
+    flags: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="Shorthand: flag name → remote CIDRs; each entry is the rule {flag, remote_cidrs}, "
+        "tried after `rules`.",
+    )
     set_false_when_unmatched: bool = Field(
         False, description="Set a rule's flag to false on flows that no rule for that flag matches."
     )
 
+    def all_rules(self) -> list[FlagRule]:
+        """``rules``, then one rule per ``flags`` entry."""
+        return [*self.rules, *(FlagRule(flag=flag, remote_cidrs=cidrs) for flag, cidrs in self.flags.items())]
+
     @model_validator(mode="after")
     def _check_rules(self) -> ConnectionFlagsConfig:
         problems: list[str] = []
+        for flag, cidrs in self.flags.items():
+            if not cidrs:
+                problems.append(f"flags.{flag}: give at least one remote CIDR")
+            for j, cidr in enumerate(cidrs):
+                try:
+                    ipaddress.ip_network(cidr, strict=True)
+                except ValueError as exc:
+                    problems.append(f"flags.{flag}[{j}]: {cidr!r} is not a CIDR ({exc})")
         for i, rule in enumerate(self.rules):
             where = f"rules[{i}] (flag {rule.flag!r})"
             if not _FLAG_RE.match(rule.flag):
@@ -102,6 +119,8 @@ class ConnectionFlagsConfig(ComponentConfig):
                         parse_port_range(port)
                     except ValueError as exc:
                         problems.append(f"{where}: {key}[{j}] {exc}")
+        problems += [f"flags: {flag!r} must be a name of letters, digits, '_', '.', '-'"
+                     for flag in self.flags if not _FLAG_RE.match(flag)]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -105,7 +105,7 @@ class ConnectionFlagsProcessor(BaseComponent):
         self._next = consumer
         self._false_when_unmatched = config.set_false_when_unmatched
         by_flag: dict[str, list[CompiledRule]] = {}
-        for rule in config.rules:
+        for rule in config.all_rules():
             by_flag.setdefault(rule.flag, []).append(CompiledRule(rule))
         self._flags = tuple((flag, tuple(rules)) for flag, rules in by_flag.items())
         self._m_set = settings.metrics.counter(

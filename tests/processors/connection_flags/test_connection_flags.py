@@ -99,6 +99,15 @@ def test_unmatched_flows_get_nothing_or_false_when_configured() -> None:
         {"NAT_GATEWAY": False}, {"NAT_GATEWAY": True}]
 
 
+def test_flags_shorthand_is_a_remote_cidr_rule_tried_after_the_rules() -> None:
+    rules = [{"flag": "NAT_GATEWAY", "remote_cidrs": ["52.1.2.0/24"], "value": False}]
+    got = _flags(rules, _flow(remote="52.1.2.3"), _flow(remote="52.9.9.9"), _flow(remote="1.1.1.1"),
+                 flags={"NAT_GATEWAY": ["52.0.0.0/8"], "EGRESS": ["1.1.1.0/24"]})
+    assert got == [{"NAT_GATEWAY": False}, {"NAT_GATEWAY": True}, {"EGRESS": True}]
+    with pytest.raises(ValidationError, match=r"flags.NAT_GATEWAY\[0\]: '52.0.0.1/8' is not a CIDR"):
+        ConnectionFlagsConfig.model_validate({"flags": {"NAT_GATEWAY": ["52.0.0.1/8"]}})
+
+
 def test_flags_already_set_by_others_are_kept() -> None:
     flow = _flow(remote="1.1.1.1")
     flow.connection_flags["OTHER"] = True
