@@ -52,8 +52,10 @@ def attribute(
     return flows, outcome
 
 
-def pod_endpoint(address: str, port: int, pod: str, namespace: str, node: str, zone: str, app: str = "",
-                 instance_id: str = "", cluster: str = CLUSTER) -> Endpoint:
+def pod_endpoint(  # noqa: PLR0917 - reads like the Endpoint it builds
+    address: str, port: int, pod: str, namespace: str, node: str, zone: str, app: str = "",
+    instance_id: str = "", cluster: str = CLUSTER,
+) -> Endpoint:
     return Endpoint(address=address, port=port, pod=pod, namespace=namespace, node=node, app=app,
                     instance_id=instance_id, availability_zone=zone, cluster=cluster)
 
@@ -62,7 +64,7 @@ CLIENT_A = pod_endpoint("10.1.0.5", 40000, "client-a", "default", "node-a", "za"
 SERVER_B_80 = pod_endpoint("10.2.0.7", 80, "server-b", "shop", "node-b", "zb", "server", "cp-2")
 
 
-def assert_pair(flows: list[Flow], local: Endpoint, remote: Endpoint, out: tuple[int, int],
+def assert_pair(flows: list[Flow], local: Endpoint, remote: Endpoint, *, out: tuple[int, int],
                 in_: tuple[int, int], observer: str = "node-a") -> None:
     assert [f.direction for f in flows] == ["out", "in"]
     out_flow, in_flow = flows
