@@ -108,10 +108,11 @@ def test_monitors_render_when_enabled_and_match_their_crd(render: RenderFn, char
 
 @pytest.mark.parametrize("chart", [SERVER, AGENT], ids=lambda c: c.name)
 @pytest.mark.parametrize("scenario", ["defaults", "readme"])
-def test_helm_lint_strict_passes(helm: str, chart: Any, scenario: str) -> None:
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_helm_lint_strict_passes(helm: str, chart: Any, scenario: str, kube_version: str) -> None:
     scenarios = SERVER_SCENARIOS if chart is SERVER else AGENT_SCENARIOS
     sets = next(s for s in scenarios if s.name == scenario).sets
-    args = ["lint", "--strict", str(chart)]
+    args = ["lint", "--strict", str(chart), "--kube-version", kube_version]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
     proc = run_helm(helm, args, check=False)
