@@ -114,9 +114,14 @@ def run_report(args: argparse.Namespace) -> int:
     if args.format == "csv" and len(names) > 1:
         print("error: --format csv prints one question; name it instead of 'all'", file=sys.stderr)
         return EXIT_USAGE
+    target = _endpoint(endpoint)
+    if target.startswith("chdb://") and not Path(target[len("chdb://"):]).is_dir():
+        print(f"error: no chDB data at {target[len('chdb://'):]}: give the data path the gateway writes "
+              "(its clickhouse exporter's chdb:// endpoint)", file=sys.stderr)
+        return EXIT_ERROR
     try:
         config = ClickHouseConfig(
-            endpoint=_endpoint(endpoint), database=args.database, table=args.table, create_schema=False,
+            endpoint=target, database=args.database, table=args.table, create_schema=False,
             timeout=args.timeout,
         )
         conn = connect(config)
