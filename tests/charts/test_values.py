@@ -124,3 +124,14 @@ def test_lint_fails_on_wrong_types_too(helm: str, chart: Path) -> None:
     proc = run_helm(helm, ["lint", "--strict", str(chart), "--set", "resources=big"], check=False)
     assert proc.returncode != 0
     assert "resources" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("chart", CHARTS, ids=lambda c: c.name)
+def test_app_version_is_the_package_version(chart: Path) -> None:
+    import tomllib
+
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    project = tomllib.loads((chart.parents[1] / "pyproject.toml").read_text())["project"]
+    # The image tag defaults to appVersion, so it must name the release the image is built from.
+    assert meta["appVersion"] == project["version"]
+    assert meta["apiVersion"] == "v2" and meta["name"] == chart.name
