@@ -69,7 +69,6 @@ class OtlpExporter(QueuedExporter):
             "exporter_otlp_requests_total", "OTLP export requests by outcome (ok, retryable, permanent).",
             ["outcome"],
         )
-        self.m_points = m.counter("exporter_otlp_sent_points_total", "Data points acknowledged by the server.")
         self.m_rejected = m.counter(
             "exporter_otlp_rejected_points_total",
             "Data points the server rejected through OTLP partial success (permanent, not retried).",
