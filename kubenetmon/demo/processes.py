@@ -169,10 +169,13 @@ class ProcessSet:
         self.processes: dict[str, KubenetmonProcess] = {}
 
     def spawn(self, name: str, configs: Sequence[Path], env: Mapping[str, str], **kw: str) -> KubenetmonProcess:
-        if name in self.processes and self.processes[name].alive:
-            raise RuntimeError(f"{name} is already running")
-        proc = KubenetmonProcess(name, configs, env=env, log_dir=self.log_dir, **kw)
-        self.processes[name] = proc
+        """Start ``name``; a stopped process of that name is restarted (same log, ``starts`` + 1)."""
+        proc = self.processes.get(name)
+        if proc is None:
+            proc = KubenetmonProcess(name, configs, env=env, log_dir=self.log_dir, **kw)
+            self.processes[name] = proc
+        else:
+            proc.configs, proc.env = list(configs), dict(env)
         return proc.start()
 
     def __getitem__(self, name: str) -> KubenetmonProcess:

@@ -179,3 +179,39 @@ def metered_cluster(
             pipeline.stop()
             for server in metered.servers:
                 server.stop()
+
+
+def chdb_table_dir(chdb_path: Path, table: str = "network_flows_0", database: str = "default") -> Path:
+    """The data directory of a chDB table: ``store/<uuid[:3]>/<uuid>`` from its ATTACH metadata."""
+    attach = (chdb_path / "metadata" / database / f"{table}.sql").read_text().split("\n", 1)[0]
+    uuid = attach.split("UUID '", 1)[1].split("'", 1)[0]
+    return chdb_path / "store" / uuid[:3] / uuid
+
+
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Make a directory immutable (``chattr +i``: even root cannot create parts in it) for the block."""
+    import subprocess
+
+    subprocess.run(["chattr", "+i", str(directory)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def assert_pairs_exact(m: Metered, expected: list[ExpectedFlow]) -> list[Row]:
+    """Stop everything, then compare the table's per-pair bytes to the oracle; returns the rows."""
+    m.pipeline.stop()
+    rows = table_rows(m.pipeline)
+    want, got = expected_pairs(expected), table_pairs(rows)
+    assert got == want, _difference(got, want) + "\n" + m.pipeline.logs()
+    return rows
+
+
+def _difference(got: dict[PairKey, int], want: dict[PairKey, int]) -> str:
+    lines = ["pair: table vs kernels"]
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            lines.append(f"  {key}: {got.get(key)} vs {want.get(key)}")
+    return "\n".join(lines)
