@@ -43,6 +43,14 @@ SERVER_SCENARIOS = (
     ),
     Scenario("otlp-exporter", sets={"region": "us-west-2", "cloud": "aws"}, values=OTLP_INSTEAD_OF_CLICKHOUSE),
     Scenario(
+        "connection-flags",
+        sets=README_SERVER_SETS,
+        values={"connectionFlags": {
+            "flags": {"NAT_GATEWAY": ["0.0.0.0/0"]},
+            "rules": [{"flag": "TO_KAFKA", "remote_namespaces": ["kafka"], "remote_ports": [9092, "9093-9094"]}],
+        }},
+    ),
+    Scenario(
         "owners",
         sets={**README_SERVER_SETS, "attribution.owners": "true", "deployment.replicaCount": "3",
               "deployment.podAntiAffinity": "hard", "extraPipPackages[0]": "kubenetmon-nat-gateway==0.1.0"},

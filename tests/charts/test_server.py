@@ -259,3 +259,16 @@ def test_agent_channel_tls_and_token_are_wired(render: RenderFn) -> None:
     (token_secret,) = [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == secret_name]
     assert base64.b64decode(token_secret["data"]["token"]).decode() == "agent-token-value"
     assert "agent-token-value" not in rendered.one("ConfigMap")["data"]["config.yaml"]
+
+
+def test_connection_flags_processor_runs_after_cloud_prefix_only_when_configured(render: RenderFn) -> None:
+    scenario = next(s for s in SERVER_SCENARIOS if s.name == "connection-flags")
+    pipeline = render(SERVER, sets=scenario.sets, values=scenario.values).configmap_pipeline()
+    assert pipeline["service"]["pipelines"]["flows"]["processors"] == [
+        "k8s_attributes", "cloud_prefix", "connection_flags"]
+    flags = pipeline["processors"]["connection_flags"]
+    assert flags["flags"] == {"NAT_GATEWAY": ["0.0.0.0/0"]}
+    assert flags["rules"][0]["remote_ports"] == [9092, "9093-9094"]
+    plain = render(SERVER).configmap_pipeline()
+    assert "connection_flags" not in plain["processors"]
+    assert "connection_flags" not in plain["service"]["pipelines"]["flows"]["processors"]

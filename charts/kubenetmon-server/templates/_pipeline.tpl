@@ -5,7 +5,8 @@ over it. Keys are the components' own config keys (see each component's README).
 {{- define "kubenetmon-server.generatedPipeline" -}}
 {{- $ch := include "kubenetmon-server.clickhouse" . | fromYaml }}
 {{- $processors := list "k8s_attributes" "cloud_prefix" }}
-{{- if .Values.connectionFlags.flags }}
+{{- $flags := or .Values.connectionFlags.flags .Values.connectionFlags.rules }}
+{{- if $flags }}
 {{- $processors = append $processors "connection_flags" }}
 {{- end }}
 receivers:
@@ -38,9 +39,14 @@ processors:
     cache_dir: /var/cache/kubenetmon/cloud-ranges
     offline: {{ .Values.cloudPrefix.offline }}
     skip_region_check: {{ or .Values.cloudPrefix.skipRegionCheck (not .Values.region) }}
-  {{- if .Values.connectionFlags.flags }}
+  {{- if $flags }}
   connection_flags:
-    flags: {{ toYaml .Values.connectionFlags.flags | nindent 6 }}
+    {{- with .Values.connectionFlags.flags }}
+    flags: {{ toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with .Values.connectionFlags.rules }}
+    rules: {{ toYaml . | nindent 6 }}
+    {{- end }}
   {{- end }}
 {{- if .Values.inserter.enabled }}
 exporters:
