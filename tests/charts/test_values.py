@@ -135,3 +135,37 @@ def test_app_version_is_the_package_version(chart: Path) -> None:
     # The image tag defaults to appVersion, so it must name the release the image is built from.
     assert meta["appVersion"] == project["version"]
     assert meta["apiVersion"] == "v2" and meta["name"] == chart.name
+
+
+def _keys_not_in(documented: Any, rendered: Any, path: str = "") -> list[str]:
+    if not isinstance(documented, dict):
+        return []
+    if not isinstance(rendered, dict):
+        return [path]
+    missing = []
+    for key, value in documented.items():
+        if key == "…":
+            continue
+        if key not in rendered:
+            missing.append(f"{path}{key}")
+        else:
+            missing += _keys_not_in(value, rendered[key], f"{path}{key}::")
+    return missing
+
+
+ALL_FEATURES = {
+    SERVER: {"agentChannel": {"tls": {"enabled": True, "secretName": "tls"}, "token": {"enabled": True, "value": "t"}},
+             "connectionFlags": {"flags": {"F": ["10.0.0.0/8"]}, "rules": [{"flag": "G", "remote_ports": [1]}]}},
+    AGENT: {"gateway": {"tls": {"enabled": True, "caSecret": "ca"}, "token": {"enabled": True, "value": "t"}}},
+}
+
+
+@pytest.mark.parametrize("chart", CHARTS, ids=lambda c: c.name)
+def test_readme_pipeline_uses_the_keys_the_chart_renders(render: Any, chart: Path) -> None:
+    readme = (chart / "README.md").read_text()
+    section = readme.partition("\n## The generated pipeline\n")[2]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert block, "the README shows no generated pipeline"
+    documented = yaml.safe_load(block.group(1))
+    rendered = render(chart, values=ALL_FEATURES[chart]).configmap_pipeline()
+    assert _keys_not_in(documented, rendered) == []
