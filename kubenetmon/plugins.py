@@ -20,6 +20,7 @@ __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_p
 # Keep one module per line, sorted by kind then name.
 # HELPERS: read /work/main/HELPERS-README-FIRST.md before editing (rules, venv, commits, deadline).
 BUILTIN_PLUGINS: tuple[str, ...] = (
+    "kubenetmon.demo",
     "kubenetmon.exporters.clickhouse",
     "kubenetmon.exporters.debug",
     "kubenetmon.exporters.otlp",
