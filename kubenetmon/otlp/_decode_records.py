@@ -27,7 +27,7 @@ from typing import Any
 
 from kubenetmon.flows import ConntrackRecord
 from kubenetmon.otlp import _contract as c
-from kubenetmon.otlp._wire import kv_string
+from kubenetmon.otlp._wire import kv_int, kv_string, varint
 
 __all__ = ["DecodeResult", "decode_records"]
 
@@ -98,8 +98,6 @@ _ADDRESS_CACHE_LIMIT = 200_000
 
 
 def _address(text: str, network_type: str, key: str) -> str:
-    if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
-        _ADDRESSES.clear()
     canonical = _ADDRESSES[text]
     if canonical is None:
         raise _Reject("bad_address", f"attribute {key}={text!r} is not an IP address")
@@ -224,26 +222,48 @@ def _fixed(key: str, values: Iterable[str]) -> bytes:
     return b"(" + b"|".join(re.escape(_kv_field(key, v)) for v in values) + b")"
 
 
-_ADDR = b"\x0a.([0-9A-Fa-f.:]{2,45})"
-_PORT = b"\x18([\x00-\x7f]|[\x80-\xff][\x00-\x7f]|[\x80-\xff]{2}[\x00-\x07])"
+def _string_attr(key: str) -> bytes:
+    """Two groups: the attribute's bytes up to its value (lengths included), and the value."""
+    return b"(" + _attr_prefix(key) + b"\x0a.)([0-9A-Fa-f.:]{2,45})"
+
+
+def _int_attr(key: str) -> bytes:
+    return b"(" + _attr_prefix(key) + b"\x18)([\x00-\x7f]|[\x80-\xff][\x00-\x7f]|[\x80-\xff]{2}[\x00-\x07])"
+
 
 # The attribute block (all but the direction) in contract order; groups:
-# transport, type, src, sport, dst, dport, then the optional reply tuple.
+# transport, type, then (head, value) for src, sport, dst, dport and the
+# optional reply tuple.
 _ATTRS_RE = re.compile(
     _fixed(c.ATTR_NETWORK_TRANSPORT, _TRANSPORTS)
     + _fixed(c.ATTR_NETWORK_TYPE, _NETWORK_TYPES)
-    + _attr_prefix(c.ATTR_SRC_ADDRESS) + _ADDR
-    + _attr_prefix(c.ATTR_SRC_PORT) + _PORT
-    + _attr_prefix(c.ATTR_DST_ADDRESS) + _ADDR
-    + _attr_prefix(c.ATTR_DST_PORT) + _PORT
+    + _string_attr(c.ATTR_SRC_ADDRESS) + _int_attr(c.ATTR_SRC_PORT)
+    + _string_attr(c.ATTR_DST_ADDRESS) + _int_attr(c.ATTR_DST_PORT)
     + b"(?:"
-    + _attr_prefix(c.ATTR_REPLY_SRC_ADDRESS) + _ADDR
-    + _attr_prefix(c.ATTR_REPLY_SRC_PORT) + _PORT
-    + _attr_prefix(c.ATTR_REPLY_DST_ADDRESS) + _ADDR
-    + _attr_prefix(c.ATTR_REPLY_DST_PORT) + _PORT
+    + _string_attr(c.ATTR_REPLY_SRC_ADDRESS) + _int_attr(c.ATTR_REPLY_SRC_PORT)
+    + _string_attr(c.ATTR_REPLY_DST_ADDRESS) + _int_attr(c.ATTR_REPLY_DST_PORT)
     + b")?",
     re.DOTALL,
 )
+
+
+def _heads() -> dict[bytes, int]:
+    """Head of an attribute (tag, lengths, key) → the value length those lengths promise."""
+    heads: dict[bytes, int] = {}
+    for key in (c.ATTR_SRC_ADDRESS, c.ATTR_DST_ADDRESS, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_DST_ADDRESS):
+        for n in range(2, 46):
+            field = _kv_field(key, "0" * n)
+            heads[field[:-n]] = n
+    for key in (c.ATTR_SRC_PORT, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_PORT, c.ATTR_REPLY_DST_PORT):
+        for n, port in ((1, 1), (2, 300), (3, 40000)):
+            field = b"\x3a" + bytes((len(kv_int(key, port)),)) + kv_int(key, port)
+            heads[field[:-n]] = n
+    return heads
+
+
+# The pattern leaves the length bytes free; checking each head against the
+# value it precedes makes only a byte-for-byte canonical block pass.
+_HEADS = _heads()
 _TRANSPORT_OF = {_kv_field(c.ATTR_NETWORK_TRANSPORT, v): v for v in _TRANSPORTS}
 _TYPE_OF = {_kv_field(c.ATTR_NETWORK_TYPE, v): v for v in _NETWORK_TYPES}
 _DIR_ORIGINAL = _kv_field(c.ATTR_DIRECTION, c.DIRECTION_ORIGINAL)
@@ -267,24 +287,14 @@ _TUPLES: dict[bytes, Any] = {}
 _TUPLES_LIMIT = 200_000
 
 
-def _key_prefix(key: str) -> bytes:
-    return b"\x0a" + bytes((len(key),)) + key.encode() + b"\x12"
+_PORTS: dict[bytes, int] = {}
 
 
-_SRC_A, _SRC_P = _key_prefix(c.ATTR_SRC_ADDRESS), _key_prefix(c.ATTR_SRC_PORT)
-_DST_A, _DST_P = _key_prefix(c.ATTR_DST_ADDRESS), _key_prefix(c.ATTR_DST_PORT)
-_RSRC_A, _RSRC_P = _key_prefix(c.ATTR_REPLY_SRC_ADDRESS), _key_prefix(c.ATTR_REPLY_SRC_PORT)
-_RDST_A, _RDST_P = _key_prefix(c.ATTR_REPLY_DST_ADDRESS), _key_prefix(c.ATTR_REPLY_DST_PORT)
-
-
-def _string_kv(prefix: bytes, value: bytes) -> bytes:
-    n = len(value)
-    return b"\x3a" + bytes((len(prefix) + n + 3,)) + prefix + bytes((n + 2, 0x0A, n)) + value
-
-
-def _int_kv(prefix: bytes, varint: bytes) -> bytes:
-    n = len(varint)
-    return b"\x3a" + bytes((len(prefix) + n + 2,)) + prefix + bytes((n + 1, 0x18)) + varint
+def _ports() -> dict[bytes, int]:
+    """Minimal varint → port, for every port (built on first use: ~6 MB)."""
+    if not _PORTS:
+        _PORTS.update((varint(p), p) for p in range(65536))
+    return _PORTS
 
 
 def _parse_attrs(attrs: bytes) -> Any:
@@ -292,25 +302,34 @@ def _parse_attrs(attrs: bytes) -> Any:
     if m is None:
         raise _NotCanonical
     g = m.groups()
-    # The pattern does not check the length bytes; rebuilding the block from
-    # what it captured does, so only a byte-for-byte canonical block passes.
-    rebuilt = (
-        g[0] + g[1] + _string_kv(_SRC_A, g[2]) + _int_kv(_SRC_P, g[3])
-        + _string_kv(_DST_A, g[4]) + _int_kv(_DST_P, g[5])
-    )
+    heads = _HEADS
+    n = 10 if g[10] is None else 18
+    for i in range(2, n, 2):
+        if heads.get(g[i]) != len(g[i + 1]):
+            raise _NotCanonical
+    ports = _PORTS or _ports()
+    transport, network_type = _TRANSPORT_OF[g[0]], _TYPE_OF[g[1]]
+    addresses = _ADDRESSES
+    src, dst = addresses[g[3].decode()], addresses[g[7].decode()]
+    sport, dport = ports.get(g[5]), ports.get(g[9])
+    v6 = network_type == "ipv6"
+    if (src is not None and dst is not None and sport is not None and dport is not None
+            and (":" in src) == v6 and (":" in dst) == v6):
+        if n == 10:
+            return (transport, network_type, src, sport, dst, dport, dst, dport, src, sport)
+        rsrc, rdst = addresses[g[11].decode()], addresses[g[15].decode()]
+        rsport, rdport = ports.get(g[13]), ports.get(g[17])
+        if (rsrc is not None and rdst is not None and rsport is not None and rdport is not None
+                and (":" in rsrc) == v6 and (":" in rdst) == v6):
+            return (transport, network_type, src, sport, dst, dport, rsrc, rsport, rdst, rdport)
+    # Something is wrong (or a port is a non-minimal varint): the generic checks say what.
     slots: list[Any] = [
-        _TRANSPORT_OF[g[0]], _TYPE_OF[g[1]],
-        g[2].decode(), _varint_value(g[3]), g[4].decode(), _varint_value(g[5]),
+        transport, network_type,
+        g[3].decode(), _varint_value(g[5]), g[7].decode(), _varint_value(g[9]),
         None, None, None, None, None,
     ]
-    if g[6] is not None:
-        rebuilt += (
-            _string_kv(_RSRC_A, g[6]) + _int_kv(_RSRC_P, g[7])
-            + _string_kv(_RDST_A, g[8]) + _int_kv(_RDST_P, g[9])
-        )
-        slots[6:10] = [g[6].decode(), _varint_value(g[7]), g[8].decode(), _varint_value(g[9])]
-    if rebuilt != attrs:
-        raise _NotCanonical
+    if n == 18:
+        slots[6:10] = [g[11].decode(), _varint_value(g[13]), g[15].decode(), _varint_value(g[17])]
     try:
         return _tuple_key(slots)
     except _Reject as exc:
@@ -346,6 +365,8 @@ class _Decoder:
         self.nodes: dict[str, None] = {}
 
     def run(self, request: Any) -> DecodeResult:
+        if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
+            _ADDRESSES.clear()
         for rm in request.resource_metrics:
             try:
                 node = _node_of(rm.resource)

@@ -145,3 +145,12 @@ def test_distinct_reasons_are_each_reported_once() -> None:
     assert result.rejected_by_reason == {"bad_address": 2, "bad_port": 1}
     assert len(result.errors) == 2
     assert "bad_address" in result.error_message() and "bad_port" in result.error_message()
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_POINTS))
+def test_fast_and_slow_paths_reject_the_same_way(reason: str) -> None:
+    request = valid_request(n=8)
+    BAD_POINTS[reason](first_points(request)[1])
+    fast, slow = decode_records(request), decoder._Decoder(fast=False).run(request)
+    assert fast.rejected_by_reason == slow.rejected_by_reason == {reason: 1}
+    assert by_identity(fast.records) == by_identity(slow.records)
