@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.charts.conftest import RenderFn
-from tests.charts.helm import README_SERVER_SETS, SERVER, kubenetmon_validate, run_helm
+from tests.charts.helm import README_SERVER_SETS, REPO, SERVER, kubenetmon_validate, run_helm
 from tests.charts.scenarios import OTLP_INSTEAD_OF_CLICKHOUSE, SERVER_SCENARIOS, Scenario
 
 
@@ -272,3 +275,31 @@ def test_connection_flags_processor_runs_after_cloud_prefix_only_when_configured
     plain = render(SERVER).configmap_pipeline()
     assert "connection_flags" not in plain["processors"]
     assert "connection_flags" not in plain["service"]["pipelines"]["flows"]["processors"]
+
+
+@pytest.mark.slow
+def test_plugin_installed_by_the_init_container_is_found_by_the_gateway(render: RenderFn, tmp_path: Path) -> None:
+    """Replays the rendered initContainer (pip into the plugins emptyDir) with the repository's
+    example plugin, then validates a pipeline using its processor with the gateway's env."""
+    plugin = tmp_path / "kubenetmon-nat-gateway"
+    shutil.copytree(REPO / "examples" / "kubenetmon-nat-gateway", plugin,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    rendered = render(SERVER, sets=README_SERVER_SETS, values={
+        "extraPipPackages": [str(plugin)],
+        "config": {"processors": {"nat_gateway": {"remote_cidrs": ["0.0.0.0/0"]}},
+                   "service": {"pipelines": {"flows": {
+                       "processors": ["k8s_attributes", "cloud_prefix", "nat_gateway"]}}}},
+    })
+    (init,) = rendered.pod_spec()["initContainers"]
+    command = [*init["command"], *init["args"]]
+    assert command[0] == "python"
+    target = command[command.index("--target") + 1]
+    local_target = tmp_path / "plugins"
+    command = [sys.executable, *(str(local_target) if part == target else part for part in command[1:])]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # Only the plugin lands there, not a second copy of kubenetmon.
+    assert not (local_target / "kubenetmon").exists()
+    env = {e["name"]: e["value"] for e in rendered.container("kubenetmon-server")["env"] if "value" in e}
+    assert env["PYTHONPATH"] == target
+    kubenetmon_validate(rendered.configmap_pipeline(), tmp_path, {"PYTHONPATH": str(local_target)})
