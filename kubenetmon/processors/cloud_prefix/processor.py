@@ -23,15 +23,13 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-import pytricia
-
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, ConfigError, ConfigProblem
 from kubenetmon.flows import ConnectionClass, FlowBatch
 from kubenetmon.processors.cloud_prefix.config import CloudPrefixConfig
 from kubenetmon.processors.cloud_prefix.fetch import RangeLoader
 from kubenetmon.processors.cloud_prefix.sources import GLOBAL
-from kubenetmon.processors.cloud_prefix.table import PrefixTable
+from kubenetmon.processors.cloud_prefix.table import PRIVATE, Detail, PrefixTable
 
 __all__ = ["PRIVATE_CIDRS", "Classification", "CloudPrefixProcessor", "RemoteClassifier", "region_problem"]
 
@@ -55,32 +53,35 @@ class Classification(NamedTuple):
 
 
 class RemoteClassifier:
-    """Classifies addresses against private space and one :class:`PrefixTable` (immutable once built)."""
+    """Classifies addresses against private space and one :class:`PrefixTable` (immutable once built).
+
+    Private space is folded into a copy of the table's tries, so one
+    longest-prefix lookup answers everything; the outcome per distinct
+    :class:`Detail` (a few thousand) is computed once and kept.
+    """
 
     def __init__(self, table: PrefixTable | None, cloud: str, region: str, vpc_cidrs: tuple[str, ...] = ()) -> None:
         self.table = table
         self._cloud = cloud
         self._region = region
-        self._private4 = pytricia.PyTricia(32)
-        self._private6 = pytricia.PyTricia(128)
-        for cidr in (*PRIVATE_CIDRS, *vpc_cidrs):
-            (self._private6 if ":" in cidr else self._private4)[cidr] = True
-        for cidr in _NOT_PRIVATE:
-            self._private4[cidr] = False
-        self._intra_vpc = Classification(ConnectionClass.INTRA_VPC, cloud, region, "")
-        self._public = Classification(ConnectionClass.PUBLIC_INTERNET, "", "", "")
-        self._unknown = Classification(ConnectionClass.UNKNOWN, "", "", "")
+        private = (*PRIVATE_CIDRS, *vpc_cidrs)
+        combined = table.with_private(private, _NOT_PRIVATE) if table else PrefixTable({}, None, private, _NOT_PRIVATE)
+        self._lookup = combined.lookup
+        self._outcomes: dict[Detail | None, Classification] = {
+            PRIVATE: Classification(ConnectionClass.INTRA_VPC, cloud, region, ""),
+            None: Classification(ConnectionClass.PUBLIC_INTERNET if table else ConnectionClass.UNKNOWN, "", "", ""),
+        }
 
     def classify(self, address: str) -> Classification:
         """Raises ValueError when ``address`` is not an IP address."""
-        v6 = ":" in address
-        if (self._private6 if v6 else self._private4).get(address):
-            return self._intra_vpc
-        if self.table is None:
-            return self._unknown
-        detail = self.table.lookup(address)
-        if detail is None:
-            return self._public
+        detail = self._lookup(address)
+        outcome = self._outcomes.get(detail)
+        if outcome is None and detail is not None:  # None and PRIVATE are always in _outcomes
+            outcome = self._outcomes[detail] = self._decide(detail)
+        assert outcome is not None
+        return outcome
+
+    def _decide(self, detail: Detail) -> Classification:
         if detail.cloud != self._cloud or not self._cloud:
             cls = ConnectionClass.PUBLIC_INTERNET
         elif not detail.region:

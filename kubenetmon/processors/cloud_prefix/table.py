@@ -42,6 +42,7 @@ from kubenetmon.processors.cloud_prefix.sources import (
 )
 
 __all__ = [
+    "PRIVATE",
     "Detail",
     "PrefixTable",
     "RangeEntryMap",
@@ -130,15 +131,31 @@ def merge_sources(resolved: Mapping[str, Mapping[str, RangeEntry]]) -> dict[str,
     return out
 
 
+# What lookup() answers inside private space (see PrefixTable's ``private``).
+PRIVATE = Detail("", "private", "")
+
+
 class PrefixTable:
     """An immutable longest-prefix-match table of cloud ranges, IPv4 and IPv6.
 
     Two tries, one per family: pytricia compares bits only, so in a single
     128-bit trie an IPv4 address would match IPv6 prefixes that share its
     leading bits (``38.0.31.5`` inside ``2600:1f00::/24``).
+
+    ``private`` CIDRs are folded into the same tries so that one lookup
+    answers both questions: they map to :data:`PRIVATE`, and so does every
+    cloud prefix inside them (private space is decided first, as in the
+    original). ``not_private`` CIDRs are holes in it (no match).
     """
 
-    def __init__(self, details: Mapping[str, Detail], loaded_at: float | None = None) -> None:
+    def __init__(
+        self,
+        details: Mapping[str, Detail],
+        loaded_at: float | None = None,
+        private: Iterable[str] = (),
+        not_private: Iterable[str] = (),
+    ) -> None:
+        self._details = details
         self._v4 = pytricia.PyTricia(32)
         self._v6 = pytricia.PyTricia(128)
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -153,6 +170,17 @@ class PrefixTable:
         for detail in set(details.values()):
             self._regions.setdefault(detail.cloud, frozenset())
             self._regions[detail.cloud] |= {detail.region}
+        for cidr in private:
+            trie = self._v6 if ":" in cidr else self._v4
+            trie[cidr] = PRIVATE
+            for inner in trie.children(cidr):
+                trie[inner] = PRIVATE
+        for cidr in not_private:
+            trie = self._v6 if ":" in cidr else self._v4
+            if not trie.has_key(cidr):
+                trie[cidr] = None
+        self._get4 = self._v4.get
+        self._get6 = self._v6.get
         self.loaded_at = time.time() if loaded_at is None else loaded_at
 
     def lookup(self, address: str) -> Detail | None:
@@ -160,8 +188,12 @@ class PrefixTable:
 
         Raises ValueError for text that is not an IP address.
         """
-        result: Detail | None = (self._v6 if ":" in address else self._v4).get(address)
+        result: Detail | None = (self._get6 if ":" in address else self._get4)(address)
         return result
+
+    def with_private(self, private: Iterable[str], not_private: Iterable[str] = ()) -> PrefixTable:
+        """The same cloud prefixes with private space folded in (a new table; this one is unchanged)."""
+        return PrefixTable(self._details, self.loaded_at, private, not_private)
 
     def lookup_prefix(self, address: str) -> str | None:
         """The longest prefix holding ``address`` (for diagnostics)."""
@@ -169,7 +201,8 @@ class PrefixTable:
         return result
 
     def __len__(self) -> int:
-        return len(self._v4) + len(self._v6)
+        """Cloud prefixes (private CIDRs not included)."""
+        return sum(self._counts.values())
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Prefixes per ``(cloud, family)``, family ``ipv4`` or ``ipv6``."""

@@ -131,6 +131,16 @@ def test_vpc_cidrs_are_intra_vpc(tmp_path: Path) -> None:
     assert got == ["INTRA_VPC", "INTRA_VPC", "INTRA_REGION"]
 
 
+def test_private_space_is_decided_before_longer_cloud_prefixes_inside_it(tmp_path: Path) -> None:
+    proc, sink = _processor(tmp_path, vpc_cidrs=("52.0.0.0/8", "2600:1f00::/24"))
+    proc.start(StaticHost())
+    got = [_classify(proc, sink, a).connection_class for a in ("52.217.1.2", "2600:1f18:4000::9", "53.0.0.1")]
+    multicast = [_classify(proc, sink, a).connection_class for a in ("232.1.0.1", "232.0.0.5", "239.1.1.1")]
+    proc.shutdown()
+    assert got == ["INTRA_VPC", "INTRA_VPC", "PUBLIC_INTERNET"]
+    assert multicast == ["INTRA_VPC", "PUBLIC_INTERNET", "INTRA_VPC"]  # the original's 232/8 minus 232.0.0.0/24
+
+
 def test_twin_flows_share_one_classification_and_local_is_filled_from_identity(tmp_path: Path) -> None:
     proc, _sink = _processor(tmp_path)
     proc.start(StaticHost())
