@@ -38,6 +38,7 @@ __all__ = ["AddressFilter", "CycleStats", "DeltaTracker"]
 
 _HDR = struct.Struct("<IH")
 _LOOPBACK6 = bytes(15) + b"\x01"
+_NO_CHECK = struct.Struct("").unpack_from
 
 Networks = list[tuple[int, int, int]]  # (address length in bytes, network as int, mask as int)
 
@@ -152,11 +153,16 @@ class DeltaTracker:
         if self.zero_on_dump:
             self._feed_zeroed(buf)
             return
-        by_length = self.layouts.by_length
         old, new = self._old, self._new
         unpack = _HDR.unpack_from
         stats = self.stats
         off, n, entries, idle = 0, len(buf), 0, 0
+        # Consecutive entries mostly share one layout: keep the current one's
+        # fields in locals, so that a matching entry costs one check.
+        cur_length, check = -1, _NO_CHECK
+        expected: tuple[int, ...] = ()
+        layout: Layout | None = None
+        k0 = k1 = i0 = i1 = c0 = c1 = c2 = c3 = 0
         while off < n:
             length, mtype = unpack(buf, off)
             if length < 16:
@@ -166,23 +172,20 @@ class DeltaTracker:
                 off += step
                 continue
             entries += 1
-            for layout in by_length.get(length, ()):
-                if layout.check.unpack_from(buf, off) == layout.expected:
-                    break
-            else:
-                found = self._learn(buf, off, length)
-                if found is None:
+            if length != cur_length or check(buf, off) != expected:
+                layout = self._find(buf, off, length)
+                if layout is None or layout.ignore:
+                    cur_length = -1
                     off += step
                     continue
-                layout = found
-            if layout.ignore:
-                stats.ignore(layout.ignore)
-                off += step
-                continue
-            key = buf[off + layout.k0 : off + layout.k1] + buf[off + layout.i0 : off + layout.i1]
-            ctr = buf[off + layout.c0 : off + layout.c1]
-            if layout.c3:
-                ctr += buf[off + layout.c2 : off + layout.c3]
+                cur_length, check, expected = length, layout.check.unpack_from, layout.expected
+                k0, k1, i0, i1, c0, c1, c2, c3 = (
+                    layout.k0, layout.k1, layout.i0, layout.i1, layout.c0, layout.c1, layout.c2, layout.c3
+                )
+            key = buf[off + k0 : off + k1] + buf[off + i0 : off + i1]
+            ctr = buf[off + c0 : off + c1]
+            if c3:
+                ctr += buf[off + c2 : off + c3]
             prev = old.pop(key, None)
             if prev is None:
                 prev = self._missing(key)
@@ -190,7 +193,7 @@ class DeltaTracker:
             if prev == ctr:
                 idle += 1
             else:
-                self._changed(layout, buf, off, key, prev, ctr)
+                self._changed(layout, buf, off, key, prev, ctr)  # type: ignore[arg-type]
             off += step
         stats.entries += entries
         if idle:
@@ -202,12 +205,16 @@ class DeltaTracker:
         self._old.update(self._new)
         self.state, self._old, self._new = self._old, {}, {}
 
-    def _learn(self, buf: bytes, off: int, length: int) -> Layout | None:
+    def _find(self, buf: bytes, off: int, length: int) -> Layout | None:
+        """The layout of this message (known or learned); None, counted, when it is malformed."""
         try:
-            return self.layouts.learn(buf, off, length)
+            layout = self.layouts.find(buf, off, length)
         except MalformedMessage:
             self.stats.ignore("malformed")
             return None
+        if layout.ignore:
+            self.stats.ignore(layout.ignore)
+        return layout
 
     def _missing(self, key: bytes) -> bytes | None:
         """Last counters of a key the previous dump did not show (rare: new, duplicate or reappeared)."""
@@ -310,10 +317,19 @@ class DeltaTracker:
         if not (op or ob or rp or rb):
             stats.ignore("idle")
             return
-        t = layout.tuples(buf, off)
-        reason = self.filter.reason((t[0], t[1], t[4], t[5]))
-        if reason:
-            stats.ignore(reason)
+        osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
+        if layout.network_type == "ipv4":
+            loopback = osrc[0] == 127 or odst[0] == 127 or rsrc[0] == 127 or rdst[0] == 127
+        else:
+            loopback = _LOOPBACK6 in (osrc, odst, rsrc, rdst)
+        if loopback:
+            stats.ignore("loopback")
+            return
+        address_filter = self.filter
+        if (address_filter.include or address_filter.exclude) and address_filter.reason(
+            (osrc, odst, rsrc, rdst)
+        ):
+            stats.ignore("cidr")
             return
         stats.records += 1
         record = self.unsent.get(key)
@@ -324,10 +340,11 @@ class DeltaTracker:
             record.reply_bytes += rb
             record.end_ns = self.dump_ns
             return
-        ntop = self._text
+        texts = self._ntop
         self.unsent[key] = ConntrackRecord(
             self.node, layout.transport, layout.network_type,
-            ntop(t[0]), t[2], ntop(t[1]), t[3], ntop(t[4]), t[6], ntop(t[5]), t[7],
+            texts.get(osrc) or self._text(osrc), osport, texts.get(odst) or self._text(odst), odport,
+            texts.get(rsrc) or self._text(rsrc), rsport, texts.get(rdst) or self._text(rdst), rdport,
             ob, op, rb, rp, self.prev_dump_ns, self.dump_ns,
         )
 

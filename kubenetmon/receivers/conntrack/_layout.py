@@ -98,6 +98,8 @@ class Layout:
     c3: int = 0
     fields: struct.Struct = field(default_factory=lambda: struct.Struct(""))
     order: tuple[int, ...] = ()  # permutation to (osrc, odst, osport, odport, rsrc, rdst, rsport, rdport)
+    inner: struct.Struct = field(default_factory=lambda: struct.Struct(""))  # headers inside both tuples
+    inner_expected: tuple[int, ...] = ()
 
     def matches(self, buf: bytes, off: int) -> bool:
         return self.check.unpack_from(buf, off) == self.expected
@@ -109,11 +111,26 @@ class Layout:
         return buf[off + self.c0 : off + self.c1] + buf[off + self.c2 : off + self.c3]
 
     def tuples(self, buf: bytes, off: int) -> tuple[bytes, bytes, int, int, bytes, bytes, int, int]:
-        """(orig src, orig dst, orig sport, orig dport, reply src, reply dst, reply sport, reply dport)."""
+        """(orig src, orig dst, orig sport, orig dport, reply src, reply dst, reply sport, reply dport).
+
+        The per-entry check covers the top-level attributes only; the headers
+        inside the tuples are checked here, for the (fewer) entries decoded.
+        """
+        if self.inner.unpack_from(buf, off) != self.inner_expected:
+            return compile_layout(buf, off, self.length).tuples(buf, off)
         values = self.fields.unpack_from(buf, off)
         if self.order:
             values = tuple(values[i] for i in self.order)
         return values
+
+
+def _probe_struct(probes: list[tuple[int, str]], byte_order: str) -> struct.Struct:
+    """A struct reading each (offset, code) of ``probes`` and skipping what lies between."""
+    fmt, at = [byte_order], 0
+    for pos, code in sorted(probes):
+        fmt.append(f"{pos - at}x{code}" if pos > at else code)
+        at = pos + struct.calcsize(code)
+    return struct.Struct("".join(fmt))
 
 
 def _walk_tuple(buf: bytes, start: int, length: int, base: int, headers: list[int]) -> _Tuple:
@@ -141,31 +158,32 @@ def _walk_tuple(buf: bytes, start: int, length: int, base: int, headers: list[in
 
 def compile_layout(buf: bytes, off: int, length: int) -> Layout:
     """Walk one message generically and describe its layout (the slow path)."""
-    headers: list[int] = []
+    headers: list[int] = []  # top-level attribute headers
+    inner: list[int] = []  # headers inside the tuples and the counters
     tuples: dict[int, _Tuple] = {}
     counters: dict[int, tuple[int, int]] = {}
     id_span = (0, 0)
     for type_, pos, ln in _attrs(buf, off + NLMSG_HEADER_BYTES, off + length):
         headers.append(pos - off)
         if type_ in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
-            tuples[type_] = _walk_tuple(buf, pos, ln, off, headers)
+            tuples[type_] = _walk_tuple(buf, pos, ln, off, inner)
         elif type_ in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             counters[type_] = (pos - off, pos - off + ((ln + 3) & ~3))
-            headers.extend(p - off for _, p, _ in _attrs(buf, pos + 4, pos + ln))
+            inner.extend(p - off for _, p, _ in _attrs(buf, pos + 4, pos + ln))
         elif type_ == CTA_ID:
             id_span = (pos - off, pos - off + ln)
     orig, reply = tuples.get(CTA_TUPLE_ORIG), tuples.get(CTA_TUPLE_REPLY)
     if orig is None or reply is None or orig.proto_at < 0 or reply.proto_at < 0:
         raise MalformedMessage("conntrack entry without an original or reply tuple")
-    # The check reads every header we walked plus both protocol numbers; a
-    # message of the same length with equal values has the same layout.
-    probes = sorted([(h, "I") for h in headers] + [(orig.proto_at, "B"), (reply.proto_at, "B")])
-    fmt, at = ["<"], 0
-    for pos, code in probes:
-        fmt.append(f"{pos - at}x{code}" if pos > at else code)
-        at = pos + struct.calcsize(code)
-    check = struct.Struct("".join(fmt))
+    # The per-entry check reads every top-level header plus both protocol
+    # numbers: a message of the same length with equal values has its
+    # tuples, id and counters at the same places. The raw key and counter
+    # bytes need no more; the headers inside the tuples are checked when an
+    # entry is decoded (``tuples``), those inside the counters by
+    # ``decode_counters``.
+    check = _probe_struct([(h, "I") for h in headers] + [(orig.proto_at, "B"), (reply.proto_at, "B")], "<")
     expected = check.unpack_from(buf, off)
+    inner_check = _probe_struct([(h, "I") for h in inner], "<")
     transport = _TRANSPORTS.get(orig.proto, "")
     if not transport:
         return Layout(length, check, expected, ignore="protocol")
@@ -181,11 +199,6 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
         (reply.src, addr), (reply.dst, addr), (reply.sport, "H"), (reply.dport, "H"),
     ]
     ranked = sorted(range(len(wanted)), key=lambda i: wanted[i][0])
-    fmt, at = [">"], 0
-    for i in ranked:
-        pos, code = wanted[i]
-        fmt.append(f"{pos - at}x{code}" if pos > at else code)
-        at = pos + struct.calcsize(code)
     order = tuple(ranked.index(i) for i in range(len(wanted)))
     return Layout(
         length, check, expected,
@@ -193,8 +206,10 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
         network_type="ipv4" if orig.addr_len == 4 else "ipv6",
         k0=orig.span[0], k1=orig.span[1], i0=id_span[0], i1=id_span[1],
         c0=spans[0], c1=spans[1], c2=spans[2], c3=spans[3],
-        fields=struct.Struct("".join(fmt)),
+        fields=_probe_struct(wanted, ">"),
         order=() if order == tuple(range(len(wanted))) else order,
+        inner=inner_check,
+        inner_expected=inner_check.unpack_from(buf, off),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,22 @@ def make_pair(reg: NamespaceRegistry) -> Pair:
     server.add_address("s0", f"{V6_SERVER}/64")
     server.track_connections()
     return Pair(client, server)
+
+
+def kernel_counters(pair: Pair, sport: int, settle: float = 0.15) -> tuple[int, int, int, int]:
+    """(orig bytes, orig packets, reply bytes, reply packets) of the TCP entry with this original
+    source port, as ``conntrack -L`` shows them, once they stopped changing (delayed ACKs)."""
+    previous: tuple[int, int, int, int] | None = None
+    for _ in range(50):
+        out = pair.server.run(["conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport)]).stdout
+        line = next(ln for ln in out.splitlines() if f"sport={sport}" in ln)
+        op, ob, rp, rb = (int(f.split("=", 1)[1]) for f in line.split() if f.startswith(("packets=", "bytes=")))
+        current = (ob, op, rb, rp)
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(settle)
+    raise AssertionError(f"the counters of port {sport} never settled")
 
 
 def _family(address: str) -> socket.AddressFamily:

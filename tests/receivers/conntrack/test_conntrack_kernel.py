@@ -18,6 +18,7 @@ from tests.receivers.conntrack.conntrack_topology import (
     MakeReceiver,
     Pair,
     TcpConnection,
+    kernel_counters,
     make_pair,
     requires_root,
     udp_exchange,
@@ -35,15 +36,6 @@ def _totals(records: list[ConntrackRecord]) -> tuple[int, int, int, int]:
         sum(r.original_bytes for r in records), sum(r.original_packets for r in records),
         sum(r.reply_bytes for r in records), sum(r.reply_packets for r in records),
     )
-
-
-def _conntrack_counters(pair: Pair, sport: int) -> tuple[int, int, int, int]:
-    """The kernel's own counters for the entry with this original source port (``conntrack -L``)."""
-    out = pair.server.run(["conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport)]).stdout
-    line = next(ln for ln in out.splitlines() if f"sport={sport}" in ln)
-    fields = [f.split("=", 1)[1] for f in line.split() if f.startswith(("packets=", "bytes="))]
-    op, ob, rp, rb = (int(x) for x in fields[:4])
-    return ob, op, rb, rp
 
 
 @pytest.fixture
@@ -108,7 +100,7 @@ def test_connection_opened_and_closed_between_dumps_is_fully_counted(
     conn = TcpConnection(pair.client, pair.server, V4_SERVER)
     conn.send_to_server(123_456)
     conn.send_to_client(7_890)
-    expected = _conntrack_counters(pair, conn.client_port)  # the entry's counters before it ends
+    expected = kernel_counters(pair, conn.client_port)  # the entry's counters before it ends
     conn.close()
     # Closing adds FIN/ACK packets; the kernel's final counters come with the DESTROY event.
     # Force the end now instead of waiting for TIME_WAIT to expire.
@@ -133,7 +125,7 @@ def test_long_connection_sums_to_the_kernels_final_counters(pair: Pair, make_rec
         receiver.cycle()
     receiver.cycle()  # an idle interval in between
     conn.send_to_server(5_000)
-    final = _conntrack_counters(pair, conn.client_port)
+    final = kernel_counters(pair, conn.client_port)
     receiver.cycle()
     records = _records_for(sink, V4_CLIENT, conn.client_port)
     assert len(records) == 7  # one per active interval, none for the idle one

@@ -25,6 +25,7 @@ from tests.receivers.conntrack.conntrack_topology import (
     MakeReceiver,
     Pair,
     TcpConnection,
+    kernel_counters,
     make_pair,
     requires_root,
 )
@@ -37,14 +38,6 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def pair(registry: NamespaceRegistry) -> Pair:
     return make_pair(registry)
-
-
-def _kernel_counters(pair: Pair, sport: int) -> tuple[int, int, int, int]:
-    """(orig bytes, orig packets, reply bytes, reply packets) as ``conntrack -L`` shows them."""
-    out = pair.server.run(["conntrack", "-L", "-p", "tcp", "--orig-port-src", str(sport)]).stdout
-    line = next(ln for ln in out.splitlines() if f"sport={sport}" in ln)
-    op, ob, rp, rb = (int(f.split("=", 1)[1]) for f in line.split() if f.startswith(("packets=", "bytes=")))
-    return ob, op, rb, rp
 
 
 def _totals(records: list[ConntrackRecord], sport: int) -> tuple[int, int, int, int]:
@@ -96,7 +89,7 @@ def test_graceful_restart_with_checkpoint_is_exact(pair: Pair, make_receiver: Ma
     second, sink2 = make_receiver(pair.server.name, checkpoint_path=state)
     second.cycle()
     conn.send_to_server(1_000)
-    final = _kernel_counters(pair, conn.client_port)
+    final = kernel_counters(pair, conn.client_port)
     second.cycle()
     assert _totals(sink1.records + sink2.records, conn.client_port) == final
     conn.close()
@@ -124,7 +117,7 @@ def test_undelivered_batch_is_redelivered_with_the_same_id(
     first._shutdown_done = True  # it "died": no graceful last cycle
     second, sink = make_receiver(pair.server.name, checkpoint_path=state)
     conn.send_to_server(5_000)
-    final = _kernel_counters(pair, conn.client_port)
+    final = kernel_counters(pair, conn.client_port)
     second.cycle()
     [crashed] = crashing.batches
     assert crashed.batch_id in {b.batch_id for b in sink.batches}, "the undelivered batch was not re-sent"
@@ -145,7 +138,7 @@ def test_backpressure_for_several_intervals_loses_nothing(pair: Pair, make_recei
     assert receiver._m_backpressure.value() == 4
     sink.refuse = False
     conn.send_to_server(1_000)
-    final = _kernel_counters(pair, conn.client_port)
+    final = kernel_counters(pair, conn.client_port)
     receiver.cycle()
     [record] = [r for r in sink.records if r.sport == conn.client_port]  # merged into one
     assert (record.original_bytes, record.original_packets, record.reply_bytes, record.reply_packets) == final
@@ -160,7 +153,7 @@ def test_consumer_errors_keep_the_records_too(pair: Pair, make_receiver: MakeRec
         def consume(self, batch: FlowBatch) -> None:
             if self.failures:
                 self.failures -= 1
-                raise BackpressureError("queue full")
+                raise RuntimeError("exporter bug")
             super().consume(batch)
 
     receiver, sink = make_receiver(pair.server.name, consumer=Flaky())
@@ -169,7 +162,10 @@ def test_consumer_errors_keep_the_records_too(pair: Pair, make_receiver: MakeRec
     for _ in range(3):
         conn.send_to_server(5_000)
         receiver.cycle()
-    assert _totals(sink.records, conn.client_port) == _kernel_counters(pair, conn.client_port)
+    final = kernel_counters(pair, conn.client_port)
+    receiver.cycle()  # delivers the last ACKs too
+    assert _totals(sink.records, conn.client_port) == final
+    assert receiver._m_errors.value(kind="consume") == 2
     conn.close()
 
 
@@ -186,7 +182,7 @@ def test_zero_on_dump_reports_deltas_and_zeroes_the_kernel_counters(
     ob = sum(r.original_bytes for r in records)
     packets = sum(r.original_packets for r in records)
     assert 50_000 <= ob <= 50_000 + packets * HEADER_BOUND
-    assert _kernel_counters(pair, conn.client_port)[0] == 0  # the original's method resets them
+    assert kernel_counters(pair, conn.client_port)[0] == 0  # the original's method resets them
     conn.close()
 
 
@@ -205,7 +201,7 @@ def test_kill_9_and_graceful_restarts_of_a_real_agent_process_stay_exact(pair: P
 
     rng = random.Random(7)
     conn = TcpConnection(pair.client, pair.server, V4_SERVER)
-    before = _kernel_counters(pair, conn.client_port)  # the handshake: before the baseline
+    before = kernel_counters(pair, conn.client_port)  # the handshake: before the baseline
     proc = spawn()
     try:
         time.sleep(0.5)  # the first dump sets the baseline (no checkpoint yet)
@@ -224,7 +220,7 @@ def test_kill_9_and_graceful_restarts_of_a_real_agent_process_stay_exact(pair: P
             conn.send_to_server(rng.randrange(1, 40_000))  # while it is down
             proc = spawn()
         conn.send_to_server(3_000)
-        final = _kernel_counters(pair, conn.client_port)
+        final = kernel_counters(pair, conn.client_port)
         time.sleep(1.0)  # a few cycles
     finally:
         proc.send_signal(signal.SIGTERM)
