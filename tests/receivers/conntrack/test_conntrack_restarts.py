@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import ConntrackRecord, FlowBatch
 from kubenetmon.netns import NamespaceRegistry
 from kubenetmon.testing import SinkConsumer
