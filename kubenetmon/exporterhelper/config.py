@@ -72,6 +72,10 @@ class ExporterHelperConfig(ComponentConfig):
     """Fields every queued exporter has; subclass it and add the exporter's own."""
 
     timeout: float = Field(5.0, gt=0, description="Seconds one send attempt may take.")
-    sending_queue: QueueConfig = Field(default_factory=QueueConfig)
-    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
-    batch: BatchConfig = Field(default_factory=BatchConfig)
+    sending_queue: QueueConfig = Field(
+        default_factory=QueueConfig, description="The queue between consume() and the sending workers."
+    )
+    retry_on_failure: RetryConfig = Field(
+        default_factory=RetryConfig, description="Retries of failed sends (exponential backoff with jitter)."
+    )
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="How queued batches are grouped per send.")
