@@ -1,0 +1,109 @@
+"""Config, checkpoint file, plugin registration and lifecycle of the conntrack receiver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from kubenetmon.component import Kind
+from kubenetmon.flows import ConntrackRecord
+from kubenetmon.netns import NamespaceRegistry
+from kubenetmon.plugins import build_plugin_manager, load_components
+from kubenetmon.receivers.conntrack import ConntrackConfig, factory
+from kubenetmon.receivers.conntrack._checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    PendingBatch,
+    load,
+    mark_delivered,
+    save,
+)
+from kubenetmon.testing import SinkConsumer, StaticHost, check_lifecycle, create_component
+from tests.receivers.conntrack.conntrack_topology import V4_SERVER, make_pair, requires_root, udp_exchange
+
+
+def _record(port: int) -> ConntrackRecord:
+    return ConntrackRecord("n", "tcp", "ipv4", "10.0.0.1", port, "10.0.0.2", 80, "10.0.0.2", 80, "10.0.0.1", port,
+                           100, 2, 50, 1, 10, 20)
+
+
+def test_defaults_and_node_name_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    config = ConntrackConfig()
+    assert (config.interval, config.accounting, config.node_name) == (5.0, "delta", "node-7")
+    assert config.configure_sysctls and config.events and not config.skip_sanity_check
+    monkeypatch.delenv("NODE_NAME")
+    assert ConntrackConfig().node_name  # the hostname
+
+
+def test_invalid_config_names_the_key_and_value() -> None:
+    with pytest.raises(ValidationError, match=r"'10.0.0.0/33' is not a CIDR"):
+        ConntrackConfig(exclude_cidrs=["10.0.0.0/33"])
+    with pytest.raises(ValidationError, match="accounting"):
+        ConntrackConfig(accounting="zero")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="interval"):
+        ConntrackConfig(interval=0)
+
+
+def test_registered_as_a_builtin_receiver() -> None:
+    registry = load_components(build_plugin_manager(load_entry_points=False))
+    entry = registry.get(Kind.RECEIVER, "conntrack")
+    assert entry is not None and entry.factory is factory
+
+
+def test_checkpoint_round_trip_drops_delivered_batches(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ct.state"
+    state = {b"key-1": b"ctr-1", b"key-2": b"ctr-2"}
+    limbo = {b"key-3": (b"ctr-3", 123)}
+    batches = [PendingBatch("a" * 32, [_record(1)]), PendingBatch("b" * 32, [_record(2), _record(3)])]
+    save(path, Checkpoint("node-a", 42, state, limbo, batches))
+    mark_delivered(path, "a" * 32)
+    loaded = load(path)
+    assert loaded is not None
+    assert (loaded.node, loaded.dump_ns, loaded.state, loaded.limbo) == ("node-a", 42, state, limbo)
+    assert [(b.id, b.records) for b in loaded.batches] == [("b" * 32, [_record(2), _record(3)])]
+    save(path, Checkpoint("node-a", 43, {}, {}, []))  # a new checkpoint forgets old delivered ids
+    assert not path.with_name("ct.state.delivered").exists()
+
+
+def test_missing_checkpoint_is_none_and_a_corrupt_one_says_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "ct.state"
+    assert load(path) is None
+    save(path, Checkpoint("n", 1, {b"k": b"v"}, {}, []))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="delete it"):
+        load(path)
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a conntrack checkpoint"):
+        load(path)
+
+
+@pytest.mark.kernel
+@requires_root
+def test_lifecycle_contract_and_background_cycles(tmp_path: Path) -> None:
+    with NamespaceRegistry("knmct") as reg:
+        pair = make_pair(reg)
+        config = ConntrackConfig(
+            netns=pair.server.name, node_name="n", interval=0.1, skip_sanity_check=True,
+            checkpoint_path=str(tmp_path / "ct.state"),
+        )
+        check_lifecycle(create_component(factory, config))
+        sink = SinkConsumer()
+        receiver = create_component(factory, config, consumer=sink)
+        receiver.shutdown()  # without start: a no-op
+        receiver = create_component(factory, config, consumer=sink)
+        receiver.start(StaticHost())
+        try:
+            assert sink.wait_for(lambda _: receiver.is_ready(), 5)
+            udp_exchange(pair.client, pair.server, V4_SERVER, 10, 20)
+            assert sink.wait_for(lambda s: any(r.transport == "udp" for r in s.records), 10)
+            assert receiver.health() is None
+            assert receiver._m_entries.value() >= 1
+        finally:
+            receiver.shutdown(10)
+        assert (tmp_path / "ct.state").exists()
+        assert receiver._m_checkpoint_bytes.value() > 0

@@ -1,0 +1,233 @@
+"""Layouts, the generic fallback and the delta rules, on messages built byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubenetmon.flows import ConntrackRecord
+from kubenetmon.receivers.conntrack._accounting import AddressFilter, DeltaTracker
+from kubenetmon.receivers.conntrack._layout import LayoutCache, MalformedMessage, compile_layout, decode_counters
+from tests.receivers.conntrack.ctmsg import CT_DELETE, entry, nla
+
+SECOND = 10**9
+
+
+def _cycle(
+    tracker: DeltaTracker, *messages: bytes, events: tuple[bytes, ...] = (), at: int = 0
+) -> list[ConntrackRecord]:
+    tracker.begin_dump(at or (tracker.dump_ns + 5 * SECOND if tracker.dump_ns else SECOND))
+    tracker.feed(b"".join(messages))
+    tracker.end_dump()
+    tracker.apply_events(list(events))
+    return tracker.take_unsent()
+
+
+def _counts(r: ConntrackRecord) -> tuple[int, int, int, int]:
+    return r.original_packets, r.original_bytes, r.reply_packets, r.reply_bytes
+
+
+def test_one_layout_is_learned_per_kind_and_reused() -> None:
+    tracker = DeltaTracker("n")
+    msgs = [entry(sport=1000 + i, ct_id=i, counters=(1, 100, 1, 50)) for i in range(50)]
+    msgs += [entry("fd00::1", 2000 + i, "fd00::2", 443, ct_id=100 + i, proto=17) for i in range(50)]
+    _cycle(tracker, *msgs)
+    assert tracker.layouts.count == 2
+    assert tracker.layouts.slow_path == 2
+    assert tracker.stats.entries == 100 and len(tracker.state) == 100
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"order": "reply_counters_first"},
+        {"order": "counters_apart"},
+        {"counter_bits": 32},
+        {"zone": 7},
+        {"extra": nla(22, bytes(16))},  # CTA_LABELS
+    ],
+    ids=["reply-counters-first", "counters-apart", "32-bit-counters", "zone", "labels"],
+)
+def test_unusual_layouts_give_the_same_deltas(options: dict[str, object]) -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(1, 60, 0, 0), **options))  # type: ignore[arg-type]
+    [record] = _cycle(tracker, entry(counters=(11, 1060, 4, 300), **options))  # type: ignore[arg-type]
+    assert _counts(record) == (10, 1000, 4, 300)
+    assert (record.src, record.sport, record.dst, record.dport) == ("10.0.0.1", 40000, "10.0.0.2", 80)
+
+
+def test_a_full_layout_cache_still_parses_every_message() -> None:
+    tracker = DeltaTracker("n")
+    tracker.layouts = LayoutCache(max_layouts=0)
+    _cycle(tracker, entry(counters=(1, 1, 1, 1)))
+    [record] = _cycle(tracker, entry(counters=(2, 3, 4, 5)))
+    assert _counts(record) == (1, 2, 3, 4)
+    assert tracker.layouts.count == 0 and tracker.layouts.slow_path == 2
+
+
+def test_same_length_other_protocol_is_not_taken_for_tcp() -> None:
+    tracker = DeltaTracker("n")
+    tcp, sctp = entry(counters=(1, 1, 1, 1)), entry(proto=132, ct_id=2, counters=(1, 1, 1, 1))
+    assert len(tcp) == len(sctp)
+    _cycle(tracker, tcp, sctp)
+    assert tracker.stats.ignored == {"protocol": 1}
+    assert len(tracker.state) == 1
+
+
+def test_entries_without_counters_are_ignored_with_their_reason() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(with_counters=False))
+    assert tracker.stats.ignored == {"no_counters": 1}
+
+
+def test_malformed_message_is_counted_and_the_rest_parsed() -> None:
+    good = entry(counters=(1, 1, 1, 1))
+    bad = bytearray(entry(ct_id=9))
+    bad[20:22] = (400).to_bytes(2, "little")  # first attribute claims more bytes than the message has
+    tracker = DeltaTracker("n")
+    _cycle(tracker, bytes(bad), good)
+    assert tracker.stats.ignored == {"malformed": 1}
+    assert len(tracker.state) == 1
+    with pytest.raises(MalformedMessage):
+        compile_layout(bytes(bad), 0, len(bad))
+
+
+def test_decode_counters_reads_both_forms() -> None:
+    std = entry(counters=(1, 2, 3, 4))
+    layout = compile_layout(std, 0, len(std))
+    assert decode_counters(layout.counters(std, 0)) == (1, 2, 3, 4)
+    small = entry(counters=(5, 6, 7, 8), counter_bits=32)
+    layout = compile_layout(small, 0, len(small))
+    assert decode_counters(layout.counters(small, 0)) == (5, 6, 7, 8)
+
+
+def test_first_cycle_is_a_baseline_then_deltas() -> None:
+    tracker = DeltaTracker("node-x")
+    assert _cycle(tracker, entry(counters=(5, 500, 5, 500))) == []
+    [record] = _cycle(tracker, entry(counters=(7, 800, 6, 560)))
+    assert _counts(record) == (2, 300, 1, 60)
+    assert record.node == "node-x" and record.transport == "tcp" and record.network_type == "ipv4"
+    assert record.end_ns - record.start_ns == 5 * SECOND
+    assert _cycle(tracker, entry(counters=(7, 800, 6, 560))) == []  # idle: nothing sent
+    assert tracker.stats.ignored == {"idle": 1}
+
+
+def test_new_connection_after_the_baseline_counts_in_full() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker)
+    [record] = _cycle(tracker, entry(counters=(3, 180, 2, 120)))
+    assert _counts(record) == (3, 180, 2, 120)
+
+
+def test_a_reused_tuple_with_a_new_id_is_a_new_connection() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(ct_id=1, counters=(10, 1000, 10, 1000)))
+    [record] = _cycle(tracker, entry(ct_id=2, counters=(1, 60, 1, 60)))
+    assert _counts(record) == (1, 60, 1, 60)
+
+
+def test_an_entry_listed_twice_by_one_dump_is_counted_once() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(1, 100, 0, 0)))
+    [record] = _cycle(tracker, entry(counters=(2, 200, 0, 0)), entry(counters=(2, 200, 0, 0)))
+    assert _counts(record) == (1, 100, 0, 0)
+
+
+def test_destroy_event_adds_the_remainder_since_the_last_dump() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(1, 100, 1, 100)))
+    [record] = _cycle(tracker, events=(entry(counters=(4, 400, 3, 300), msg_type=CT_DELETE),))
+    assert _counts(record) == (3, 300, 2, 200)
+    assert tracker.state == {} and len(tracker.limbo) == 1  # a tombstone
+
+
+def test_destroy_after_the_entry_was_dumped_again_in_the_same_cycle() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(1, 100, 1, 100)))
+    [record] = _cycle(
+        tracker, entry(counters=(2, 200, 1, 100)), events=(entry(counters=(3, 300, 2, 200), msg_type=CT_DELETE),)
+    )
+    assert _counts(record) == (2, 200, 1, 100)  # dump delta + event remainder, merged
+
+
+def test_connection_born_and_gone_between_dumps_counts_in_full() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker)
+    [record] = _cycle(tracker, events=(entry(counters=(9, 900, 8, 800), msg_type=CT_DELETE),))
+    assert _counts(record) == (9, 900, 8, 800)
+
+
+def test_events_before_the_baseline_are_ignored() -> None:
+    tracker = DeltaTracker("n")
+    assert _cycle(tracker, events=(entry(counters=(9, 900, 8, 800), msg_type=CT_DELETE),)) == []
+    assert tracker.stats.ignored == {"no_baseline": 1}
+
+
+def test_a_late_event_finds_the_vanished_entry_and_a_redump_is_not_recounted() -> None:
+    tracker = DeltaTracker("n", vanished_ttl_ns=60 * SECOND)
+    _cycle(tracker, entry(counters=(1, 100, 1, 100)))
+    assert _cycle(tracker) == []  # vanished: parked
+    [record] = _cycle(tracker, events=(entry(counters=(2, 150, 1, 100), msg_type=CT_DELETE),))
+    assert _counts(record) == (1, 50, 0, 0)
+    assert _cycle(tracker, entry(counters=(2, 150, 1, 100))) == []  # tombstone: no double count
+
+
+def test_vanished_entries_expire_after_the_ttl() -> None:
+    tracker = DeltaTracker("n", vanished_ttl_ns=8 * SECOND)
+    _cycle(tracker, entry(counters=(1, 100, 1, 100)))
+    _cycle(tracker)
+    assert len(tracker.limbo) == 1
+    _cycle(tracker)
+    _cycle(tracker)
+    assert tracker.limbo == {}
+
+
+def test_counters_zeroed_by_another_tool_count_from_zero() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(10, 1000, 10, 1000)))
+    [record] = _cycle(tracker, entry(counters=(1, 60, 0, 0)))
+    assert _counts(record) == (1, 60, 0, 0)
+    assert tracker.stats.counter_resets == 1
+
+
+def test_unsent_records_merge_until_taken() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(0, 0, 0, 0)))
+    for i in range(1, 4):
+        tracker.begin_dump(tracker.dump_ns + 5 * SECOND)
+        tracker.feed(entry(counters=(i, 100 * i, 0, 0)))
+        tracker.end_dump()
+    [record] = tracker.take_unsent()
+    assert _counts(record) == (3, 300, 0, 0)
+    assert record.end_ns - record.start_ns == 15 * SECOND
+
+
+def test_loopback_and_cidr_filters() -> None:
+    tracker = DeltaTracker("n", AddressFilter(include=["10.0.0.0/8"], exclude=["10.9.0.0/16"]))
+    _cycle(tracker)
+    records = _cycle(
+        tracker,
+        entry("127.0.0.5", 1, "10.0.0.2", 2, counters=(1, 1, 0, 0), ct_id=1),
+        entry("::1", 1, "::1", 2, counters=(1, 1, 0, 0), ct_id=2),
+        entry("10.9.0.1", 1, "10.0.0.2", 2, counters=(1, 1, 0, 0), ct_id=3),
+        entry("192.168.0.1", 1, "172.16.0.1", 2, counters=(1, 1, 0, 0), ct_id=4),
+        entry("10.1.0.1", 1, "172.16.0.1", 2, counters=(1, 1, 0, 0), ct_id=5),
+    )
+    assert [r.src for r in records] == ["10.1.0.1"]
+    assert tracker.stats.ignored == {"loopback": 2, "cidr": 2}
+
+
+def test_dnat_reply_tuple_is_kept() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker)
+    dnat = entry("10.0.0.1", 5000, "10.96.0.10", 80, reply=("10.1.2.3", 8080, "10.0.0.1", 5000), counters=(1, 1, 1, 1))
+    [record] = _cycle(tracker, dnat)
+    reply = (record.reply_src, record.reply_sport, record.reply_dst, record.reply_dport)
+    assert reply == ("10.1.2.3", 8080, "10.0.0.1", 5000)
+    assert not record.is_mirrored()
+
+
+def test_zero_on_dump_takes_counters_as_deltas() -> None:
+    tracker = DeltaTracker("n", zero_on_dump=True)
+    [record] = _cycle(tracker, entry(counters=(2, 200, 1, 100)))
+    assert _counts(record) == (2, 200, 1, 100)
+    assert tracker.state == {}
