@@ -97,6 +97,24 @@ def test_first_download_happens_in_the_background_and_makes_the_processor_ready(
         proc.shutdown()
 
 
+def test_downloaded_table_without_the_local_region_is_reported_by_health(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.serve_json("/aws.json", _aws_v("eu-west-1"))
+    proc: CloudPrefixProcessor = create_component(
+        factory, _aws_only(range_server, tmp_path), consumer=SinkConsumer(),
+        settings=create_settings(Kind.PROCESSOR, "cloud_prefix", identity=Identity(cloud="aws", region="mars-1")),
+    )
+    proc.start(StaticHost())
+    try:
+        assert _wait(lambda: proc.health() is not None)
+        assert "region 'mars-1' is not among the aws regions" in str(proc.health())
+        assert not proc.is_ready()
+        assert proc._m_builds.value(result="rejected") >= 1
+    finally:
+        proc.shutdown()
+
+
 def test_good_refresh_swaps_the_table_atomically_under_concurrent_lookups(
     range_server: RangeServer, tmp_path: Path
 ) -> None:

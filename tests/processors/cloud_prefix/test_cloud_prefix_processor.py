@@ -174,6 +174,13 @@ def test_region_of_another_cloud_is_rejected_at_start_with_the_local_clouds_regi
     assert "eu-west-1, us-east-1" in message and "skip_region_check" in message
 
 
+def test_offline_without_any_usable_document_fails_at_start_saying_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc, _ = _processor(tmp_path, files_dir=tmp_path / "empty")
+    with pytest.raises(ConfigError, match=r"kubenetmon cloud-ranges fetch --out DIR"):
+        proc.start(StaticHost())
+
+
 def test_region_check_can_be_skipped(tmp_path: Path) -> None:
     proc, sink = _processor(tmp_path, Identity(cloud="aws", region="mars-1"), skip_region_check=True)
     proc.start(StaticHost())
