@@ -53,7 +53,6 @@ class ConntrackReceiver(BaseComponent):
         )
         self._checkpoint_path = Path(config.checkpoint_path) if config.checkpoint_path else None
         self._carried: list[PendingBatch] = []  # restored batches: delivered again under their own id
-        self._fresh_id = uuid.uuid4().hex
         self._checkpoint_ns = 0
         self._dump_sock: socket.socket | None = None
         self._event_sock: socket.socket | None = None
@@ -345,14 +344,12 @@ class ConntrackReceiver(BaseComponent):
         self._deliver()
         self._m_cycle_seconds.observe(time.monotonic() - started)
 
-    def _pending(self) -> list[PendingBatch]:
-        batches = list(self._carried)
-        if self._tracker.unsent:
-            batches.append(PendingBatch(self._fresh_id, list(self._tracker.unsent.values())))
-        return batches
-
     def _deliver(self) -> None:
-        batches = self._pending()
+        # Restored batches keep their ids (they may have reached the consumer
+        # before a crash); the fresh records get a new id every cycle, since
+        # merging changes their content and a refused batch never arrived.
+        fresh = PendingBatch(uuid.uuid4().hex, list(self._tracker.unsent.values()))
+        batches = [*self._carried, fresh] if fresh.records else list(self._carried)
         self._write_checkpoint(batches)
         for batch in batches:
             try:
@@ -368,9 +365,8 @@ class ConntrackReceiver(BaseComponent):
                 self._log.exception("consumer failed; keeping %d records for the next cycle", len(batch.records))
                 return
             self._m_records.inc(len(batch.records))
-            if batch.id == self._fresh_id:
+            if batch is fresh:
                 self._tracker.unsent = {}
-                self._fresh_id = uuid.uuid4().hex
             else:
                 self._carried.remove(batch)
             if self._checkpoint_path is not None:
