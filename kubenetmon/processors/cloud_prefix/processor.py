@@ -143,6 +143,7 @@ class CloudPrefixProcessor(BaseComponent):
         self._problem: str | None = None
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
+        self._gauged: set[tuple[str, str]] = set()  # (cloud, family) labels of the prefixes gauge
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -196,8 +197,12 @@ class CloudPrefixProcessor(BaseComponent):
             if problem is not None:
                 self._m_builds.labels(result="rejected").inc()
                 return problem
-        for (cloud, family), count in table.counts().items():
+        counts = table.counts()
+        for cloud, family in self._gauged - counts.keys():  # a cloud the new table no longer has
+            self._m_prefixes.labels(cloud=cloud, family=family).set(0)
+        for (cloud, family), count in counts.items():
             self._m_prefixes.labels(cloud=cloud, family=family).set(count)
+        self._gauged |= counts.keys()
         # One assignment: consume() sees the old or the new state, never a mix.
         self._state = _State(self._classifier(table), {})
         self._m_builds.labels(result="swapped").inc()
