@@ -203,6 +203,21 @@ def test_watch_timeout_resumes_without_relist(kubeapi: KubeAPIServer, tmp_path: 
     assert watch.query["timeoutSeconds"] == "1"
 
 
+def test_silent_watch_hits_the_read_timeout_and_is_resumed_without_relist(
+    kubeapi: KubeAPIServer, tmp_path: Path, make_processor: ProcessorMaker
+) -> None:
+    # The loopback server sends nothing on a quiet watch without bookmarks: a
+    # stalled API server looks the same to the client (urllib3 ReadTimeoutError).
+    seed(kubeapi)
+    processor, _ = make_processor(kube_config(kubeapi, tmp_path, read_timeout=0.3))
+    eventually(processor.is_ready)
+    eventually(lambda: restarts(processor, "pods", "read_timeout") >= 1, what="read timeout")
+    kubeapi.add_pod("after-stall", node="node-b", ip="10.2.0.90")
+    eventually(lambda: "10.2.0.90" in processor.index.pod_by_ip, what="event after resume")
+    assert kubeapi.list_calls("pods") == 1
+    assert processor.health() is None
+
+
 def test_api_server_down_at_start_is_retried_until_it_answers(tmp_path: Path,
                                                              make_processor: ProcessorMaker) -> None:
     api = KubeAPIServer().start()
@@ -268,6 +283,8 @@ def test_metrics_count_indexed_objects_lookups_and_drops(kubeapi: KubeAPIServer,
     assert processor._m_lookups.value(result="hit") == 3
     assert processor._m_lookups.value(result="miss") == 1
     assert processor._m_records.value() == 2
+    since = processor.source._metrics["since_event"].labels(resource="pods")
+    assert 0 <= next(iter(since._child_samples())).value < 60
 
 
 def test_lifecycle_contract_with_kubernetes_source(kubeapi: KubeAPIServer, tmp_path: Path,
