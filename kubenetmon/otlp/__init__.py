@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from kubenetmon.flows import ConntrackRecord, Flow
 from kubenetmon.otlp import _contract as contract
-from kubenetmon.otlp._decode_records import DecodeResult, decode_records
+from kubenetmon.otlp._decode_records import DecodeResult, decode_records, decode_records_bytes
 from kubenetmon.otlp._encode_flows import FLOW_ATTRIBUTES, encode_flows_bytes
 from kubenetmon.otlp._encode_records import encode_records_bytes
 
@@ -57,11 +57,6 @@ def encode_flows(
 ) -> list[ExportMetricsServiceRequest]:
     """Attributed flows as OTLP requests (DESIGN §4.4); the mapping is ``FLOW_ATTRIBUTES``."""
     return [_parse(data) for data in encode_flows_bytes(flows, resource, max_points=max_points)]
-
-
-def decode_records_bytes(data: bytes) -> DecodeResult:
-    """Parse a serialized request and decode it; raises ``google.protobuf.message.DecodeError``."""
-    return decode_records(_parse(data))
 
 
 def _parse(data: bytes) -> ExportMetricsServiceRequest:

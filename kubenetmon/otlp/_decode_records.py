@@ -21,15 +21,19 @@ from __future__ import annotations
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from kubenetmon.flows import ConntrackRecord
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._wire import kv_int, kv_string, varint
 
-__all__ = ["DecodeResult", "decode_records"]
+__all__ = ["DecodeResult", "decode_records", "decode_records_bytes"]
 
 
 @dataclass
@@ -356,6 +360,36 @@ def _node_of(resource: Any) -> str:
     raise _Reject("missing_node", "resource has no k8s.node.name attribute (the observing node)")
 
 
+_COUNTERS_RAW = {name.encode(): index for name, index in _COUNTERS.items()}
+
+
+def _fields(data: bytes, start: int, end: int, allowed: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """(tag, start, end) of the length-delimited fields in ``data[start:end]``; others are not canonical."""
+    pos = start
+    while pos < end:
+        tag = data[pos]
+        if tag not in allowed:
+            raise _NotCanonical
+        n = data[pos + 1]
+        pos += 2
+        if n & 0x80:
+            n &= 0x7F
+            shift = 7
+            while True:
+                b = data[pos]
+                pos += 1
+                n |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    break
+                shift += 7
+                if shift > 35:
+                    raise _NotCanonical
+        if pos + n > end:
+            raise _NotCanonical
+        yield tag, pos, pos + n
+        pos += n
+
+
 class _Decoder:
     def __init__(self, fast: bool) -> None:
         self.fast = fast
@@ -379,6 +413,9 @@ class _Decoder:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     self._metric(metric, node, fast_keys)
+        return self._result()
+
+    def _result(self) -> DecodeResult:
         records = [ConntrackRecord(*acc) for acc in self.accs.values() if acc[11] or acc[12] or acc[13] or acc[14]]
         rej = self.rejections
         return DecodeResult(
@@ -389,6 +426,50 @@ class _Decoder:
             accepted_points=self.accepted,
             nodes=list(self.nodes),
         )
+
+    def run_raw(self, data: bytes) -> DecodeResult:
+        """The fast path straight on the request's bytes (no protobuf objects for the points).
+
+        Only for requests in the encoder's exact layout; anything else raises
+        _NotCanonical and the caller parses the request instead.
+        """
+        if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
+            _ADDRESSES.clear()
+        try:
+            for _, rm_start, rm_end in _fields(data, 0, len(data), (0x0A,)):
+                node = ""
+                fast_keys: dict[tuple[bytes, bytes], Any] = {}
+                for tag, start, end in _fields(data, rm_start, rm_end, (0x0A, 0x12, 0x1A)):
+                    if tag == 0x0A:
+                        try:
+                            node = _node_of(Resource.FromString(data[start:end]))
+                        except (_Reject, DecodeError):
+                            raise _NotCanonical from None
+                        self.nodes[node] = None
+                    elif tag == 0x12:
+                        if not node:
+                            raise _NotCanonical
+                        self._scope_raw(data, start, end, node, fast_keys)
+        except IndexError:
+            raise _NotCanonical from None
+        return self._result()
+
+    def _scope_raw(
+        self, data: bytes, start: int, end: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]
+    ) -> None:
+        for tag, m_start, m_end in _fields(data, start, end, (0x0A, 0x12, 0x1A)):
+            if tag != 0x12:
+                continue  # scope, schema_url
+            base = None
+            sum_bytes = b""
+            for ftag, f_start, f_end in _fields(data, m_start, m_end, (0x0A, 0x12, 0x1A, 0x3A, 0x62)):
+                if ftag == 0x0A:
+                    base = _COUNTERS_RAW.get(data[f_start:f_end])
+                elif ftag == 0x3A:
+                    sum_bytes = data[f_start:f_end]
+            if base is None or not sum_bytes:
+                raise _NotCanonical  # unknown metric, not a Sum: the slow path says which
+            self._points_fast(sum_bytes, base, node, fast_keys)
 
     def _metric(self, metric: Any, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
         name = metric.name
@@ -436,7 +517,9 @@ class _Decoder:
 
     def _points_fast(self, data: bytes, base: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
         # Walks the re-serialized Sum by the data points' own length prefixes;
-        # anything not in the encoder's exact layout raises _NotCanonical.
+        # anything not in the encoder's exact layout raises _NotCanonical and
+        # the caller starts over on the slow path (so nothing here needs undoing;
+        # a walk past the end is caught by the final position check).
         end = len(data) - len(_SUM_TRAILER)
         if not data.endswith(_SUM_TRAILER):
             raise _NotCanonical
@@ -456,13 +539,14 @@ class _Decoder:
             else:
                 p = pos + 2
             q = p + n
-            if q > end or data[pos] != 0x0A or data[p] != 0x11 or data[p + 9] != 0x19 or data[p + 18] != 0x31:
+            if data[pos] != 0x0A:
                 raise _NotCanonical
+            # The key holds the three header tags; _fast_acc checks them once per key.
             if data.endswith(dir_reply, p, q):
-                k = (data[p : p + 18], data[p + 27 : q - len_reply])
+                k = (data[p : p + 19], data[p + 27 : q - len_reply])
                 index = reply_index
             elif data.endswith(dir_original, p, q):
-                k = (data[p : p + 18], data[p + 27 : q - len_original])
+                k = (data[p : p + 19], data[p + 27 : q - len_original])
                 index = base
             else:
                 raise _NotCanonical
@@ -484,7 +568,10 @@ class _Decoder:
         self.accepted += accepted
 
     def _fast_acc(self, node: str, k: tuple[bytes, bytes]) -> Any:
-        times, attrs = k
+        head, attrs = k
+        if len(head) != 19 or head[0] != 0x11 or head[9] != 0x19 or head[18] != 0x31:
+            raise _NotCanonical
+        times = head[:18]
         key = _TUPLES.get(attrs)
         if key is None:
             key = _parse_attrs(attrs)
@@ -500,6 +587,22 @@ class _Decoder:
                 f"start_time_unix_nano={start} time_unix_nano={end}: both are required and start <= time",
             )
         return self._acc(node, key, start, end)
+
+
+def decode_records_bytes(data: bytes) -> DecodeResult:
+    """:func:`decode_records` on a serialized request (what a server has).
+
+    Requests in the encoder's exact layout are read straight from the bytes;
+    others are parsed first. Raises ``google.protobuf.message.DecodeError``
+    when ``data`` is not an ``ExportMetricsServiceRequest``.
+    """
+    try:
+        return _Decoder(fast=True).run_raw(data)
+    except _NotCanonical:
+        pass
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(data)
+    return decode_records(request)
 
 
 def decode_records(request: Any) -> DecodeResult:

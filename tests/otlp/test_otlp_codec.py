@@ -179,3 +179,41 @@ def test_non_canonical_address_text_is_canonicalised() -> None:
     assert record.network_type == "ipv6"
     request = encode_records([replace(record, src=record.src.upper().replace("FD00::", "FD00:0::"))], {})[0]
     assert decode_records(request).records == [record]
+
+
+def test_bytes_of_our_encoder_are_decoded_without_parsing_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = make_records(80, node="node-a") + make_records(20, node="node-b", seed=4)
+    data = encode_records_bytes(records, {})[0]
+    expected = decode_records(ExportMetricsServiceRequest.FromString(data))
+
+    def no_parse(*_: Any) -> None:
+        raise AssertionError("the canonical request was parsed")
+
+    monkeypatch.setattr(decoder, "ExportMetricsServiceRequest", no_parse)
+    result = decode_records_bytes(data)
+    assert by_identity(result.records) == by_identity(expected.records) == by_identity(records)
+    assert result.nodes == ["node-a", "node-b"] and result.accepted_points == expected.accepted_points
+
+
+def test_bytes_of_other_layouts_are_parsed_and_checked() -> None:
+    request = encode_records(make_records(10), {})[0]
+    request.resource_metrics[0].scope_metrics[0].metrics[0].sum.aggregation_temporality = 2
+    result = decode_records_bytes(request.SerializeToString())
+    assert result.rejected_by_reason == {"not_delta": len(request.resource_metrics[0].scope_metrics[0]
+                                                        .metrics[0].sum.data_points)}
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff", b"\x0a\x05abc", b"\x0a\x80"])
+def test_garbage_bytes_raise_decode_error(garbage: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
+        decode_records_bytes(garbage)
+
+
+def test_truncated_request_raises_decode_error() -> None:
+    from google.protobuf.message import DecodeError
+
+    data = encode_records_bytes(make_records(10), {})[0]
+    with pytest.raises(DecodeError):
+        decode_records_bytes(data[:-7])

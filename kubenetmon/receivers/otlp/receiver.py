@@ -22,15 +22,12 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
-from kubenetmon.otlp import contract, decode_records
+from kubenetmon.otlp import contract, decode_records_bytes
 from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
 from kubenetmon.receivers.otlp.config import OtlpReceiverConfig
 from kubenetmon.receivers.otlp.dedup import BatchIdWindow
@@ -204,16 +201,14 @@ class OtlpReceiver(BaseComponent):
             given_bytes = given.encode() if isinstance(given, str) else bytes(given)
             if not hmac.compare_digest(given_bytes, self._expected_auth):
                 raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token", "unauthenticated")
-        request = ExportMetricsServiceRequest()
         try:
-            request.ParseFromString(data)
+            result = decode_records_bytes(data)
         except DecodeError as exc:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not an ExportMetricsServiceRequest: {exc}",
                 "invalid",
             ) from None
-        result = decode_records(request)
         for reason, n in result.rejected_by_reason.items():
             self.m_rejected.labels(reason=reason).inc(n)
         if result.rejected_points:
