@@ -264,3 +264,84 @@ def test_config_validation_messages() -> None:
         model.model_validate({"headers": {"Authorization": "x"}})
     with pytest.raises(ValueError, match="set together"):
         model.model_validate({"tls": {"cert_file": "c.pem"}})
+
+
+def test_kill_9_with_persistent_queue_then_restart_delivers_once(
+    tmp_path: Path, receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    sink = SinkConsumer()
+    lose = LoseAcknowledgements(count=1_000_000)  # the child never sees an acknowledgement
+    r = receivers(sink, interceptors=(lose,))
+    queue_dir = tmp_path / "queue"
+    root = Path(__file__).resolve().parents[3]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.exporters.otlp.otlp_queue_child", str(r.port), str(queue_dir), "7"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "accepted"
+        assert sink.wait_for(lambda s: len(s.batches) == 1, timeout=20)
+        deadline = time.monotonic() + 20
+        while r.m_duplicates.value() == 0:  # the child is retrying the delivered request
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    lose.remaining = 0
+    restarted = exporters(exporter_config(r.port, sending_queue={"storage": "persistent",
+                                                                   "directory": str(queue_dir)}))
+    wait_sent(restarted, 40)
+    assert len(sink.batches) == 1
+    assert by_identity(sink.records) == by_identity(make_records(40, seed=7))
+    assert not list((queue_dir / "items").glob("*.batch"))
+
+
+def test_outage_longer_than_the_queue_drops_only_counted_data(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    port = free_port()
+    e = exporters(exporter_config(port, sending_queue={"capacity": 2, "full_policy": "drop"}))
+    sent = batches(5, per_batch=10)
+    for b in sent:
+        e.consume(b)
+    dropped = e.m_dropped.value(reason="queue_full")
+    assert dropped > 0
+    sink = SinkConsumer()
+    receivers(sink, port=port)
+    wait_sent(e, 50 - dropped)
+    time.sleep(0.2)
+    assert len(sink.records) + dropped == 50
+    assert len(sink.records) == e.m_sent.value()
+
+
+def test_connections_recycled_by_max_connection_age_lose_nothing(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    peers: list[str] = []
+
+    class RecordPeers(grpc.ServerInterceptor):
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            handler = continuation(details)
+
+            def behavior(request: bytes, context: Any) -> Any:
+                peers.append(context.peer())  # ipv4:127.0.0.1:<client port>: one per connection
+                return handler.unary_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(behavior)
+
+    sink = SinkConsumer()
+    r = receivers(sink, interceptors=(RecordPeers(),),
+                  grpc={"keepalive": {"max_connection_age": 0.3, "max_connection_age_grace": 0.5}})
+    e = exporters(exporter_config(r.port))
+    sent = batches(12, per_batch=10)
+    for b in sent:
+        e.consume(b)
+        time.sleep(0.1)  # spread over several connection lifetimes
+    wait_sent(e, 120)
+    assert len(set(peers)) > 1, "the connection was never recycled"
+    assert by_identity(sink.records) == all_records(sent)
