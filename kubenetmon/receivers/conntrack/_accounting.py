@@ -317,7 +317,10 @@ class DeltaTracker:
         if not (op or ob or rp or rb):
             stats.ignore("idle")
             return
-        osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
+        if layout.order or layout.inner.unpack_from(buf, off) != layout.inner_expected:
+            osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
+        else:
+            osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.fields.unpack_from(buf, off)
         if layout.network_type == "ipv4":
             loopback = osrc[0] == 127 or odst[0] == 127 or rsrc[0] == 127 or rdst[0] == 127
         else:
