@@ -66,7 +66,8 @@ class _Rejections:
         if points <= 0:
             return
         self.counts[reason] = self.counts.get(reason, 0) + points
-        self.messages.setdefault(reason, message)
+        if reason not in self.messages:  # values come from the sender: keep the answer short
+            self.messages[reason] = message if len(message) <= 300 else message[:297] + "..."
 
 
 class _Reject(Exception):

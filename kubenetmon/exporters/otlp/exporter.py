@@ -26,8 +26,8 @@ __all__ = ["EXPORT_METHOD", "OtlpExporter"]
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
-# OTLP/gRPC spec: these are retryable; RESOURCE_EXHAUSTED only when the server
-# says when to come back (RetryInfo); everything else is permanent.
+# OTLP/gRPC spec: these are retryable; everything else is permanent, except
+# RESOURCE_EXHAUSTED (see _classify).
 _RETRYABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -189,7 +189,13 @@ class OtlpExporter(QueuedExporter):
         trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
         retry_after = retry_after_of(trailing)
         message = f"export of request {batch_id} to {self.config.endpoint} failed: {code.name}: {details}"
-        if code in _RETRYABLE or (code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None):
+        # The spec retries RESOURCE_EXHAUSTED only with a RetryInfo, but gRPC's own
+        # concurrency limit on a busy server answers it without one: dropping data
+        # for that would be wrong. Only a message-size error is permanent.
+        exhausted = code is grpc.StatusCode.RESOURCE_EXHAUSTED and (
+            retry_after is not None or "larger than max" not in (details or "")
+        )
+        if code in _RETRYABLE or exhausted:
             self.m_requests.labels(outcome="retryable").inc()
             return RetryableError(message, retry_after=retry_after)
         self.m_requests.labels(outcome="permanent").inc()

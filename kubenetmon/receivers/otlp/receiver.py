@@ -14,6 +14,7 @@ inside gRPC.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ class OtlpReceiver(BaseComponent):
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
         self.port = 0
+        self._last_reject_log = -1e9
         self.dedup = BatchIdWindow(config.dedup.max_ids_per_node, config.dedup.ttl)
         token = config.auth.bearer_token
         self._expected_auth = f"Bearer {token}".encode() if token else None
@@ -212,8 +214,13 @@ class OtlpReceiver(BaseComponent):
         for reason, n in result.rejected_by_reason.items():
             self.m_rejected.labels(reason=reason).inc(n)
         if result.rejected_points:
-            self.log.warning(
-                "rejected %d data points from %s: %s",
+            # A misbehaving sender repeats itself every interval: warn at most every 10 s.
+            now = time.monotonic()
+            level = logging.WARNING if now - self._last_reject_log >= 10.0 else logging.DEBUG
+            if level == logging.WARNING:
+                self._last_reject_log = now
+            self.log.log(
+                level, "rejected %d data points from %s: %s",
                 result.rejected_points, context.peer(), result.error_message(),
             )
         response = ExportMetricsServiceResponse()

@@ -345,3 +345,34 @@ def test_connections_recycled_by_max_connection_age_lose_nothing(
     wait_sent(e, 120)
     assert len(set(peers)) > 1, "the connection was never recycled"
     assert by_identity(sink.records) == all_records(sent)
+
+
+def test_busy_gateway_over_its_concurrency_limit_is_retried_not_dropped(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    import threading
+
+    class SlowSink(SinkConsumer):
+        def consume(self, batch: FlowBatch) -> None:
+            time.sleep(0.5)
+            super().consume(batch)
+
+    sink = SlowSink()
+    r = receivers(sink, grpc={"max_concurrent_requests": 1})
+    e = exporters(exporter_config(r.port), run=False)
+    errors: list[Exception] = []
+
+    def push(block: Block) -> None:
+        try:
+            e.push(block, timeout=5)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=push, args=(Block(f"c{i}", batches(1, per_batch=2)),)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], RetryableError), errors
+    assert "RESOURCE_EXHAUSTED" in str(errors[0])
