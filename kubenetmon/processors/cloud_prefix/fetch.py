@@ -271,27 +271,35 @@ class RangeLoader:
                 done.append(name)
         return done
 
+    def _due(self, name: str, now: float) -> float:
+        """Seconds until ``name``'s download is due (0: now)."""
+        held = self._loaded.get(name)
+        return 0.0 if held is None else max(0.0, held.mtime + self._config.refresh_interval - now)
+
+    def _downloads(self, name: str) -> bool:
+        return bool(self._sources[name].url) and not self._config.offline
+
     def due_in(self, now: float | None = None) -> float:
         """Seconds until the next refresh is due: 0 when a downloadable source has no data yet."""
         now = time.time() if now is None else now
-        interval = self._config.refresh_interval
-        waits = [
-            0.0 if name not in self._loaded else max(0.0, self._loaded[name].mtime + interval - now)
-            for name, source in self._sources.items()
-            if source.url and not self._config.offline
-        ]
-        return min(waits, default=interval)
+        waits = [self._due(name, now) for name in self._sources if self._downloads(name)]
+        return min(waits, default=self._config.refresh_interval)
 
-    def refresh(self) -> list[str]:
+    def refresh(self, force: bool = True) -> list[str]:
         """Download every source that has a URL (re-read changed files of the others).
 
-        Returns the sources whose entries changed. A failed source keeps its
-        last good entries; the failure is logged and reported.
+        Without ``force``, only sources that have no data or whose data is
+        older than ``refresh_interval`` are downloaded. Returns the sources
+        whose entries changed. A failed source keeps its last good entries;
+        the failure is logged and reported.
         """
         changed = []
+        now = time.time()
         for name, source in self._sources.items():
-            if source.url and not self._config.offline:
-                if self._download(name, source.url):
+            if self._stop.is_set():
+                break
+            if self._downloads(name):
+                if (force or self._due(name, now) == 0.0) and self._download(name, source.url):
                     changed.append(name)
                 continue
             path = self._file_of(name)

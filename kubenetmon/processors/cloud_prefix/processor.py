@@ -214,10 +214,13 @@ class CloudPrefixProcessor(BaseComponent):
         )
         return None
 
-    def refresh_now(self) -> bool:
-        """One refresh (download or re-read every source); True when a new table was swapped in."""
+    def refresh_now(self, force: bool = True) -> bool:
+        """One refresh (download or re-read every source; without ``force`` only those due).
+
+        True when a new table was swapped in.
+        """
         with self._refresh_lock:
-            changed = self._loader.refresh()
+            changed = self._loader.refresh(force)
             if not changed or not self._loader.covers(self._identity.cloud):
                 return False
             problem = self._install(self._loader.build())
@@ -230,18 +233,19 @@ class CloudPrefixProcessor(BaseComponent):
 
     def _refresh_loop(self) -> None:
         failures = 0
-        while not self._stop.is_set():
-            wait = self._loader.due_in()
-            if self._loader.missing() or not self.is_ready():
-                # Without data, try again soon instead of in refresh_interval.
-                wait = min(self._config.refresh_interval, 0.0 if failures == 0 else min(900.0, 15.0 * 2**failures))
+        while True:
+            # After a refresh that left a source without fresh data, back off (15 s doubling, at most
+            # 15 min) instead of asking again at once; otherwise sleep until the next document is due.
+            wait = min(self._config.refresh_interval, 15.0 * 2 ** min(failures - 1, 6)) if failures else (
+                self._loader.due_in())
             if self._stop.wait(wait):
                 return
             try:
-                self.refresh_now()
+                self.refresh_now(force=False)
             except Exception:  # a bug here must not kill refreshes for good
                 self._log.exception("cloud ranges: refresh failed")
-            failures = failures + 1 if (self._loader.missing() or not self.is_ready()) else 0
+            pending = bool(self._loader.missing()) or self._loader.due_in() == 0.0 or not self.is_ready()
+            failures = failures + 1 if pending else 0
             self._m_age.set(time.time() - self.table.loaded_at if self.table else 0)
 
     # --- data path -----------------------------------------------------------

@@ -115,6 +115,26 @@ def test_downloaded_table_without_the_local_region_is_reported_by_health(
         proc.shutdown()
 
 
+def test_background_refresh_runs_every_interval_and_backs_off_after_a_failure(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.serve_json("/aws.json", _aws_v("us-east-1"))
+    proc = _started(_aws_only(range_server, tmp_path, refresh_interval=1.0))
+    try:
+        assert _wait(proc.is_ready)
+        range_server.serve_json("/aws.json", _aws_v("eu-west-1"))
+        assert _wait(lambda: _region_of(proc, "52.0.1.1") == "eu-west-1")  # no refresh_now: the loop did it
+        range_server.routes["/aws.json"] = Route(status=404)
+        assert _wait(lambda: proc._m_refreshes.value(source="aws", result="http_error") >= 1)
+        asked = len(range_server.requests)
+        time.sleep(0.6)
+        # A failed source is asked again after a backoff (here capped by refresh_interval), not in a loop.
+        assert len(range_server.requests) == asked
+        assert _region_of(proc, "52.0.1.1") == "eu-west-1"
+    finally:
+        proc.shutdown()
+
+
 def test_good_refresh_swaps_the_table_atomically_under_concurrent_lookups(
     range_server: RangeServer, tmp_path: Path
 ) -> None:
@@ -217,6 +237,21 @@ def test_startup_without_network_uses_the_cache_of_the_last_good_download(
         assert not second.refresh_now()
         assert second._m_refreshes.value(source="aws", result="loaded") == 1
         assert second._m_refreshes.value(source="aws", result="http_error") >= 1
+    finally:
+        second.shutdown()
+
+
+def test_fresh_cache_is_not_downloaded_again_at_startup(range_server: RangeServer, tmp_path: Path) -> None:
+    range_server.serve_json("/aws.json", _aws_v("us-east-1"))
+    first = _started(_aws_only(range_server, tmp_path))
+    assert _wait(first.is_ready)
+    first.shutdown()
+    asked = len(range_server.requests)
+    second = _started(_aws_only(range_server, tmp_path))
+    try:
+        assert second.is_ready()
+        time.sleep(0.5)
+        assert len(range_server.requests) == asked  # due in refresh_interval (24 h), counted from the cache file
     finally:
         second.shutdown()
 
