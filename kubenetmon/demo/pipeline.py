@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from kubenetmon.demo.minicluster import MiniCluster
-from kubenetmon.demo.processes import KubenetmonProcess, ProcessSet, free_port, wait_for_port
+from kubenetmon.demo.processes import KubenetmonProcess, ProcessSet, free_port, wait_until_ready
 
 __all__ = ["MeteringPipeline", "PipelineSettings", "query_chdb", "write_aws_ranges", "write_static_inventory"]
 
@@ -105,9 +105,15 @@ class MeteringPipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.chdb_path = self.work_dir / "chdb"
         self.gateway_port = free_port()
+        self.health_ports: dict[str, int] = {}  # process name -> its health_check port
         self.processes = ProcessSet(self.work_dir / "logs")
 
     # --- configs --------------------------------------------------------------------
+
+    def _health_port(self, name: str) -> int:
+        if name not in self.health_ports:
+            self.health_ports[name] = free_port()
+        return self.health_ports[name]
 
     def _retry(self) -> dict[str, Any]:
         s = self.settings
@@ -136,7 +142,9 @@ class MeteringPipeline:
                     "retry_on_failure": self._retry(),
                 },
             },
+            "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self._health_port('gateway')}"}},
             "service": {
+                "extensions": ["health_check"],
                 "pipelines": {"flows": {"receivers": ["otlp"], "processors": ["k8s_attributes", "cloud_prefix"],
                                         "exporters": ["clickhouse"]}},
                 "telemetry": {"metrics": {"address": ""}, "logs": {"level": s.log_level}},
@@ -169,7 +177,9 @@ class MeteringPipeline:
                     "batch": {"max_wait": min(s.interval, 1.0)},
                 },
             },
+            "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self._health_port(f'agent-{node}')}"}},
             "service": {
+                "extensions": ["health_check"],
                 "pipelines": {"flows": {"receivers": ["conntrack"], "exporters": ["otlp"]}},
                 "telemetry": {"metrics": {"address": ""}, "logs": {"level": s.log_level}},
                 "shutdown_timeout": 15,
@@ -184,21 +194,28 @@ class MeteringPipeline:
     # --- processes ------------------------------------------------------------------
 
     def start_gateway(self, *, wait: bool = True) -> KubenetmonProcess:
+        """Start (or restart) the gateway; with ``wait``, until it reports ready."""
         config = self._write("gateway", self.gateway_config())
         proc = self.processes.spawn("gateway", [config], {}, log_level=self.settings.log_level)
         if wait:
-            wait_for_port(self.gateway_port, timeout=60, process=proc)
+            wait_until_ready(self.health_ports["gateway"], proc)
         return proc
 
-    def start_agent(self, node: str) -> KubenetmonProcess:
+    def start_agent(self, node: str, *, wait: bool = True) -> KubenetmonProcess:
+        """Start (or restart) a node's agent; with ``wait``, until it reports ready (first dump taken)."""
         config = self._write(f"agent-{node}", self.agent_config(node))
-        return self.processes.spawn(f"agent-{node}", [config], {"NODE_NAME": node},
+        proc = self.processes.spawn(f"agent-{node}", [config], {"NODE_NAME": node},
                                     log_level=self.settings.log_level)
+        if wait:
+            wait_until_ready(self.health_ports[proc.name], proc)
+        return proc
 
     def start(self) -> MeteringPipeline:
+        """Gateway first (agents queue until it answers anyway), then every agent; all ready on return."""
         self.start_gateway()
-        for node in self.cluster.nodes:
-            self.start_agent(node)
+        agents = [self.start_agent(node, wait=False) for node in self.cluster.nodes]
+        for proc in agents:
+            wait_until_ready(self.health_ports[proc.name], proc)
         return self
 
     def agent(self, node: str) -> KubenetmonProcess:

@@ -14,11 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["KubenetmonProcess", "ProcessSet", "free_port", "wait_for_port"]
+__all__ = ["KubenetmonProcess", "ProcessSet", "free_port", "wait_for_port", "wait_until_ready"]
 
 
 def free_port() -> int:
@@ -44,6 +46,26 @@ def wait_for_port(port: int, *, timeout: float = 20.0, process: KubenetmonProces
         time.sleep(0.1)
     tail = process.log_tail() if process is not None else ""
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s\n{tail}")
+
+
+def wait_until_ready(port: int, process: KubenetmonProcess, *, timeout: float = 60.0) -> None:
+    """Wait until the process's ``health_check`` extension answers ``GET /ready`` with 200."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not process.alive:
+            raise RuntimeError(f"{process.name} exited ({process.returncode}) before it was ready:\n"
+                               f"{process.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"{process.name} not ready after {timeout:.0f}s ({last}):\n{process.log_tail()}")
 
 
 class KubenetmonProcess:

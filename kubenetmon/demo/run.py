@@ -153,6 +153,10 @@ def run_demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: everything the demo created has been removed", file=sys.stderr)
             return 130
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            print(f"\nerror: {exc}\nLogs: {data_dir / 'logs'}. Everything the demo created has been removed.",
+                  file=sys.stderr)
+            return 1
     return 0 if ok else 1
 
 
@@ -174,9 +178,7 @@ def _meter(args: argparse.Namespace, data_dir: Path, started: float) -> bool:
         attribution = {"source": "static", "static": {"path": str(inventory)}}
         try:
             with MeteringPipeline(cluster, data_dir, attribution, ranges, settings) as pipeline:
-                pipeline.start()
-                for proc in pipeline.processes.processes.values():
-                    proc.wait_for_log("kubenetmon started", timeout=60)
+                pipeline.start()  # returns when every process reports ready
                 print(f"  gateway on 127.0.0.1:{pipeline.gateway_port} -> chDB {pipeline.chdb_path}; "
                       f"{len(cluster.nodes)} agents, {args.interval:g} s interval")
                 time.sleep(2 * args.interval)  # every agent's first dump is its baseline

@@ -141,9 +141,7 @@ class Metered:
         self.servers += [PeerServer(pod.netns, ip, PORT) for ip in pod.ips]
 
     def wait_until_metering(self) -> None:
-        """Every process started, and every agent has taken its first (baseline) dump."""
-        for proc in self.pipeline.processes.processes.values():
-            proc.wait_for_log("kubenetmon started", timeout=60)
+        """Every agent has taken its first (baseline) dump; ``pipeline.start()`` waited for readiness."""
         time.sleep(2 * self.pipeline.settings.interval)
 
     def settle(self) -> None:
