@@ -30,10 +30,10 @@ class KubernetesSourceConfig(ComponentConfig):
         "resumed from the last resourceVersion without a re-list.",
     )
     read_timeout: float = Field(
-        60.0,
+        90.0,
         gt=0,
         description="Seconds without any byte from the API (events or bookmarks) after which a watch is "
-        "considered dead and resumed; added to watch_timeout for the client-side deadline of a watch.",
+        "considered dead and resumed from its resourceVersion (no re-list).",
     )
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a TCP/TLS connection.")
     list_timeout: float = Field(120.0, gt=0, description="Seconds one list page may take.")

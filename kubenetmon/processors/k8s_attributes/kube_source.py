@@ -159,6 +159,12 @@ class _Reflector:
                         self.rv = None
                         continue
                     self._m_restarts.labels(resource=self.resource.name, reason=reason).inc()
+                    if reason == "read_timeout" and rv is not None:
+                        # A quiet watch (no events, no bookmarks) looks the same as a
+                        # stalled one: resume at once, it costs one request.
+                        self._log.debug("%s: watch idle for %.0fs; resuming", self.resource.name,
+                                        self._cfg.read_timeout)
+                        continue
                     self._log.warning(
                         "%s: %s failed (%s: %s); retrying in %.1fs from resourceVersion %s",
                         self.resource.name, "watch" if rv else "list", type(exc).__name__, exc, backoff, self.rv,
