@@ -191,3 +191,23 @@ def test_input_batch_is_not_mutated_so_a_retry_after_downstream_backpressure_is_
     sink.refuse = False
     processor.consume(batch)
     assert len(sink.flows) == 2 and sink.batches[0].records == []
+
+
+def test_drops_are_counted_by_reason_and_logged_at_most_once_per_interval(
+    tmp_path: Path, make_processor: ProcessorMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "inventory.yaml"
+    write(path, INVENTORY)
+    processor, sink = make_processor(static_config(path, unknown_direction="drop", drop_log_interval=3600))
+    node_flow = record("192.168.1.10", "172.17.0.2", node="laptop")
+    unknown = record("203.0.113.1", "198.51.100.1", node="laptop")
+    with caplog.at_level("INFO"):
+        processor.consume(FlowBatch([node_flow, unknown, node_flow]))
+        processor.consume(FlowBatch([node_flow]))
+    assert sink.flows == []
+    assert processor._m_dropped.value(reason="node_flow") == 3
+    assert processor._m_dropped.value(reason="unknown_direction") == 1
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 2  # one per reason, the second node-flow batch is suppressed
+    assert any("dropped 2 conntrack record(s) (node_flow" in line and "192.168.1.10:40000" in line for line in lines)
+    assert any("(unknown_direction" in line for line in lines)
