@@ -64,6 +64,9 @@ def test_checkpoint_and_queue_live_on_a_per_release_host_path(render: RenderFn) 
     mounts = {m["name"]: m["mountPath"] for m in rendered.container("kubenetmon-agent")["volumeMounts"]}
     state = mounts["state"]
     assert _otlp(rendered)["sending_queue"]["storage"] == "persistent"
+    # A gateway outage never drops what is on disk: retry without a deadline, block when full.
+    assert _otlp(rendered)["sending_queue"]["full_policy"] == "block"
+    assert _otlp(rendered)["retry_on_failure"]["max_elapsed_time"] == 0
     assert _otlp(rendered)["sending_queue"]["directory"].startswith(state + "/")
     assert _conntrack(rendered)["checkpoint_path"].startswith(state + "/")
 

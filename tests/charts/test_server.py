@@ -303,3 +303,16 @@ def test_plugin_installed_by_the_init_container_is_found_by_the_gateway(render: 
     env = {e["name"]: e["value"] for e in rendered.container("kubenetmon-server")["env"] if "value" in e}
     assert env["PYTHONPATH"] == target
     kubenetmon_validate(rendered.configmap_pipeline(), tmp_path, {"PYTHONPATH": str(local_target)})
+
+
+def test_insert_queue_is_on_a_writable_pod_volume(render: RenderFn) -> None:
+    rendered = render(SERVER, sets=README_SERVER_SETS)
+    queue = rendered.configmap_pipeline()["exporters"]["clickhouse"]["sending_queue"]
+    assert queue["storage"] == "persistent"
+    mounts = {m["mountPath"]: m for m in rendered.container("kubenetmon-server")["volumeMounts"]}
+    mount = next(m for path, m in mounts.items() if queue["directory"].startswith(path + "/"))
+    assert not mount.get("readOnly", False)
+    volumes = {v["name"]: v for v in rendered.pod_spec()["volumes"]}
+    assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}}
+    memory = render(SERVER, sets={**README_SERVER_SETS, "inserter.persistentQueue": "false"})
+    assert "sending_queue" not in memory.configmap_pipeline()["exporters"]["clickhouse"]

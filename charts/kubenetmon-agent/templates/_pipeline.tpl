@@ -23,9 +23,15 @@ exporters:
     headers:
       authorization: "Bearer ${env:KUBENETMON_AGENT_TOKEN}"
     {{- end }}
+    # On the node's disk: a gateway outage or an agent restart loses nothing that was dumped;
+    # when the queue is full the receiver keeps its deltas and retries (block).
     sending_queue:
       storage: persistent
       directory: /var/lib/kubenetmon/queue
+      capacity: {{ int .Values.stateDir.queueCapacity }}
+      full_policy: block
+    retry_on_failure:
+      max_elapsed_time: 0
 extensions:
   health_check:
     endpoint: {{ printf "0.0.0.0:%d" (int .Values.healthCheck.port) | quote }}

@@ -66,6 +66,12 @@ exporters:
     {{- end }}
     connect_timeout: {{ include "kubenetmon-server.seconds" .Values.inserter.dialTimeout }}
     async_insert: {{ .Values.inserter.asyncInsert }}
+    {{- if .Values.inserter.persistentQueue }}
+    # On the pod's emptyDir: survives a crash and restart of the container (not of the pod).
+    sending_queue:
+      storage: persistent
+      directory: /var/lib/kubenetmon/clickhouse-queue
+    {{- end }}
     batch:
       max_flows: {{ int .Values.inserter.batchSize }}
       max_wait: {{ include "kubenetmon-server.seconds" .Values.inserter.batchSendTimeout }}
