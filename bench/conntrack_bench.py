@@ -75,6 +75,14 @@ def _cpu() -> float:
     return time.process_time()
 
 
+def _peak_mb() -> float:
+    """Peak RSS so far (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child(netns: str, repeat: int) -> None:
     """Measure the receiver in namespace ``netns``; talks to the parent over stdin/stdout."""
     from kubenetmon.receivers.conntrack import ConntrackConfig, _checkpoint, factory
@@ -85,7 +93,7 @@ def child(netns: str, repeat: int) -> None:
     receiver = create_component(factory, config, consumer=consumer)
     receiver.open()
     tracker = receiver._tracker
-    out: dict[str, Any] = {"otlp": consumer.encode is not None}
+    out: dict[str, Any] = {"otlp": consumer.encode is not None, "rss_open_mb": _peak_mb()}
 
     c, w = _cpu(), time.monotonic()
     receiver.cycle()  # baseline
@@ -102,6 +110,7 @@ def child(netns: str, repeat: int) -> None:
         tracker.end_dump()
         entries = tracker.stats.entries
     out["parse"] = {"cpu": parse_cpu, "wall": parse_wall, "entries": entries}
+    out["rss_parse_mb"] = _peak_mb()
 
     cycle_cpu, cycle_wall, records = [], [], []
     checkpoint_cpu, checkpoint_bytes = [], 0
@@ -226,8 +235,9 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
         "<details><summary>Detail (wall times, spreads, records)</summary>",
         "",
         "| entries | `conntrack -L` wall s | dump+parse wall s | entries/s (CPU) | full cycle wall s | records/cycle "
-        "| checkpoint MB | baseline cycle CPU s | CPU spreads (-L / parse / cycle) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| checkpoint MB | baseline cycle CPU s | CPU spreads (-L / parse / cycle) | peak RSS MB: started / "
+        "after idle dumps / after full cycles |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         lines.append(
@@ -235,7 +245,7 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
             f"| {r['parse']['entries'] / _med(r['parse']['cpu']):,.0f} | {_med(r['cycle']['wall']):.3f} "
             f"| {int(_med(r['cycle']['records'])):,} | {r['checkpoint']['bytes'] / 1e6:.1f} "
             f"| {r['baseline']['cpu']:.3f} | {_spread(r['conntrack_cpu'])} / {_spread(r['parse']['cpu'])} / "
-            f"{_spread(r['cycle']['cpu'])} |"
+            f"{_spread(r['cycle']['cpu'])} | {r['rss_open_mb']:.0f} / {r['rss_parse_mb']:.0f} / {r['rss_mb']:.0f} |"
         )
     lines += [
         "",

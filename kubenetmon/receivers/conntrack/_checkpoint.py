@@ -82,18 +82,19 @@ def save(path: Path, checkpoint: Checkpoint) -> int:
         "limbo": checkpoint.limbo,
         "batches": [(b.id, [astuple(r) for r in b.records]) for b in checkpoint.batches],
     })
-    data = _MAGIC + zlib.crc32(payload).to_bytes(4, "big") + payload
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        # Written in pieces: joining them would copy the (large) payload once more.
+        f.write(_MAGIC + zlib.crc32(payload).to_bytes(4, "big"))
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     # The ids delivered so far belong to batches this file no longer lists.
     _delivered_path(path).unlink(missing_ok=True)
     _fsync_dir(path)
-    return len(data)
+    return len(_MAGIC) + 4 + len(payload)
 
 
 def mark_delivered(path: Path, batch_id: str) -> None:
@@ -112,7 +113,7 @@ def load(path: Path) -> Checkpoint | None:
         return None
     if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
         raise CheckpointError(f"{path} is not a conntrack checkpoint; move it away or fix checkpoint_path")
-    payload = data[len(_MAGIC) + 4 :]
+    payload = memoryview(data)[len(_MAGIC) + 4 :]
     if zlib.crc32(payload) != int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "big"):
         raise CheckpointError(f"{path} is corrupt (checksum mismatch); delete it to start from a new baseline")
     raw: dict[str, Any] = marshal.loads(payload)

@@ -127,7 +127,11 @@ class ConntrackReceiver(BaseComponent):
                 f"cannot open a conntrack netlink socket ({exc}); the agent needs CAP_NET_ADMIN "
                 "(the chart grants it) and must run in the node's network namespace (hostNetwork)"
             ) from exc
-        self._restore()
+        try:
+            self._restore()
+        except BaseException:
+            self._close_sockets()
+            raise
         if self._event_sock is not None:
             self._listener = threading.Thread(target=self._listen, name="conntrack-events", daemon=True)
             self._listener.start()
