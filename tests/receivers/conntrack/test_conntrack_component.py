@@ -107,3 +107,23 @@ def test_lifecycle_contract_and_background_cycles(tmp_path: Path) -> None:
             receiver.shutdown(10)
         assert (tmp_path / "ct.state").exists()
         assert receiver._m_checkpoint_bytes.value() > 0
+
+
+def test_agent_config_validates_and_reports_every_conntrack_problem() -> None:
+    from kubenetmon.config import validate
+    from kubenetmon.errors import ConfigError
+
+    registry = load_components(build_plugin_manager(load_entry_points=False))
+    good = {
+        "receivers": {"conntrack": {"interval": 5, "checkpoint_path": "/run/kubenetmon/ct.state", "netns": "node"}},
+        "exporters": {"debug": {}},
+        "service": {"pipelines": {"flows": {"receivers": ["conntrack"], "exporters": ["debug"]}}},
+    }
+    validate(good, registry)
+    bad = {**good, "receivers": {"conntrack": {"interval": -1, "accounting": "zero", "intervall": 5}}}
+    with pytest.raises(ConfigError) as info:
+        validate(bad, registry)
+    text = str(info.value)
+    assert "receivers::conntrack::interval" in text
+    assert "receivers::conntrack::accounting" in text
+    assert "intervall" in text
