@@ -34,7 +34,7 @@ processors:
     vpc_cidrs: {{ toJson . }}
     {{- end }}
     {{- if .Values.cloudPrefix.filesVolume }}
-    files_dir: /var/lib/kubenetmon/cloud-ranges
+    files_dir: /etc/kubenetmon-cloud-ranges
     {{- end }}
     cache_dir: /var/cache/kubenetmon/cloud-ranges
     offline: {{ .Values.cloudPrefix.offline }}
