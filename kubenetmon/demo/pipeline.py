@@ -41,6 +41,7 @@ class PipelineSettings:
     retry_max: float = 2.0
     checkpoints: bool = True  # agents keep a state file: exact across restarts, kill -9 included
     log_level: str = "info"
+    metrics: bool = False  # serve each process's /metrics on a free 127.0.0.1 port (benchmarks)
 
 
 def write_aws_ranges(directory: Path, prefixes: Sequence[tuple[str, str, str]]) -> Path:
@@ -106,9 +107,16 @@ class MeteringPipeline:
         self.chdb_path = self.work_dir / "chdb"
         self.gateway_port = free_port()
         self.health_ports: dict[str, int] = {}  # process name -> its health_check port
+        self.metrics_ports: dict[str, int] = {}  # process name -> its /metrics port (settings.metrics)
         self.processes = ProcessSet(self.work_dir / "logs")
 
     # --- configs --------------------------------------------------------------------
+
+    def _metrics_address(self, name: str) -> str:
+        if not self.settings.metrics:
+            return ""
+        port = self.metrics_ports.setdefault(name, free_port())
+        return f"127.0.0.1:{port}"
 
     def _health_port(self, name: str) -> int:
         if name not in self.health_ports:
@@ -147,7 +155,8 @@ class MeteringPipeline:
                 "extensions": ["health_check"],
                 "pipelines": {"flows": {"receivers": ["otlp"], "processors": ["k8s_attributes", "cloud_prefix"],
                                         "exporters": ["clickhouse"]}},
-                "telemetry": {"metrics": {"address": ""}, "logs": {"level": s.log_level}},
+                "telemetry": {"metrics": {"address": self._metrics_address("gateway")},
+                              "logs": {"level": s.log_level}},
                 "identity": {"cloud": topo.cloud, "region": topo.region, "cluster": topo.cluster,
                              "environment": "e2e"},
                 "shutdown_timeout": 20,
@@ -181,7 +190,8 @@ class MeteringPipeline:
             "service": {
                 "extensions": ["health_check"],
                 "pipelines": {"flows": {"receivers": ["conntrack"], "exporters": ["otlp"]}},
-                "telemetry": {"metrics": {"address": ""}, "logs": {"level": s.log_level}},
+                "telemetry": {"metrics": {"address": self._metrics_address(f"agent-{node}")},
+                              "logs": {"level": s.log_level}},
                 "shutdown_timeout": 15,
             },
         }
