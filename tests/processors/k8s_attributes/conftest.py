@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,15 +12,13 @@ from kubenetmon.identity import Identity
 from kubenetmon.processors.k8s_attributes import K8sAttributesConfig, K8sAttributesProcessor, factory
 from kubenetmon.testing import SinkConsumer, StaticHost, create_settings
 from tests.fixtures.kubeapi import KubeAPIServer
+from tests.processors.k8s_attributes.helpers import ProcessorMaker
 
 
 @pytest.fixture
 def kubeapi() -> Iterator[KubeAPIServer]:
     with KubeAPIServer() as server:
         yield server
-
-
-ProcessorMaker = Callable[..., tuple[K8sAttributesProcessor, SinkConsumer]]
 
 
 @pytest.fixture

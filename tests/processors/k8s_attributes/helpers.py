@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from kubenetmon.flows import ConntrackRecord
+from kubenetmon.processors.k8s_attributes import K8sAttributesProcessor
+from kubenetmon.testing import SinkConsumer
 from tests.fixtures.kubeapi import KubeAPIServer
+
+# make_processor(config_dict, cluster=..., start=True) -> (processor, sink); see conftest.py.
+ProcessorMaker = Callable[..., tuple[K8sAttributesProcessor, SinkConsumer]]
 
 
 def record(

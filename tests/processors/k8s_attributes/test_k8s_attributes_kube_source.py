@@ -10,8 +10,7 @@ from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
 from kubenetmon.testing import check_lifecycle
 from tests.fixtures.kubeapi import KubeAPIServer
-from tests.processors.k8s_attributes.conftest import ProcessorMaker
-from tests.processors.k8s_attributes.helpers import eventually, kube_config, record
+from tests.processors.k8s_attributes.helpers import ProcessorMaker, eventually, kube_config, record
 
 
 def seed(api: KubeAPIServer) -> None:

@@ -11,8 +11,7 @@ from pydantic import ValidationError
 from kubenetmon.flows import FlowBatch
 from kubenetmon.processors.k8s_attributes import InventoryError, K8sAttributesConfig, ObjectParser, load_inventory
 from kubenetmon.testing import check_lifecycle
-from tests.processors.k8s_attributes.conftest import ProcessorMaker
-from tests.processors.k8s_attributes.helpers import eventually, record
+from tests.processors.k8s_attributes.helpers import ProcessorMaker, eventually, record
 
 INVENTORY = """\
 nodes:
