@@ -252,18 +252,21 @@ _ATTRS_RE = re.compile(
 )
 
 
-def _heads() -> dict[bytes, int]:
-    """Head of an attribute (tag, lengths, key) → the value length those lengths promise."""
-    heads: dict[bytes, int] = {}
+def _heads() -> tuple[list[bytes], ...]:
+    """Per attribute of the block: value length → the exact head (tag, lengths, key) it must have."""
+    heads = []
     for key in (c.ATTR_SRC_ADDRESS, c.ATTR_DST_ADDRESS, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_DST_ADDRESS):
+        by_length = [b""] * 46
         for n in range(2, 46):
-            field = _kv_field(key, "0" * n)
-            heads[field[:-n]] = n
+            by_length[n] = _kv_field(key, "0" * n)[:-n]
+        heads.append(by_length)
     for key in (c.ATTR_SRC_PORT, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_PORT, c.ATTR_REPLY_DST_PORT):
+        by_length = [b""] * 4
         for n, port in ((1, 1), (2, 300), (3, 40000)):
-            field = b"\x3a" + bytes((len(kv_int(key, port)),)) + kv_int(key, port)
-            heads[field[:-n]] = n
-    return heads
+            by_length[n] = (b"\x3a" + bytes((len(kv_int(key, port)),)) + kv_int(key, port))[:-n]
+        heads.append(by_length)
+    src, dst, rsrc, rdst, sport, dport, rsport, rdport = heads
+    return src, sport, dst, dport, rsrc, rsport, rdst, rdport
 
 
 # The pattern leaves the length bytes free; checking each head against the
@@ -275,6 +278,7 @@ _DIR_ORIGINAL = _kv_field(c.ATTR_DIRECTION, c.DIRECTION_ORIGINAL)
 _DIR_REPLY = _kv_field(c.ATTR_DIRECTION, c.DIRECTION_REPLY)
 _SUM_TRAILER = b"\x10" + bytes((c.TEMPORALITY_DELTA,)) + b"\x18\x01"
 _TIMES = struct.Struct("<xQxQ")  # \x11 start \x19 time
+_AS_INT = struct.Struct("<q")
 
 
 def _varint_value(data: bytes) -> int:
@@ -307,11 +311,13 @@ def _parse_attrs(attrs: bytes) -> Any:
     if m is None:
         raise _NotCanonical
     g = m.groups()
-    heads = _HEADS
+    h = _HEADS
     n = 10 if g[10] is None else 18
-    for i in range(2, n, 2):
-        if heads.get(g[i]) != len(g[i + 1]):
-            raise _NotCanonical
+    if h[0][len(g[3])] != g[2] or h[1][len(g[5])] != g[4] or h[2][len(g[7])] != g[6] or h[3][len(g[9])] != g[8]:
+        raise _NotCanonical
+    if n == 18 and (h[4][len(g[11])] != g[10] or h[5][len(g[13])] != g[12] or h[6][len(g[15])] != g[14]
+                    or h[7][len(g[17])] != g[16]):
+        raise _NotCanonical
     ports = _PORTS or _ports()
     transport, network_type = _TRANSPORT_OF[g[0]], _TYPE_OF[g[1]]
     addresses = _ADDRESSES
@@ -525,7 +531,7 @@ class _Decoder:
         if not data.endswith(_SUM_TRAILER):
             raise _NotCanonical
         rej = self.rejections
-        from_bytes = int.from_bytes
+        as_int = _AS_INT.unpack_from
         dir_reply, dir_original = _DIR_REPLY, _DIR_ORIGINAL
         len_reply, len_original = len(dir_reply), len(dir_original)
         reply_index = base + _REPLY_OFFSET
@@ -558,7 +564,7 @@ class _Decoder:
             if type(acc) is not list:
                 rej.add(acc.reason, acc.message)
                 continue
-            value = from_bytes(data[p + 19 : p + 27], "little", signed=True)
+            value = as_int(data, p + 19)[0]
             if value < 0:
                 rej.add("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
                 continue

@@ -217,3 +217,27 @@ def test_truncated_request_raises_decode_error() -> None:
     data = encode_records_bytes(make_records(10), {})[0]
     with pytest.raises(DecodeError):
         decode_records_bytes(data[:-7])
+
+
+def test_attribute_block_with_a_wrong_length_byte_is_not_read_by_the_fast_path() -> None:
+    request = encode_records(make_records(1, nat_every=0), {})[0]
+    data = request.resource_metrics[0].scope_metrics[0].metrics[0].sum.SerializeToString()
+    attrs_start = data.index(b"\x3a", 30)  # first attribute after the point's fixed header
+    block_end = data.index(b"\x3a", data.index(b"destination.port"))  # the direction attribute
+    block = bytearray(data[attrs_start:block_end])
+    assert decoder._parse_attrs(bytes(block))[0] == "tcp"
+    address_at = block.index(b"source.address") + len("source.address") + 3  # the value's own length byte
+    block[address_at] += 1
+    with pytest.raises(decoder._NotCanonical):
+        decoder._parse_attrs(bytes(block))
+
+
+def test_points_with_extra_fields_are_read_by_the_slow_path_with_the_same_result() -> None:
+    records = make_records(10)
+    request = encode_records(records, {})[0]
+    for m in request.resource_metrics[0].scope_metrics[0].metrics:
+        for dp in m.sum.data_points:
+            dp.flags = 1
+    result = decode_records_bytes(request.SerializeToString())
+    assert result.rejected_points == 0
+    assert by_identity(result.records) == by_identity(records)
