@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 
@@ -206,7 +207,7 @@ def test_loopback_and_excluded_cidrs_are_ignored_by_reason(
 def test_non_tcp_udp_entries_are_ignored_as_protocol(pair: Pair, make_receiver: MakeReceiver) -> None:
     receiver, sink = make_receiver(pair.server.name)
     receiver.cycle()
-    pair.client.run(["python3", "-c", (
+    pair.client.run([sys.executable, "-c", (
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253);"
         f"s.sendto(b'x' * 20, ('{V4_SERVER}', 0))"
     )])
