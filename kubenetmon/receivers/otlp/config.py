@@ -78,8 +78,13 @@ class AuthConfig(_Strict):
 class DedupConfig(_Strict):
     enabled: bool = Field(True, description="Acknowledge without consuming a request whose "
                           "kubenetmon-batch-id this node already delivered.")
-    max_ids_per_node: int = Field(4096, gt=0, description="Batch ids remembered per node.")
-    ttl: float = Field(900.0, gt=0, description="Seconds a batch id is remembered.")
+    max_ids_per_node: int = Field(
+        512, gt=0, description="Batch ids remembered per node (about 200 bytes each)."
+    )
+    ttl: float = Field(
+        600.0, gt=0, description="Seconds a batch id is remembered; cover the agents' retry window "
+        "(retry_on_failure.max_elapsed_time) and a restart."
+    )
 
 
 class OtlpReceiverConfig(ComponentConfig):

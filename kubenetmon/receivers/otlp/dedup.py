@@ -30,6 +30,7 @@ class BatchIdWindow:
         self._nodes: dict[str, OrderedDict[str, float]] = {}
         self._inflight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._next_sweep = time.monotonic() + ttl
 
     def _fresh(self, node: str, batch_id: str, now: float) -> bool:
         ids = self._nodes.get(node)
@@ -71,6 +72,12 @@ class BatchIdWindow:
                 ids.move_to_end(batch_id)
                 while len(ids) > self.max_ids_per_node:
                     ids.popitem(last=False)
+            if now >= self._next_sweep:
+                # Nodes that stopped sending (scaled down, replaced) are only
+                # expired when looked up: sweep them once per ttl.
+                self._next_sweep = now + self.ttl
+                for node in list(self._nodes):
+                    self._fresh(node, "", now)
 
     def __len__(self) -> int:
         with self._lock:
