@@ -52,7 +52,7 @@ def _networks(cidrs: list[str]) -> Networks:
 
 
 class AddressFilter:
-    """Which active entries become records: loopback never, then include/exclude CIDRs.
+    """The configured include/exclude CIDRs (loopback is dropped before, always).
 
     A flow is excluded when any of its four addresses (original and reply,
     source and destination) is in an ``exclude`` network; with ``include``
@@ -62,10 +62,7 @@ class AddressFilter:
     def __init__(self, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
         self.include = _networks(include or [])
         self.exclude = _networks(exclude or [])
-
-    @staticmethod
-    def is_loopback(addresses: tuple[bytes, ...]) -> bool:
-        return any(a[0] == 127 if len(a) == 4 else a == _LOOPBACK6 for a in addresses)
+        self.active = bool(self.include or self.exclude)
 
     @staticmethod
     def _any_in(addresses: tuple[bytes, ...], networks: Networks) -> bool:
@@ -76,15 +73,11 @@ class AddressFilter:
                     return True
         return False
 
-    def reason(self, addresses: tuple[bytes, ...]) -> str:
-        """Why the flow is dropped (``loopback``, ``cidr``), or empty to keep it."""
-        if self.is_loopback(addresses):
-            return "loopback"
+    def drops(self, addresses: tuple[bytes, ...]) -> bool:
+        """True when the CIDR rules drop a flow with these (packed) addresses."""
         if self.exclude and self._any_in(addresses, self.exclude):
-            return "cidr"
-        if self.include and not self._any_in(addresses, self.include):
-            return "cidr"
-        return ""
+            return True
+        return bool(self.include) and not self._any_in(addresses, self.include)
 
 
 @dataclass
@@ -328,10 +321,7 @@ class DeltaTracker:
         if loopback:
             stats.ignore("loopback")
             return
-        address_filter = self.filter
-        if (address_filter.include or address_filter.exclude) and address_filter.reason(
-            (osrc, odst, rsrc, rdst)
-        ):
+        if self.filter.active and self.filter.drops((osrc, odst, rsrc, rdst)):
             stats.ignore("cidr")
             return
         stats.records += 1
