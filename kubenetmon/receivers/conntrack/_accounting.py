@@ -15,7 +15,7 @@ Instead we remember the last counters seen per entry and subtract:
 * A DESTROY event is applied against the last counters known for the key
   (state or limbo): final − last. An event for an unknown key is a
   connection that started and ended between dumps: all of it counts. The
-  key then stays in limbo as a tombstone for a short while, so that a dump
+  key then stays in ``graves`` (a tombstone) for a short while, so that a dump
   racing with the destroy can never count it again.
 
 Events are applied after the dump that runs in the same cycle, in the same
@@ -122,7 +122,8 @@ class DeltaTracker:
         self.zero_on_dump = zero_on_dump
         self.layouts = LayoutCache()
         self.state: dict[bytes, bytes] = {}
-        self.limbo: dict[bytes, tuple[bytes, int]] = {}
+        self.limbo: dict[bytes, tuple[bytes, int]] = {}  # vanished: key → (last counters, expiry)
+        self.graves: dict[bytes, tuple[bytes, int]] = {}  # destroyed: key → (final counters, expiry)
         self.unsent: dict[bytes, ConntrackRecord] = {}
         self.has_baseline = False
         self.dump_ns = 0  # wall-clock time of the latest dump
@@ -214,10 +215,11 @@ class DeltaTracker:
         seen = self._new.get(key)  # listed twice by one dump (the kernel may repeat entries)
         if seen is not None:
             return seen
-        if self.limbo:
-            parked = self.limbo.pop(key, None)
-            if parked is not None:
-                return parked[0]
+        for parked_in in (self.limbo, self.graves):
+            if parked_in:
+                parked = parked_in.pop(key, None)
+                if parked is not None:
+                    return parked[0]
         return None
 
     def end_dump(self) -> None:
@@ -227,19 +229,21 @@ class DeltaTracker:
         for key, ctr in self._old.items():
             limbo[key] = (ctr, expires)
         self.state, self._old, self._new = self._new, {}, {}
+        now = self.dump_ns
         if limbo:
-            now = self.dump_ns
             expired = [k for k, (_, t) in limbo.items() if t <= now]
             for k in expired:
                 del limbo[k]
-            self.stats.expired += len(expired)
+            self.stats.expired += len(expired)  # their remainder since the last dump is lost
+        if self.graves:
+            self.graves = {k: v for k, v in self.graves.items() if v[1] > now}
         self.has_baseline = True
 
     # --- events -----------------------------------------------------------------
 
     def apply_events(self, buffers: list[bytes]) -> None:
         """Apply queued DESTROY events: each adds its connection's final remainder."""
-        limbo, state = self.limbo, self.state
+        state = self.state
         tombstone_until = self.dump_ns + self.tombstone_ttl_ns
         for buf in buffers:
             off, n = 0, len(buf)
@@ -249,13 +253,10 @@ class DeltaTracker:
                     break
                 step = (length + 3) & ~3
                 if mtype == CT_DELETE:
-                    self._event(buf, off, length, state, limbo, tombstone_until)
+                    self._event(buf, off, length, state, tombstone_until)
                 off += step
 
-    def _event(  # noqa: PLR0917 - positional on purpose: called per event
-        self, buf: bytes, off: int, length: int,
-        state: dict[bytes, bytes], limbo: dict[bytes, tuple[bytes, int]], tombstone_until: int,
-    ) -> None:
+    def _event(self, buf: bytes, off: int, length: int, state: dict[bytes, bytes], tombstone_until: int) -> None:
         self.stats.events += 1
         try:
             layout = self.layouts.find(buf, off, length)
@@ -269,14 +270,14 @@ class DeltaTracker:
         final = layout.counters(buf, off)
         prev = state.pop(key, None)
         if prev is None:
-            parked = limbo.pop(key, None)
+            parked = self.limbo.pop(key, None) or self.graves.pop(key, None)
             prev = parked[0] if parked is not None else None
             if parked is None and not self._counting:
                 # Ended before our first dump: part of it predates us, and
                 # we have no baseline to subtract.
                 self.stats.ignore("no_baseline")
                 return
-        limbo[key] = (final, tombstone_until)
+        self.graves[key] = (final, tombstone_until)
         if prev == final:
             self.stats.ignore("idle")
             return

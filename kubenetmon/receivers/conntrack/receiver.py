@@ -338,7 +338,7 @@ class ConntrackReceiver(BaseComponent):
         self._m_entries.set(stats.entries)
         self._m_active.set(stats.records)
         self._m_dump_seconds.set(dumped - started)
-        self._m_state.set(len(tracker.state) + len(tracker.limbo))
+        self._m_state.set(len(tracker.state) + len(tracker.limbo) + len(tracker.graves))
         for reason, n in stats.ignored.items():
             self._m_ignored.labels(reason=reason).inc(n)
         if stats.counter_resets:

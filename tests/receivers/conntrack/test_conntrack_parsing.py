@@ -137,7 +137,7 @@ def test_destroy_event_adds_the_remainder_since_the_last_dump() -> None:
     _cycle(tracker, entry(counters=(1, 100, 1, 100)))
     [record] = _cycle(tracker, events=(entry(counters=(4, 400, 3, 300), msg_type=CT_DELETE),))
     assert _counts(record) == (3, 300, 2, 200)
-    assert tracker.state == {} and len(tracker.limbo) == 1  # a tombstone
+    assert tracker.state == {} and tracker.limbo == {} and len(tracker.graves) == 1  # a tombstone
 
 
 def test_destroy_after_the_entry_was_dumped_again_in_the_same_cycle() -> None:
@@ -179,6 +179,19 @@ def test_vanished_entries_expire_after_the_ttl() -> None:
     _cycle(tracker)
     _cycle(tracker)
     assert tracker.limbo == {}
+    assert tracker.stats.expired == 1
+
+
+def test_tombstones_expire_without_counting_as_lost() -> None:
+    tracker = DeltaTracker("n", tombstone_ttl_ns=8 * SECOND)
+    _cycle(tracker, entry(counters=(1, 100, 1, 100)))
+    _cycle(tracker, events=(entry(counters=(2, 200, 1, 100), msg_type=CT_DELETE),))
+    assert len(tracker.graves) == 1
+    expired = 0
+    for _ in range(3):
+        _cycle(tracker)
+        expired += tracker.stats.expired
+    assert tracker.graves == {} and expired == 0
 
 
 def test_counters_zeroed_by_another_tool_count_from_zero() -> None:
