@@ -250,10 +250,14 @@ class ConntrackReceiver(BaseComponent):
         """The event thread: receive and queue raw buffers, nothing else (it must keep up)."""
         sock = self._event_sock
         assert sock is not None
-        recv, lock, events, received = sock.recv, self._events_lock, self._events, self._m_events
+        # One event per datagram, a few hundred bytes each: receive into one
+        # reusable buffer and keep a copy of what arrived.
+        buffer = bytearray(1 << 16)
+        view = memoryview(buffer)
+        recv_into, lock, events, received = sock.recv_into, self._events_lock, self._events, self._m_events
         while not self._stop.is_set():
             try:
-                buf = recv(1 << 16)
+                n = recv_into(buffer)
             except TimeoutError:
                 continue
             except OSError as exc:
@@ -266,8 +270,9 @@ class ConntrackReceiver(BaseComponent):
                 self._failure = f"DESTROY event listener failed: {exc}"
                 self._log.error(self._failure)
                 return
+            data = view[:n].tobytes()
             with lock:
-                events.append(buf)
+                events.append(data)
             received.inc()
 
     def _take_events(self) -> list[bytes]:
