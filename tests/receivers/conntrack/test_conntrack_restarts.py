@@ -227,3 +227,39 @@ def test_kill_9_and_graceful_restarts_of_a_real_agent_process_stay_exact(pair: P
     expected = tuple(f - b for f, b in zip(final, before, strict=True))
     assert _totals(read_delivered(out), conn.client_port) == expected
     conn.close()
+
+
+@pytest.mark.slow
+def test_kubenetmon_run_meters_a_namespace_and_stops_on_sigterm(pair: Pair, tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "receivers:\n"
+        f"  conntrack: {{interval: 0.2, netns: {pair.server.name}, node_name: node-a, skip_sanity_check: true,\n"
+        f"              checkpoint_path: {tmp_path / 'ct.state'}}}\n"
+        "exporters:\n"
+        "  debug: {verbosity: normal}\n"
+        "service:\n"
+        "  pipelines: {flows: {receivers: [conntrack], exporters: [debug]}}\n"
+        "  telemetry: {metrics: {address: '127.0.0.1:0'}}\n"
+    )
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubenetmon", "run", "--config", str(config)], cwd=REPO, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "first dump" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        conn = TcpConnection(pair.client, pair.server, V4_SERVER)
+        conn.send_to_server(4_321)
+        while f"{V4_CLIENT}:{conn.client_port}" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    text = log.read_text()
+    assert f"record tcp {V4_CLIENT}:{conn.client_port} -> {V4_SERVER}:{conn.server_port}" in text, text
+    assert code == 0, text
