@@ -42,6 +42,7 @@ class PipelineSettings:
     checkpoints: bool = True  # agents keep a state file: exact across restarts, kill -9 included
     log_level: str = "info"
     metrics: bool = False  # serve each process's /metrics on a free 127.0.0.1 port (benchmarks)
+    shipped_configs: bool = True  # config/{agent,gateway}.yaml when present; False: generated ones
 
 
 def write_aws_ranges(directory: Path, prefixes: Sequence[tuple[str, str, str]]) -> Path:
@@ -127,7 +128,94 @@ class MeteringPipeline:
         s = self.settings
         return {"initial_interval": s.retry_initial, "max_interval": s.retry_max, "max_elapsed_time": 0}
 
+    def _shipped(self, role: str) -> Path | None:
+        path = REPO_CONFIG_DIR / f"{role}.yaml"
+        return path if self.settings.shipped_configs and path.exists() else None
+
+    def _gateway_state(self) -> Path:
+        return self.work_dir / "gateway"
+
+    def _agent_state(self, node: str) -> Path:
+        return self.work_dir / f"agent-{node}"
+
+    # The shipped configs take every operator setting from the environment:
+    # these are the values a run sets there, exactly as a Deployment or a
+    # DaemonSet would.
+
+    def gateway_env(self) -> dict[str, str]:
+        s, topo = self.settings, self.cluster.topology
+        env = {
+            "OTLP_GRPC_ENDPOINT": f"127.0.0.1:{self.gateway_port}",
+            "K8S_SOURCE": str(self.attribution.get("source", "kubernetes")),
+            "CLICKHOUSE_ENDPOINT": f"chdb://{self.chdb_path}",
+            "KUBENETMON_STATE_DIR": str(self._gateway_state()),
+            "CLOUD_RANGES_DIR": str(self.ranges_file.parent),
+            "CLOUD_RANGES_CACHE_DIR": str(self._gateway_state() / "cloud-ranges"),
+            "CLOUD_RANGES_OFFLINE": "true",
+            "CLOUD": topo.cloud, "REGION": topo.region, "CLUSTER": topo.cluster, "ENVIRONMENT": "e2e",
+            "HEALTH_CHECK_ADDRESS": f"127.0.0.1:{self._health_port('gateway')}",
+            "LOG_LEVEL": s.log_level,
+        }
+        kubeconfig = self.attribution.get("kubernetes", {}).get("kubeconfig")
+        if kubeconfig:
+            env["KUBECONFIG"] = str(kubeconfig)  # what `kubectl` would use: the loopback API server
+        if s.metrics:
+            env["METRICS_ADDRESS"] = self._metrics_address("gateway")
+        return env
+
+    def gateway_overlay(self) -> dict[str, Any]:
+        """What the environment cannot say: test-speed waits, and only the AWS range file exists."""
+        s = self.settings
+        attribution = {k: v for k, v in self.attribution.items() if k != "source"}
+        if "kubernetes" in attribution:
+            attribution["kubernetes"] = {k: v for k, v in attribution["kubernetes"].items() if k != "kubeconfig"}
+        overlay: dict[str, Any] = {
+            "processors": {
+                "k8s_attributes": attribution,
+                "cloud_prefix": {"sources": {name: {"enabled": False} for name in ("gcp", "google", "azure")}},
+            },
+            "exporters": {"clickhouse": {"batch": {"max_wait": s.batch_wait, "align": False},
+                                         "retry_on_failure": self._retry()}},
+            "service": {"shutdown_timeout": 20},
+        }
+        if not s.metrics:
+            overlay["service"]["telemetry"] = {"metrics": {"address": ""}}
+        return overlay
+
+    def agent_env(self, node: str) -> dict[str, str]:
+        s, name = self.settings, f"agent-{node}"
+        env = {
+            "NODE_NAME": node,
+            "COLLECTION_INTERVAL_SECONDS": f"{s.interval:g}",
+            "KUBENETMON_STATE_DIR": str(self._agent_state(node)),
+            "KUBENETMON_GATEWAY_ENDPOINT": f"127.0.0.1:{self.gateway_port}",
+            "KUBENETMON_GATEWAY_INSECURE": "true",
+            # Fresh namespaces have no counters yet: nothing to sanity-check.
+            "SKIP_CONNTRACK_SANITY_CHECK": "true",
+            "HEALTH_CHECK_ADDRESS": f"127.0.0.1:{self._health_port(name)}",
+            "LOG_LEVEL": s.log_level,
+        }
+        if s.metrics:
+            env["METRICS_ADDRESS"] = self._metrics_address(name)
+        return env
+
+    def agent_overlay(self, node: str) -> dict[str, Any]:
+        """What a real node does not need: which namespace is "the node", and test-speed retries."""
+        s = self.settings
+        conntrack: dict[str, Any] = {"netns": self.cluster.nodes[node].netns.name}
+        if not s.checkpoints:
+            conntrack["checkpoint_path"] = None
+        overlay: dict[str, Any] = {
+            "receivers": {"conntrack": conntrack},
+            "exporters": {"otlp": {"retry_on_failure": self._retry()}},
+            "service": {"shutdown_timeout": 15},
+        }
+        if not s.metrics:
+            overlay["service"]["telemetry"] = {"metrics": {"address": ""}}
+        return overlay
+
     def gateway_config(self) -> dict[str, Any]:
+        """The whole gateway config, for when the shipped one is not at hand (an installed wheel)."""
         s, topo = self.settings, self.cluster.topology
         return {
             "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{self.gateway_port}"}}},
@@ -146,7 +234,8 @@ class MeteringPipeline:
                 "clickhouse": {
                     "endpoint": f"chdb://{self.chdb_path}",
                     "batch": {"max_wait": s.batch_wait, "align": False},
-                    "sending_queue": {"storage": "persistent", "directory": str(self.work_dir / "gateway-queue")},
+                    "sending_queue": {"storage": "persistent",
+                                      "directory": str(self._gateway_state() / "clickhouse-queue")},
                     "retry_on_failure": self._retry(),
                 },
             },
@@ -164,26 +253,27 @@ class MeteringPipeline:
         }
 
     def agent_config(self, node: str) -> dict[str, Any]:
+        """The whole agent config, for when the shipped one is not at hand (an installed wheel)."""
         s = self.settings
-        agent_dir = self.work_dir / f"agent-{node}"
+        state = self._agent_state(node)
         conntrack: dict[str, Any] = {
             "node_name": node,
             "netns": self.cluster.nodes[node].netns.name,
             "interval": s.interval,
-            # Fresh namespaces have no counters yet: nothing to sanity-check.
             "skip_sanity_check": True,
         }
         if s.checkpoints:
-            conntrack["checkpoint_path"] = str(agent_dir / "checkpoint")
+            conntrack["checkpoint_path"] = str(state / "conntrack.checkpoint")
         return {
             "receivers": {"conntrack": conntrack},
             "exporters": {
                 "otlp": {
                     "endpoint": f"127.0.0.1:{self.gateway_port}",
                     "tls": {"insecure": True},
-                    "sending_queue": {"storage": "persistent", "directory": str(agent_dir / "queue")},
+                    "sending_queue": {"storage": "persistent", "directory": str(state / "queue"),
+                                      "full_policy": "block"},
                     "retry_on_failure": self._retry(),
-                    "batch": {"max_wait": min(s.interval, 1.0)},
+                    "batch": {"max_wait": 0},
                 },
             },
             "extensions": {"health_check": {"endpoint": f"127.0.0.1:{self._health_port(f'agent-{node}')}"}},
@@ -196,6 +286,20 @@ class MeteringPipeline:
             },
         }
 
+    def gateway_launch(self) -> tuple[list[Path], dict[str, str]]:
+        """Config files and environment of the gateway: shipped + overlay + env, or a generated whole."""
+        shipped = self._shipped("gateway")
+        if shipped is None:
+            return [self._write("gateway", self.gateway_config())], {}
+        return [shipped, self._write("gateway-overlay", self.gateway_overlay())], self.gateway_env()
+
+    def agent_launch(self, node: str) -> tuple[list[Path], dict[str, str]]:
+        """Config files and environment of a node's agent (see :meth:`gateway_launch`)."""
+        shipped = self._shipped("agent")
+        if shipped is None:
+            return [self._write(f"agent-{node}", self.agent_config(node))], {"NODE_NAME": node}
+        return [shipped, self._write(f"agent-{node}-overlay", self.agent_overlay(node))], self.agent_env(node)
+
     def _write(self, name: str, doc: Mapping[str, Any]) -> Path:
         path = self.work_dir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
@@ -205,17 +309,16 @@ class MeteringPipeline:
 
     def start_gateway(self, *, wait: bool = True) -> KubenetmonProcess:
         """Start (or restart) the gateway; with ``wait``, until it reports ready."""
-        config = self._write("gateway", self.gateway_config())
-        proc = self.processes.spawn("gateway", [config], {}, log_level=self.settings.log_level)
+        configs, env = self.gateway_launch()
+        proc = self.processes.spawn("gateway", configs, env, log_level=self.settings.log_level)
         if wait:
             wait_until_ready(self.health_ports["gateway"], proc)
         return proc
 
     def start_agent(self, node: str, *, wait: bool = True) -> KubenetmonProcess:
         """Start (or restart) a node's agent; with ``wait``, until it reports ready (first dump taken)."""
-        config = self._write(f"agent-{node}", self.agent_config(node))
-        proc = self.processes.spawn(f"agent-{node}", [config], {"NODE_NAME": node},
-                                    log_level=self.settings.log_level)
+        configs, env = self.agent_launch(node)
+        proc = self.processes.spawn(f"agent-{node}", configs, env, log_level=self.settings.log_level)
         if wait:
             wait_until_ready(self.health_ports[proc.name], proc)
         return proc

@@ -127,7 +127,7 @@ def _terminate_gracefully() -> Iterator[None]:
 
 
 def _wipe(data_dir: Path) -> None:
-    for name in ("chdb", "gateway-queue", "logs", "ranges"):
+    for name in ("chdb", "gateway", "logs", "ranges"):
         shutil.rmtree(data_dir / name, ignore_errors=True)
     for path in data_dir.glob("agent-*"):
         if path.is_dir():

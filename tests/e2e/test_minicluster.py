@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kubenetmon.demo.conntrack_table import ConntrackEntry, read_conntrack
 from kubenetmon.demo.expected import attribute, pair_totals
 from kubenetmon.demo.minicluster import MiniCluster, PodSpec, Topology, default_topology
+from kubenetmon.demo.pipeline import MeteringPipeline, PipelineSettings
 from kubenetmon.demo.traffic import Exchange, PeerServer, run_exchanges
 from kubenetmon.netns import list_namespaces
 from tests.e2e.harness import INTERNET_HOST, PREFIX, S3_OTHER_REGION, require_root
@@ -128,3 +133,17 @@ def test_teardown_removes_every_namespace_even_after_a_failure() -> None:
         raise RuntimeError("boom")
     assert len(created) == 4  # fabric, node, pod, public host
     assert not set(created) & set(list_namespaces())
+
+
+@pytest.mark.parametrize("shipped", [True, False], ids=["shipped-configs", "generated-configs"])
+def test_agent_and_gateway_configs_of_a_run_validate(cluster: MiniCluster, tmp_path: Path, shipped: bool) -> None:
+    pipeline = MeteringPipeline(cluster, tmp_path, {"source": "static", "static": {"path": str(tmp_path / "i.yaml")}},
+                                tmp_path / "ranges" / "aws-ip-ranges.json", PipelineSettings(shipped_configs=shipped))
+    launches = [pipeline.gateway_launch()] + [pipeline.agent_launch(node) for node in cluster.nodes]
+    for configs, env in launches:
+        assert (len(configs) == 2) is shipped  # shipped config + overlay, or one generated file
+        done = subprocess.run(
+            [sys.executable, "-m", "kubenetmon", "validate", *[a for c in configs for a in ("--config", str(c))]],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, done.stderr
