@@ -244,3 +244,26 @@ def test_zero_on_dump_takes_counters_as_deltas() -> None:
     [record] = _cycle(tracker, entry(counters=(2, 200, 1, 100)))
     assert _counts(record) == (2, 200, 1, 100)
     assert tracker.state == {}
+
+
+def test_netlink_constants_agree_with_pyroute2() -> None:
+    from pyroute2 import netlink
+    from pyroute2.netlink import nfnetlink
+    from pyroute2.netlink.nfnetlink import nfctsocket
+
+    from kubenetmon.receivers.conntrack import _layout, _netlink
+
+    assert _netlink.NETLINK_NETFILTER == netlink.NETLINK_NETFILTER
+    assert _netlink.NLM_F_DUMP == netlink.NLM_F_DUMP
+    assert _netlink.NFNL_SUBSYS_CTNETLINK == nfnetlink.NFNL_SUBSYS_CTNETLINK
+    assert (_netlink.IPCTNL_MSG_CT_NEW, _netlink.IPCTNL_MSG_CT_GET, _netlink.IPCTNL_MSG_CT_DELETE) == (
+        nfctsocket.IPCTNL_MSG_CT_NEW, nfctsocket.IPCTNL_MSG_CT_GET, nfctsocket.IPCTNL_MSG_CT_DELETE,
+    )
+    assert _netlink.IPCTNL_MSG_CT_GET_CTRZERO == nfctsocket.IPCTNL_MSG_CT_GET_CTRZERO
+    names = [name for name, _ in nfctsocket.nfct_msg.nla_map]
+    for ours, name in [
+        (_layout.CTA_TUPLE_ORIG, "CTA_TUPLE_ORIG"), (_layout.CTA_TUPLE_REPLY, "CTA_TUPLE_REPLY"),
+        (_layout.CTA_COUNTERS_ORIG, "CTA_COUNTERS_ORIG"), (_layout.CTA_COUNTERS_REPLY, "CTA_COUNTERS_REPLY"),
+        (_layout.CTA_ID, "CTA_ID"),
+    ]:
+        assert names.index(name) == ours
