@@ -312,7 +312,11 @@ class DeltaTracker:
             stats.ignore("idle")
             return
         if layout.order or layout.inner.unpack_from(buf, off) != layout.inner_expected:
-            osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
+            try:
+                osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
+            except MalformedMessage:
+                stats.ignore("malformed")
+                return
         else:
             osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.fields.unpack_from(buf, off)
         if layout.network_type == "ipv4":

@@ -102,6 +102,7 @@ class Layout:
     inner_expected: tuple[int, ...] = ()
 
     def matches(self, buf: bytes, off: int) -> bool:
+        """Whether the message at ``off`` has this layout (the per-entry check)."""
         return self.check.unpack_from(buf, off) == self.expected
 
     def key(self, buf: bytes, off: int) -> bytes:
@@ -115,6 +116,8 @@ class Layout:
 
         The per-entry check covers the top-level attributes only; the headers
         inside the tuples are checked here, for the (fewer) entries decoded.
+        Raises :class:`MalformedMessage` when they do not fit and the message
+        cannot be walked either.
         """
         if self.inner.unpack_from(buf, off) != self.inner_expected:
             return compile_layout(buf, off, self.length).tuples(buf, off)
@@ -238,7 +241,7 @@ class LayoutCache:
 
     def find(self, buf: bytes, off: int, length: int) -> Layout:
         for layout in self.by_length.get(length, ()):
-            if layout.check.unpack_from(buf, off) == layout.expected:
+            if layout.matches(buf, off):
                 return layout
         return self.learn(buf, off, length)
 

@@ -267,3 +267,13 @@ def test_netlink_constants_agree_with_pyroute2() -> None:
         (_layout.CTA_ID, "CTA_ID"),
     ]:
         assert names.index(name) == ours
+
+
+def test_an_entry_whose_tuples_do_not_parse_is_skipped_not_fatal() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(ct_id=1), entry(sport=2, ct_id=2))
+    broken = bytearray(entry(sport=2, ct_id=2, counters=(1, 1, 1, 1)))
+    broken[28:30] = (200).to_bytes(2, "little")  # the original source address claims 200 bytes
+    records = _cycle(tracker, entry(ct_id=1, counters=(1, 1, 1, 1)), bytes(broken))
+    assert [r.sport for r in records] == [40000]
+    assert tracker.stats.ignored == {"malformed": 1}
