@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +61,6 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mib(pid: int) -> float:
     match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(match.group(1)) / 1024 if match else 0.0
-
-
-def scrape(port: int, name: str) -> float:
-    """Sum of every sample of a metric family on a process's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#") and
-               (line[len(name)] in " {"))
 
 
 class FlowPump:
@@ -134,15 +125,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             time.sleep(args.warmup)
             procs = {name: p.pid for name, p in pipeline.processes.processes.items()}
             agents = [n for n in procs if n.startswith("agent-")]
-            mp = pipeline.metrics_ports
 
             def sample() -> dict[str, float]:
                 return {
                     "t": time.monotonic(),
                     **{f"cpu:{n}": cpu_seconds(pid) for n, pid in procs.items()},
-                    "agent_records": sum(scrape(mp[a], "kubenetmon_conntrack_records_total") for a in agents),
-                    "gateway_records": scrape(mp["gateway"], "kubenetmon_receiver_accepted_records_total"),
-                    "rows": scrape(mp["gateway"], "kubenetmon_clickhouse_rows_inserted_total"),
+                    "agent_records": sum(pipeline.metric(a, "kubenetmon_conntrack_records_total") for a in agents),
+                    "gateway_records": pipeline.metric("gateway", "kubenetmon_receiver_accepted_records_total"),
+                    "rows": pipeline.metric("gateway", "kubenetmon_clickhouse_rows_inserted_total"),
                 }
 
             s0 = sample()

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from kubenetmon.demo.minicluster import MiniCluster
-from kubenetmon.demo.processes import KubenetmonProcess, ProcessSet, free_port, wait_until_ready
+from kubenetmon.demo.processes import KubenetmonProcess, ProcessSet, free_port, scrape_metric, wait_until_ready
 
 __all__ = ["MeteringPipeline", "PipelineSettings", "query_chdb", "write_aws_ranges", "write_static_inventory"]
 
@@ -349,6 +349,12 @@ class MeteringPipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def metric(self, process: str, name: str) -> float:
+        """A metric of one process (``gateway``, ``agent-<node>``); needs ``settings.metrics``."""
+        if process not in self.metrics_ports:
+            raise RuntimeError(f"{process} serves no metrics: run with PipelineSettings(metrics=True)")
+        return scrape_metric(self.metrics_ports[process], name)
 
     def logs(self) -> str:
         return "\n".join(f"----- {p.name}\n{p.log_tail(60)}" for p in self.processes.processes.values())

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["KubenetmonProcess", "ProcessSet", "free_port", "wait_for_port", "wait_until_ready"]
+__all__ = ["KubenetmonProcess", "ProcessSet", "free_port", "scrape_metric", "wait_for_port", "wait_until_ready"]
 
 
 def free_port() -> int:
@@ -46,6 +46,17 @@ def wait_for_port(port: int, *, timeout: float = 20.0, process: KubenetmonProces
         time.sleep(0.1)
     tail = process.log_tail() if process is not None else ""
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s\n{tail}")
+
+
+def scrape_metric(port: int, name: str) -> float:
+    """Sum of every sample of one metric family on a process's ``/metrics`` (Prometheus text)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def wait_until_ready(port: int, process: KubenetmonProcess, *, timeout: float = 60.0) -> None:

@@ -144,6 +144,25 @@ class Metered:
         """Every agent has taken its first (baseline) dump; ``pipeline.start()`` waited for readiness."""
         time.sleep(2 * self.pipeline.settings.interval)
 
+    def wait_until_attributed(self, timeout: float = 30.0) -> None:
+        """Wait until the gateway has attributed every record the agents sent (its count stays still).
+
+        Needs ``PipelineSettings(metrics=True)``. The OTLP receiver counts a
+        record only after the processors consumed it, so a still count after
+        the traffic stopped means attribution is done.
+        """
+        quiet = 2.5 * self.pipeline.settings.interval
+        deadline = time.monotonic() + timeout
+        last, since = -1.0, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.pipeline.metric("gateway", "kubenetmon_receiver_accepted_records_total")
+            if now != last:
+                last, since = now, time.monotonic()
+            elif now > 0 and time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"the gateway kept receiving records for {timeout:.0f}s\n{self.pipeline.logs()}")
+
     def settle(self) -> None:
         """Give the last deltas time to leave the agents (the stop then drains the rest)."""
         time.sleep(3 * self.pipeline.settings.interval)

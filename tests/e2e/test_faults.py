@@ -13,6 +13,7 @@ import pytest
 
 from kubenetmon.demo.expected import attribute
 from kubenetmon.demo.minicluster import MiniCluster, PodSpec
+from kubenetmon.demo.pipeline import PipelineSettings
 from kubenetmon.demo.traffic import Exchange, TrafficLoop, run_exchanges
 from tests.e2e.harness import (
     INTERNET_HOST,
@@ -108,7 +109,7 @@ def test_agents_killed_or_restarted_mid_traffic_count_every_byte_once(tmp_path: 
 
 
 def test_pod_deleted_and_its_ip_reused_is_attributed_to_the_right_pod_on_each_side(tmp_path: Path) -> None:
-    with metered_cluster(tmp_path) as m:
+    with metered_cluster(tmp_path, PipelineSettings(metrics=True)) as m:
         cluster, interval = m.cluster, m.pipeline.settings.interval
         m.pipeline.start()
         m.wait_until_metering()
@@ -121,13 +122,13 @@ def test_pod_deleted_and_its_ip_reused_is_attributed_to_the_right_pod_on_each_si
                     Exchange(frontend.netns, catalog.ipv6, PORT, "udp", 100, 200, rounds=3)]
 
         before = run_exchanges(to_catalog())
-        time.sleep(2 * interval)  # the agents report it; the gateway attributes it
+        m.wait_until_attributed()  # the old pod's bytes reached the gateway while it still existed
         old = cluster.delete_pod("catalog-0")
         m.api.delete_pod(old.name, old.namespace)
         new = cluster.add_pod(PodSpec("catalog-1", "shop", "catalog", "node-b"), ipv4=old.ipv4, ipv6=old.ipv6)
         m.api.add_pod(new.name, new.namespace, node=new.node, ips=new.ips, labels=new.labels)
         m.serve(new)
-        time.sleep(interval)
+        time.sleep(interval)  # the change reaches the gateway's watch at once; give it one agent interval
         after = run_exchanges(to_catalog())
         assert not [r.error for r in before + after if r.error]
         m.settle()
