@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
 from kubenetmon.exporters.clickhouse.connection import Connection
 from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES, RowMapper
-from kubenetmon.flows import Endpoint, FlowBatch
+from kubenetmon.flows import Endpoint, Flow, FlowBatch
 from kubenetmon.identity import Identity
 from tests.exporters.clickhouse.clickhouse_testkit import IDENTITY, SECOND, T0_NS, make_flow, table_rows, wait_until
 
@@ -249,3 +251,37 @@ def test_buckets_do_not_shift_when_the_process_is_not_on_utc(tmp_path: Path) -> 
 def test_identity_defaults_are_empty_strings_not_none() -> None:
     rows = RowMapper(Identity()).prepare([make_flow()]).to_rows()
     assert (rows[0]["localCloud"], rows[0]["environment"]) == ("", "")
+
+
+
+def varied_flows() -> list[Flow]:
+    identity_less = Endpoint(address="10.9.9.9", port=1, pod="p")
+    own = Endpoint(address="10.0.0.7", port=2, cloud="gcp", region="r", cluster="k", cell="c")
+    v6 = Endpoint(address="fd00::9", port=3, pod="v6")
+    combos = [(d, loc, flags) for d in ("out", "in") for loc in (identity_less, own, v6)
+              for flags in ({}, {"B": True, "A": False})] * 3
+    return [
+        make_flow(d, nbytes=i * 7, packets=i, end_ns=T0_NS + i * 13 * SECOND, local=loc,
+                  connection_flags=flags, network_type="ipv6" if loc is v6 else "ipv4")
+        for i, (d, loc, flags) in enumerate(combos)
+    ]
+
+
+@pytest.mark.parametrize("aggregate", [False, True])
+def test_column_path_gives_what_the_flow_by_flow_path_gives(aggregate: bool) -> None:
+    flows = varied_flows()
+    by_column = mapper(aggregate=aggregate)._prepare_by_column(flows)
+    assert by_column is not None  # nothing to reject: the column path takes it
+    by_flow = mapper(aggregate=aggregate)._prepare_by_flow(flows)
+    assert by_column.to_rows() == by_flow.to_rows()
+    assert (by_column.rows, by_column.flows, by_column.aggregated_away) == (
+        by_flow.rows, by_flow.flows, by_flow.aggregated_away)
+
+
+def test_a_flow_to_reject_sends_the_block_down_the_flow_by_flow_path() -> None:
+    flows = [*varied_flows(), make_flow("sideways")]
+    assert mapper()._prepare_by_column(flows) is None
+    assert mapper(ipv6="drop")._prepare_by_column(varied_flows()) is None
+    prepared = mapper().prepare(flows)
+    assert prepared.rejected == {"invalid_direction": 1}
+    assert prepared.flows == len(flows) - 1
