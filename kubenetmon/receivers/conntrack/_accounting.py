@@ -39,6 +39,9 @@ __all__ = ["AddressFilter", "CycleStats", "DeltaTracker"]
 _HDR = struct.Struct("<IH")
 _LOOPBACK6 = bytes(15) + b"\x01"
 _NO_CHECK = struct.Struct("").unpack_from
+# One int object per port number, shared by every record: struct hands out a
+# new object for each port above 256, 4 per record (~13 MB per 100k records).
+_PORTS = list(range(65536))
 
 Networks = list[tuple[int, int, int]]  # (address length in bytes, network as int, mask as int)
 
@@ -338,11 +341,11 @@ class DeltaTracker:
             record.reply_bytes += rb
             record.end_ns = self.dump_ns
             return
-        texts = self._ntop
+        texts, ports = self._ntop, _PORTS
         self.unsent[key] = ConntrackRecord(
             self.node, layout.transport, layout.network_type,
-            texts.get(osrc) or self._text(osrc), osport, texts.get(odst) or self._text(odst), odport,
-            texts.get(rsrc) or self._text(rsrc), rsport, texts.get(rdst) or self._text(rdst), rdport,
+            texts.get(osrc) or self._text(osrc), ports[osport], texts.get(odst) or self._text(odst), ports[odport],
+            texts.get(rsrc) or self._text(rsrc), ports[rsport], texts.get(rdst) or self._text(rdst), ports[rdport],
             ob, op, rb, rp, self.prev_dump_ns, self.dump_ns,
         )
 
