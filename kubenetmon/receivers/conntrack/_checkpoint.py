@@ -14,10 +14,10 @@ accepted downstream, its id is appended to a small side file
 A checkpoint taken only periodically would be wrong after ``kill -9``: it
 holds baselines older than the last delivered batch, so the deltas after it
 would be counted twice. Writing every cycle is what makes it exact; its cost
-is one ``marshal`` of the state (~120 bytes per entry, tens of milliseconds
-for 300k entries) and one file write, which is why the chart puts the file
-on a hostPath under ``/run`` (tmpfs): it must survive pod restarts, not
-reboots (a reboot empties the conntrack table anyway).
+is one ``marshal`` of the state (~125 bytes per entry, tens of milliseconds
+for 300k entries) and one file write, which is why the file belongs on a
+hostPath under ``/run`` (tmpfs): it must survive pod restarts, not reboots
+(a reboot empties the conntrack table anyway).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class ConntrackConfig(ComponentConfig):
     )
     checkpoint_path: str | None = Field(
         None,
-        description="State file for exact restarts (the chart mounts a hostPath, e.g. under /run). Without "
+        description="State file for exact restarts (a hostPath, best under /run: tmpfs). Without "
         "it, the first dump after a start only sets the baseline.",
     )
     configure_sysctls: bool = Field(
