@@ -144,7 +144,9 @@ def _find_done(buf: bytes, seq: int) -> int:
     unpack = _NLMSGHDR.unpack_from
     # The DONE message is the last one of the last buffer and comes alone or
     # after entries: look at the tail first, so that the common buffer (only
-    # entries) costs a single check instead of a walk.
+    # entries) costs a single check instead of a walk. DONE is exactly 20
+    # bytes (header + status) because we never enable NETLINK_EXT_ACK, which
+    # is what would append attributes to it.
     if n >= 20:
         length, mtype, _flags, done_seq, _pid = unpack(buf, n - 20)
         if mtype == NLMSG_DONE and length == 20 and done_seq == seq:
