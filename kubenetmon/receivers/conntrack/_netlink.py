@@ -14,7 +14,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 from kubenetmon import netns
 
@@ -22,7 +21,9 @@ __all__ = [
     "CT_DELETE",
     "CT_NEW",
     "DumpError",
+    "drain",
     "dump",
+    "dump_request",
     "open_dump_socket",
     "open_event_socket",
 ]
@@ -195,6 +196,3 @@ def drain(sock: socket.socket) -> None:
     finally:
         sock.setblocking(True)
 
-
-def namespace_path(name: str | None) -> Path | None:
-    return netns.netns_path(name) if name and "/" not in name else (Path(name) if name else None)
