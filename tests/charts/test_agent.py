@@ -55,20 +55,25 @@ def test_node_name_comes_from_the_downward_api(render: RenderFn) -> None:
     assert "${env:NODE_NAME}" in rendered.one("ConfigMap")["data"]["config.yaml"]
 
 
-def test_checkpoint_and_queue_live_on_a_per_release_host_path(render: RenderFn) -> None:
+def test_queue_on_disk_and_checkpoint_on_tmpfs_per_release_host_paths(render: RenderFn) -> None:
     rendered = render(AGENT, release="metering")
     fullname = rendered.one("DaemonSet")["metadata"]["name"]
     assert fullname == "metering-kubenetmon-agent"
-    volumes = {v["name"]: v for v in rendered.pod_spec()["volumes"]}
-    assert volumes["state"]["hostPath"] == {"path": f"/var/lib/kubenetmon/{fullname}", "type": "DirectoryOrCreate"}
+    host_paths = {v["name"]: v["hostPath"] for v in rendered.pod_spec()["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m["mountPath"] for m in rendered.container("kubenetmon-agent")["volumeMounts"]}
-    state = mounts["state"]
-    assert _otlp(rendered)["sending_queue"]["storage"] == "persistent"
+
+    def host_path_of(container_path: str) -> str:
+        name = next(n for n, m in mounts.items() if container_path.startswith(m + "/") and n in host_paths)
+        assert host_paths[name]["type"] == "DirectoryOrCreate"
+        return str(host_paths[name]["path"])
+
+    queue = _otlp(rendered)["sending_queue"]
+    assert queue["storage"] == "persistent"
+    assert host_path_of(queue["directory"]) == f"/var/lib/kubenetmon/{fullname}"
+    assert host_path_of(_conntrack(rendered)["checkpoint_path"]) == f"/run/kubenetmon/{fullname}"
     # A gateway outage never drops what is on disk: retry without a deadline, block when full.
-    assert _otlp(rendered)["sending_queue"]["full_policy"] == "block"
+    assert queue["full_policy"] == "block"
     assert _otlp(rendered)["retry_on_failure"]["max_elapsed_time"] == 0
-    assert _otlp(rendered)["sending_queue"]["directory"].startswith(state + "/")
-    assert _conntrack(rendered)["checkpoint_path"].startswith(state + "/")
 
 
 def test_priority_class_is_named_from_the_release(render: RenderFn) -> None:

@@ -34,7 +34,7 @@ def test_two_releases_in_one_namespace_do_not_collide(render: RenderFn) -> None:
     assert len(set(selectors)) == len(selectors)
     # Agents of two releases on one node keep separate checkpoints and queues.
     host_paths = [v["hostPath"]["path"] for r in rendered[2:] for v in r.pod_spec()["volumes"] if "hostPath" in v]
-    assert len(set(host_paths)) == len(host_paths) == 2
+    assert len(set(host_paths)) == len(host_paths) == 4
 
 
 def test_same_release_name_in_two_namespaces_does_not_collide_on_cluster_objects(render: RenderFn) -> None:

@@ -89,7 +89,12 @@ The gateway address: by default the server chart's Service as installed by its R
 {{- printf "%s:%d" $host (int .Values.configuration.kubenetmonServerServicePort) }}
 {{- end }}
 
-{{/* Host directory of this release's state (checkpoint, persistent queue). */}}
+{{/* Host directory of this release's persistent queue. */}}
 {{- define "kubenetmon-agent.stateHostPath" -}}
 {{- printf "%s/%s" (trimSuffix "/" .Values.stateDir.hostPath) (include "kubenetmon-agent.fullname" .) }}
+{{- end }}
+
+{{/* Host directory (tmpfs) of this release's conntrack checkpoint. */}}
+{{- define "kubenetmon-agent.checkpointHostPath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.stateDir.checkpointHostPath) (include "kubenetmon-agent.fullname" .) }}
 {{- end }}

@@ -10,7 +10,9 @@ receivers:
     skip_sanity_check: {{ .Values.configuration.skipConntrackSanityCheck }}
     uptime_wait: {{ include "kubenetmon-agent.seconds" .Values.configuration.uptimeWaitDuration }}
     configure_sysctls: {{ eq .Values.configuration.sysctls "agent" }}
-    checkpoint_path: /var/lib/kubenetmon/checkpoint
+    # Rewritten every interval and only needed across agent restarts (a reboot empties
+    # conntrack anyway): on a tmpfs hostPath, no disk wear.
+    checkpoint_path: /run/kubenetmon/conntrack.state
 exporters:
   otlp:
     endpoint: {{ include "kubenetmon-agent.gatewayEndpoint" . | quote }}
