@@ -225,13 +225,18 @@ def write_doc(
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores (shared), Python "
         f"{platform.python_version()}, chDB {chdb.__version__}, clickhouse-connect {clickhouse_connect.__version__}; "
-        f"`.venv/bin/python bench/clickhouse_bench.py --rows {args.rows} --repeat {args.repeat}`.",
+        f"`.venv/bin/python bench/clickhouse_bench.py --rows {args.rows} --repeat {args.repeat}`. Load average "
+        f"during the run: {os.getloadavg()[0]:.1f} (other jobs share the machine; rates vary by ±30% between "
+        "runs, the ratio comes from alternating runs in one process).",
         "",
         f"{args.rows:,} rows per run into the shipped `network_flows_0` DDL in chDB, best of {args.repeat} "
         "alternating runs. **exporter**: `consume` → memory queue → one block per batch → flows mapped to "
         "typed columns → `client.insert` with `insert_deduplication_token`, pre-aggregation off (every flow "
         "has its own key). **bare insert**: the same rows already built, one `client.insert` per batch with "
-        "column types given (the mapping is not counted). Ratio = exporter / bare insert (columns).",
+        "column types given (the mapping is not counted). Ratio = exporter / bare insert (columns). "
+        "*bare insert (rows)* and *exporter, aggregation on* are single runs, for information: with every key "
+        "distinct, aggregation only costs (hashing each row's key); on real traffic it removes rows instead "
+        "(12 agent intervals of a connection become one row per direction and minute).",
         "",
         "| batch | path | rows/s | vs bare insert (columns) |",
         "|---|---|---|---|",
