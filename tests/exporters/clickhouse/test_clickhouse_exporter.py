@@ -174,3 +174,17 @@ def test_exporter_is_a_builtin_plugin_with_the_report_command() -> None:
     pm.hook.kubenetmon_register_commands(subparsers=parser.add_subparsers())
     args = parser.parse_args(["report", "by-class", "--endpoint", "/tmp/x"])
     assert callable(args.func)
+
+
+def test_importing_the_plugin_does_not_import_chdb() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kubenetmon.exporters.clickhouse, kubenetmon.report; "
+        "from kubenetmon.plugins import build_plugin_manager, load_components; "
+        "load_components(build_plugin_manager(load_entry_points=False)); "
+        "print('chdb' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
