@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kubenetmon.exporterhelper import BatchConfig, ExporterHelperConfig, RetryConfig
 
-__all__ = ["ClickHouseConfig", "TLSConfig"]
+__all__ = ["ClickHouseConfig", "MinuteBatchConfig", "PatientRetryConfig", "TLSConfig"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -32,6 +32,25 @@ class TLSConfig(BaseModel):
         if self.key_file and not self.cert_file:
             raise ValueError("key_file is set but cert_file is not; set both for mutual TLS")
         return self
+
+
+class MinuteBatchConfig(BatchConfig):
+    """The helper's batch settings with this exporter's defaults: blocks of whole minutes."""
+
+    max_flows: int = Field(100_000, gt=0, description="Close a block once it holds this many flows.")
+    max_wait: float = Field(60.0, ge=0, description="Seconds a block may collect flows.")
+    align: bool = Field(
+        True, description="Close blocks on wall-clock multiples of max_wait (on the minute), so that a "
+        "block holds whole buckets and pre-aggregation is complete."
+    )
+
+
+class PatientRetryConfig(RetryConfig):
+    """The helper's retry settings, but patient: a ClickHouse outage of an hour loses nothing."""
+
+    max_elapsed_time: float = Field(
+        3600.0, ge=0, description="Give up (and count the drop) after this many seconds; 0 retries forever."
+    )
 
 
 class ClickHouseConfig(ExporterHelperConfig):
@@ -87,13 +106,14 @@ class ClickHouseConfig(ExporterHelperConfig):
         False, description="Use server-side async inserts; always with wait_for_async_insert=1 so that an "
         "acknowledged insert is durable, and async_insert_deduplicate=1 so that retries count once."
     )
-    retry_on_failure: RetryConfig = Field(
-        default_factory=lambda: RetryConfig(max_elapsed_time=3600.0),
-        description="Retries of failed inserts (default: keep trying for an hour, so that a ClickHouse "
-        "outage of that length loses nothing).",
+    # Subclasses rather than default_factory values, so that setting one key
+    # (batch: {max_flows: 5000}) keeps this exporter's defaults for the others.
+    retry_on_failure: PatientRetryConfig = Field(
+        default_factory=PatientRetryConfig,
+        description="Retries of failed inserts (default: keep trying for an hour).",
     )
-    batch: BatchConfig = Field(
-        default_factory=lambda: BatchConfig(max_flows=100_000, max_wait=60.0, align=True),
+    batch: MinuteBatchConfig = Field(
+        default_factory=MinuteBatchConfig,
         description="Blocks close on the minute (max_wait 60, align) so that one block holds whole "
         "buckets and pre-aggregation is complete; max_flows caps a block.",
     )

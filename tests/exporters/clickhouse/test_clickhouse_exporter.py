@@ -98,6 +98,15 @@ def test_defaults_batch_whole_minutes_and_create_the_schema_only_for_chdb() -> N
     assert ClickHouseConfig(endpoint="chdb:///var/lib/kubenetmon").creates_schema() is True
     assert ClickHouseConfig(endpoint="chdb:///x", create_schema=False).creates_schema() is False
     assert (server.interval_seconds, server.ipv6, server.aggregate) == (60, "write", True)
+    assert server.retry_on_failure.max_elapsed_time == 3600
+
+
+def test_setting_one_batch_or_retry_key_keeps_the_other_defaults() -> None:
+    config = ClickHouseConfig.model_validate(
+        {"batch": {"max_flows": 5000}, "retry_on_failure": {"initial_interval": 1}}
+    )
+    assert (config.batch.max_flows, config.batch.max_wait, config.batch.align) == (5000, 60.0, True)
+    assert (config.retry_on_failure.initial_interval, config.retry_on_failure.max_elapsed_time) == (1, 3600)
 
 
 @pytest.mark.parametrize(
