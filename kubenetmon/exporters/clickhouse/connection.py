@@ -201,6 +201,12 @@ def _open_chdb(path: str) -> Any:
             "chdb:// endpoints need the embedded engine: pip install 'kubenetmon[chdb]' (the chdb package)"
         ) from exc
     except Exception as exc:
+        if "already initialized with path" in str(exc):
+            # Opened outside these sessions (clickhouse-connect or chdb used directly).
+            raise ChdbPathInUseError(
+                f"this process already runs the embedded ClickHouse (chDB) on another data path, so {path} "
+                f"cannot be opened too (chDB hosts one data path per process): {exc}"
+            ) from exc
         holder = _lock_holder(path)
         if holder is not None:
             raise ChdbPathInUseError(

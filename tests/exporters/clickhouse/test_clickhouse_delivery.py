@@ -179,3 +179,14 @@ def test_a_second_chdb_path_in_one_process_is_refused_clearly(
 ) -> None:
     with pytest.raises(ChdbPathInUseError, match="one data path per process"):
         make_exporter(endpoint=f"chdb://{tmp_path / 'other'}")
+
+
+def test_a_path_opened_outside_the_shared_sessions_is_also_explained(tmp_path: Path, make_exporter: Any) -> None:
+    import clickhouse_connect
+
+    direct = clickhouse_connect.get_client(interface="chdb", path=str(tmp_path / "direct"))
+    try:
+        with pytest.raises(ChdbPathInUseError, match="one data path per process"):
+            make_exporter(endpoint=f"chdb://{tmp_path / 'mine'}")
+    finally:
+        direct.close()
