@@ -34,7 +34,7 @@ class OtlpExporterConfig(ExporterHelperConfig):
     """OTLP/gRPC ``MetricsService/Export``: records per DESIGN §4.1, flows per §4.4."""
 
     endpoint: str = Field("localhost:4317", description="host:port of the OTLP/gRPC server (no scheme).")
-    tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig)
+    tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig, description="TLS / mTLS to the server.")
     headers: dict[str, str] = Field(
         default_factory=dict,
         description='Extra gRPC metadata on every request, e.g. {authorization: "Bearer ${env:TOKEN}"}.',

@@ -51,13 +51,15 @@ class KeepaliveConfig(_Strict):
 
 class GrpcServerConfig(_Strict):
     endpoint: str = Field("0.0.0.0:4317", description="host:port to listen on (port 0: any free port).")
-    tls: ServerTLSConfig = Field(default_factory=ServerTLSConfig)
+    tls: ServerTLSConfig = Field(default_factory=ServerTLSConfig, description="TLS / mTLS of the server.")
     max_recv_msg_size_mib: int = Field(32, gt=0, description="Largest request accepted (after decompression).")
     max_concurrent_requests: int = Field(
         16, gt=0, description="Requests handled at once; more are refused with RESOURCE_EXHAUSTED."
     )
     workers: int = Field(4, gt=0, description="Threads that decode requests and call the next consumer.")
-    keepalive: KeepaliveConfig = Field(default_factory=KeepaliveConfig)
+    keepalive: KeepaliveConfig = Field(
+        default_factory=KeepaliveConfig, description="Keepalive pings and connection age (agents rebalance)."
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -90,9 +92,11 @@ class DedupConfig(_Strict):
 class OtlpReceiverConfig(ComponentConfig):
     """OTLP/gRPC ``MetricsService/Export`` server for the agent → gateway contract (DESIGN §4.1)."""
 
-    grpc: GrpcServerConfig = Field(default_factory=GrpcServerConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    grpc: GrpcServerConfig = Field(default_factory=GrpcServerConfig, description="The gRPC server.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Client authentication.")
+    dedup: DedupConfig = Field(
+        default_factory=DedupConfig, description="Counting a batch retried after a lost acknowledgement once."
+    )
     backpressure_status: Literal["unavailable", "resource_exhausted"] = Field(
         "unavailable", description="gRPC status sent (with RetryInfo) when the next consumer pushes back."
     )
