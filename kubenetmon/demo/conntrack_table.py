@@ -7,13 +7,18 @@ the kernel, not against itself.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import signal
+import subprocess
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kubenetmon.netns import Namespace
 
-__all__ = ["ConntrackEntry", "parse_conntrack_listing", "read_conntrack"]
+__all__ = ["ConntrackEntry", "DestroyRecorder", "parse_conntrack_listing", "read_conntrack"]
 
 _TRANSPORTS = ("tcp", "udp")
 
@@ -58,6 +63,8 @@ def parse_conntrack_listing(text: str) -> list[ConntrackEntry]:
     entries: list[ConntrackEntry] = []
     for line in text.splitlines():
         tokens = line.split()
+        if tokens and tokens[0].startswith("["):  # an event: "[DESTROY] ipv4 2 tcp 6 …"
+            tokens = tokens[1:]
         if len(tokens) < 4 or tokens[0] not in ("ipv4", "ipv6") or tokens[2] not in _TRANSPORTS:
             continue
         fields: dict[str, list[str]] = {}
@@ -93,3 +100,44 @@ def read_conntrack(ns: Namespace, families: Iterable[str] = ("ipv4", "ipv6")) ->
             raise RuntimeError(f"conntrack -L in {ns.name} failed: {done.stderr.strip()}")
         entries.extend(parse_conntrack_listing(done.stdout))
     return entries
+
+
+class DestroyRecorder:
+    """Records the final counters of every entry a namespace's table destroys (``conntrack -E``).
+
+    Ground truth for connections that end and expire while a test runs: their
+    last bytes exist only in the DESTROY event. Use as a context manager;
+    :attr:`entries` is filled when it stops.
+    """
+
+    def __init__(self, ns: Namespace) -> None:
+        self.ns = ns
+        self.entries: list[ConntrackEntry] = []
+        # Closed in stop(): the recorder outlives any one block of code.
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> DestroyRecorder:
+        self._proc = self.ns.popen(
+            ["conntrack", "-E", "-e", "DESTROY", "-o", "extended,id"],
+            stdout=self._out, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[ConntrackEntry]:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)  # conntrack flushes its output on SIGTERM
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(5)
+            self._proc = None
+            self._out.seek(0)
+            self.entries = parse_conntrack_listing(self._out.read().decode(errors="replace"))
+            self._out.close()
+        return self.entries
