@@ -70,7 +70,9 @@ class ClickHouseConfig(ExporterHelperConfig):
     password: str = Field("", description="Password; empty falls back to password_file, then "
                           "$CLICKHOUSE_PASSWORD, then the DSN.")
     password_file: str = Field("", description="File holding the password (trailing whitespace trimmed).")
-    tls: TLSConfig = Field(default_factory=TLSConfig)
+    tls: TLSConfig = Field(
+        default_factory=TLSConfig, description="TLS towards a server: CA, client certificate, verification."
+    )
     compression: Literal["lz4", "zstd", "gzip", "none"] = Field(
         "lz4", description="HTTP compression of inserts and results (servers only; chDB ignores it)."
     )
