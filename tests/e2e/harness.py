@@ -206,15 +206,28 @@ def chdb_table_dir(chdb_path: Path, table: str = "network_flows_0", database: st
 
 
 @contextlib.contextmanager
-def unwritable(directory: Path) -> Iterator[None]:
-    """Make a directory immutable (``chattr +i``: even root cannot create parts in it) for the block."""
+def unwritable(directory: Path) -> Iterator[str]:
+    """Make a directory unwritable even for root for the block; yields how.
+
+    ``chattr +i`` (immutable) where the file system supports it, else a
+    read-only bind mount of the directory onto itself (overlay file systems
+    in containers have no immutable flag). Either way new parts cannot be
+    created: every insert into the table fails until the block ends.
+    """
     import subprocess
 
-    subprocess.run(["chattr", "+i", str(directory)], check=True)
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False).returncode == 0:
+        try:
+            yield "chattr +i"
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        return
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
     try:
-        yield
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)], check=True)
+        yield "read-only bind mount"
     finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
+        subprocess.run(["umount", str(directory)], check=True)
 
 
 def assert_pairs_exact(m: Metered, expected: list[ExpectedFlow]) -> list[Row]:
