@@ -134,9 +134,12 @@ class RowMapper:
                 return None
             lips = [a if k != "ipv6" else "" for a, k in zip(lips, kinds, strict=True)]
             rips = [a if k != "ipv6" else "" for a, k in zip(rips, kinds, strict=True)]
-        for text in {*lips, *rips}.difference(self._addresses):
-            if self._address(text) is None:
-                return None
+        distinct = {*lips, *rips}
+        for text in distinct.difference(self._addresses):
+            self._address(text)
+        addresses = self._addresses
+        if any(addresses[text] is None for text in distinct):  # also text that failed in an earlier block
+            return None
         ident = self.identity
         step = self.interval_seconds
         step_ns = step * 1_000_000_000

@@ -285,3 +285,11 @@ def test_a_flow_to_reject_sends_the_block_down_the_flow_by_flow_path() -> None:
     prepared = mapper().prepare(flows)
     assert prepared.rejected == {"invalid_direction": 1}
     assert prepared.flows == len(flows) - 1
+
+
+def test_an_unparsable_address_is_rejected_in_every_block_not_only_the_first() -> None:
+    m = mapper()
+    for _ in range(3):
+        prepared = m.prepare([make_flow(), make_flow(remote=Endpoint(address="10.0.0.300", port=1))])
+        assert prepared.rejected == {"invalid_address": 1}
+        assert prepared.rows == 1
