@@ -231,9 +231,9 @@ class RowMapper:
                 # Keys hold the address text (its hash is cached by str); each
                 # distinct address is parsed once, here, to validate it.
                 lip, rip = loc.address, rem.address
-                if (lip not in addresses and address(lip) is None) or (
-                    rip not in addresses and address(rip) is None
-                ):
+                if (addresses[lip] if lip in addresses else address(lip)) is None or (
+                    addresses[rip] if rip in addresses else address(rip)
+                ) is None:
                     rejected["invalid_address"] += 1
                     continue
             flags = f.connection_flags
