@@ -103,7 +103,10 @@ class KubenetmonProcess:
 
     @property
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "kubenetmon", "run", "--log-level", self.log_level]
+        # The installed console script, as an operator runs it; `python -m` when there is none.
+        script = Path(sys.executable).with_name("kubenetmon")
+        launcher = [str(script)] if script.exists() else [sys.executable, "-m", "kubenetmon"]
+        args = [*launcher, "run", "--log-level", self.log_level]
         for config in self.configs:
             args += ["--config", str(config)]
         return args
