@@ -232,7 +232,7 @@ class ConntrackReceiver(BaseComponent):
     def _any_counters(self) -> bool:
         layouts = LayoutCache()
         found = False
-        for buf in self._dump():
+        for buf in self._dump(zero_counters=False):  # a look only: never reset counters here
             off, n = 0, len(buf)
             while off + 16 <= n and not found:
                 length = int.from_bytes(buf[off : off + 4], "little")
@@ -309,10 +309,11 @@ class ConntrackReceiver(BaseComponent):
 
     # --- one cycle --------------------------------------------------------------------
 
-    def _dump(self) -> Iterator[bytes]:
+    def _dump(self, zero_counters: bool | None = None) -> Iterator[bytes]:
+        """The buffers of one dump; zeroing the counters follows ``accounting`` unless told."""
         assert self._dump_sock is not None
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return _netlink.dump(self._dump_sock, self._seq, self._zero)
+        return _netlink.dump(self._dump_sock, self._seq, self._zero if zero_counters is None else zero_counters)
 
     def cycle(self) -> None:
         """Dump, account, apply events, checkpoint, deliver. Runs in the worker thread."""

@@ -269,3 +269,13 @@ def test_a_burst_of_destroy_events_loses_none(pair: Pair, make_receiver: MakeRec
     assert len(mine) == flows
     assert {(r.original_packets, r.original_bytes) for r in mine} == {(1, 38)}
     assert receiver._m_overflows.value() == 0
+
+
+def test_sanity_check_never_resets_counters_even_with_zero_on_dump(pair: Pair, make_receiver: MakeReceiver) -> None:
+    conn = TcpConnection(pair.client, pair.server, V4_SERVER)
+    conn.send_to_server(1_000)
+    before = kernel_counters(pair, conn.client_port)
+    receiver, _ = make_receiver(pair.server.name, accounting="zero_on_dump", skip_sanity_check=False)
+    assert receiver.sanity_check() is True
+    assert kernel_counters(pair, conn.client_port) == before
+    conn.close()
