@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from kubenetmon.component import Kind
 from kubenetmon.config import validate
+from kubenetmon.flows import FlowBatch
 from kubenetmon.pipeline import Service
 from kubenetmon.plugins import build_plugin_manager, load_components
 from tests.flowgen import flow
 from tests.pipeline.recording import RecordingPlugin
-from kubenetmon.flows import FlowBatch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kubenetmon-nat-gateway"
 

@@ -7,8 +7,8 @@ import pytest
 
 from kubenetmon import hookimpl, hookspecs
 from kubenetmon.component import ExporterFactory, Kind
-from kubenetmon.exporters.debug import DebugConfig, DebugExporter
 from kubenetmon.errors import PluginError
+from kubenetmon.exporters.debug import DebugConfig, DebugExporter
 from kubenetmon.plugins import BUILTIN_PLUGINS, build_plugin_manager, load_components
 
 

@@ -187,7 +187,10 @@ def test_persistent_queue_delivers_once_after_kill_9(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(CHILD))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "queue"), str(attempts)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, str(script), str(tmp_path / "queue"), str(attempts)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ACCEPTED"

@@ -7,7 +7,9 @@ from kubenetmon.exporterhelper import RetryConfig, backoff_intervals
 
 
 def test_schedule_without_jitter_grows_by_the_multiplier_up_to_the_cap() -> None:
-    config = RetryConfig(initial_interval=5, max_interval=30, multiplier=1.5, randomization_factor=0, max_elapsed_time=0)
+    config = RetryConfig(
+        initial_interval=5, max_interval=30, multiplier=1.5, randomization_factor=0, max_elapsed_time=0
+    )
     waits = list(itertools.islice(backoff_intervals(config), 8))
     expected = [5.0]
     while len(expected) < 8:
@@ -35,4 +37,5 @@ def test_jitter_stays_within_the_randomization_band() -> None:
 
 def test_default_is_the_opentelemetry_schedule() -> None:
     config = RetryConfig()
-    assert (config.initial_interval, config.max_interval, config.max_elapsed_time, config.multiplier) == (5, 30, 300, 1.5)
+    defaults = (config.initial_interval, config.max_interval, config.max_elapsed_time, config.multiplier)
+    assert defaults == (5, 30, 300, 1.5)
