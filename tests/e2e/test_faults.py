@@ -69,15 +69,17 @@ def _finish(m: Metered, loops: tuple[TrafficLoop, ...]) -> None:
 
 def test_gateway_killed_and_restarted_mid_traffic_counts_every_byte_once(tmp_path: Path) -> None:
     with metered_cluster(tmp_path) as m:
-        loops = _run_through(m, fault_seconds=4)
-        time.sleep(2)
-        m.pipeline.gateway.kill()  # kill -9: no drain, no flush
-        assert m.pipeline.gateway.returncode == -9
-        time.sleep(2)  # agents keep metering and queue on disk meanwhile
-        m.pipeline.start_gateway()
-        time.sleep(2)
+        loops = _run_through(m, fault_seconds=8)
+        # Three kills at different points of the agents' and the exporter's cycles.
+        for up, down in ((2.0, 2.0), (1.3, 0.5), (0.7, 1.1)):
+            time.sleep(up)
+            m.pipeline.gateway.kill()  # kill -9: no drain, no flush
+            assert m.pipeline.gateway.returncode == -9
+            time.sleep(down)  # agents keep metering and queue on disk meanwhile
+            m.pipeline.start_gateway()
+        time.sleep(1)
         _finish(m, loops)
-        assert m.pipeline.gateway.starts == 2
+        assert m.pipeline.gateway.starts == 4
         assert_pairs_exact(m, attribute(ground_truth(m.cluster), m.cluster))
 
 
@@ -95,16 +97,17 @@ def test_clickhouse_failing_for_several_flushes_loses_nothing(tmp_path: Path) ->
 
 def test_agents_killed_or_restarted_mid_traffic_count_every_byte_once(tmp_path: Path) -> None:
     with metered_cluster(tmp_path) as m:
-        loops = _run_through(m, fault_seconds=4)
-        time.sleep(1.5)
+        loops = _run_through(m, fault_seconds=6)
         killed, restarted = m.pipeline.agent("node-a"), m.pipeline.agent("node-b")
-        killed.kill()  # kill -9: the checkpoint must make the next start exact
-        restarted.stop()  # SIGTERM: graceful
-        time.sleep(1.5)  # traffic goes on unmetered for a while
-        m.pipeline.start_agent("node-a")
-        m.pipeline.start_agent("node-b")
+        for pause in (1.5, 0.8):
+            time.sleep(pause)
+            killed.kill()  # kill -9: the checkpoint must make the next start exact
+            restarted.stop()  # SIGTERM: graceful
+            time.sleep(1.2)  # traffic goes on unmetered for a while
+            m.pipeline.start_agent("node-a")
+            m.pipeline.start_agent("node-b")
         _finish(m, loops)
-        assert (killed.starts, restarted.starts) == (2, 2)
+        assert (killed.starts, restarted.starts) == (3, 3)
         assert_pairs_exact(m, attribute(ground_truth(m.cluster), m.cluster))
 
 
