@@ -118,7 +118,11 @@ def conntrack_dump_cpu(cluster: MiniCluster, node: str, repeat: int = 3) -> tupl
 def run(args: argparse.Namespace) -> dict[str, float]:
     settings = PipelineSettings(interval=args.interval, batch_wait=5.0, log_level="warning", metrics=True,
                                 checkpoints=True)
-    work = Path(tempfile.mkdtemp(prefix="knm-e2e-bench-"))
+    with tempfile.TemporaryDirectory(prefix="knm-e2e-bench-") as tmp:
+        return _measure(args, settings, Path(tmp))
+
+
+def _measure(args: argparse.Namespace, settings: PipelineSettings, work: Path) -> dict[str, float]:
     with MiniCluster(default_topology(), "knmbench") as cluster:
         pods = cluster.pods
         pairs = [(pods["frontend-0"], pods["catalog-0"]), (pods["checkout-0"], pods["payments-0"])]
