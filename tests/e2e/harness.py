@@ -16,7 +16,7 @@ import pytest
 from kubenetmon.demo.conntrack_table import ConntrackEntry, read_conntrack
 from kubenetmon.demo.expected import ExpectedFlow
 from kubenetmon.demo.minicluster import MiniCluster, Pod, default_topology
-from kubenetmon.demo.pipeline import MeteringPipeline, PipelineSettings, write_aws_ranges
+from kubenetmon.demo.pipeline import MeteringPipeline, PipelineSettings, query_chdb, write_aws_ranges
 from kubenetmon.demo.traffic import PeerServer
 from tests.fixtures.kubeapi import KubeAPIServer
 
@@ -97,8 +97,9 @@ class Row:
         return str(self["remotePod"] or self["toString(remoteIPv4)"])
 
 
-def table_rows(pipeline: MeteringPipeline) -> list[Row]:
-    rows = pipeline.query(ROWS_SQL)
+def table_rows(source: MeteringPipeline | Path) -> list[Row]:
+    """The table's rows, summed over intervals: from a stopped pipeline or a chDB path."""
+    rows = source.query(ROWS_SQL) if isinstance(source, MeteringPipeline) else query_chdb(source, ROWS_SQL)
     n = len(ROW_COLUMNS)
     return [Row(dict(zip(ROW_COLUMNS, r[:n], strict=True)), int(r[n]), int(r[n + 1])) for r in rows]
 
