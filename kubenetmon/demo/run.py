@@ -135,6 +135,9 @@ def _wipe(data_dir: Path) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.duration <= 0 or args.interval <= 0:
+        print("error: --duration and --interval must be positive numbers of seconds", file=sys.stderr)
+        return 2
     problem = preflight()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
