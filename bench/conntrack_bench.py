@@ -62,13 +62,16 @@ class EncodingConsumer:
         self.encode = encode_records_bytes
         self.records = 0
         self.compressed = 0
+        self.cpu = 0.0  # spent encoding and compressing
 
     def consume(self, batch: Any) -> None:
         self.records += len(batch.records)
         if self.encode is None:
             return
+        started = time.process_time()
         for request in self.encode(batch.records, {"k8s.node.name": "bench-node"}, max_points=20_000):
             self.compressed += len(gzip.compress(request, compresslevel=6))
+        self.cpu += time.process_time() - started
 
 
 def _cpu() -> float:
@@ -112,16 +115,17 @@ def child(netns: str, repeat: int) -> None:
     out["parse"] = {"cpu": parse_cpu, "wall": parse_wall, "entries": entries}
     out["rss_parse_mb"] = _peak_mb()
 
-    cycle_cpu, cycle_wall, records = [], [], []
+    cycle_cpu, cycle_wall, records, encode_cpu = [], [], [], []
     checkpoint_cpu, checkpoint_bytes = [], 0
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         for _ in range(repeat):
             print("touch", flush=True)
             assert sys.stdin.readline().strip() == "go"
-            before = consumer.records
+            before, encoding_before = consumer.records, consumer.cpu
             c, w = _cpu(), time.monotonic()
             receiver.cycle()
             cycle_cpu.append(_cpu() - c)
+            encode_cpu.append(consumer.cpu - encoding_before)
             cycle_wall.append(time.monotonic() - w)
             records.append(consumer.records - before)
             c = _cpu()
@@ -130,7 +134,7 @@ def child(netns: str, repeat: int) -> None:
                 _checkpoint.Checkpoint("bench-node", tracker.dump_ns, tracker.state, tracker.limbo, []),
             )
             checkpoint_cpu.append(_cpu() - c)
-    out["cycle"] = {"cpu": cycle_cpu, "wall": cycle_wall, "records": records}
+    out["cycle"] = {"cpu": cycle_cpu, "wall": cycle_wall, "records": records, "encode_cpu": encode_cpu}
     out["checkpoint"] = {"cpu": checkpoint_cpu, "bytes": checkpoint_bytes}
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     receiver._shutdown_done = True  # no last cycle
@@ -183,6 +187,14 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
     return result
 
 
+def _noise(load_before: float) -> str:
+    if load_before < 0.5:
+        return "the machine was quiet when it started"
+    if load_before < 1.5:
+        return "other work was running: wall times are somewhat noisy, CPU seconds much less so"
+    return "the machine was busy: wall times are noisy, CPU seconds less so (see the spreads)"
+
+
 def _med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -201,24 +213,25 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
         f"Run: {now:%Y-%m-%d %H:%M} UTC, `.venv/bin/python bench/conntrack_bench.py` (as root), "
         f"{repeat} repetitions per number, medians (min–max in the detail table). Load average "
         f"before / after the run: {' '.join(f'{x:.2f}' for x in load[0])} / "
-        f"{' '.join(f'{x:.2f}' for x in load[1])} on 2 cores (other sessions were using the machine: "
-        "wall times are noisy, CPU seconds much less so).",
+        f"{' '.join(f'{x:.2f}' for x in load[1])} on {os.cpu_count()} cores ({_noise(load[0][0])}; the "
+        "run itself adds about 1).",
         "",
         "Tables are real UDP conntrack entries built from packets between two namespaces (`bench/_table.py`); "
         "`conntrack -L > /dev/null` runs inside the same namespace on the same table. CPU = user + system "
         "seconds of the process, so the kernel's work of producing the dump counts on both sides.",
         "",
         "| entries | `conntrack -L` CPU s | dump+parse CPU s | parse speed vs `conntrack -L` (≥ 0.9) "
-        "| full cycle CPU s (1/3 active) | full cycle / `conntrack -L` (≤ 2) | checkpoint CPU s "
-        "| peak RSS MB (≤ 250 at 300k) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| full cycle CPU s (1/3 active) | of which OTLP encode + gzip | full cycle / `conntrack -L` (≤ 2) "
+        "| checkpoint CPU s | peak RSS MB (≤ 250 at 300k) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cl = _med(r["conntrack_cpu"])
         parse = _med(r["parse"]["cpu"])
         cycle = _med(r["cycle"]["cpu"])
         lines.append(
-            f"| {r['count']:,} | {cl:.3f} | {parse:.3f} | {cl / parse:.2f}× | {cycle:.3f} | {cycle / cl:.2f}× "
+            f"| {r['count']:,} | {cl:.3f} | {parse:.3f} | {cl / parse:.2f}× | {cycle:.3f} "
+            f"| {_med(r['cycle']['encode_cpu']):.3f} | {cycle / cl:.2f}× "
             f"| {_med(r['checkpoint']['cpu']):.3f} | {r['rss_mb']:.0f} |"
         )
     encoding = (
