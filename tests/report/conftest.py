@@ -9,21 +9,14 @@ import pytest
 
 from kubenetmon.component import Kind
 from kubenetmon.exporters.clickhouse import ClickHouseConfig, ClickHouseExporter
-from kubenetmon.exporters.clickhouse.connection import _SESSIONS, Connection, connect
+from kubenetmon.exporters.clickhouse.connection import Connection, connect
 from kubenetmon.flows import FlowBatch
 from kubenetmon.testing import StaticHost, create_settings
-from tests.exporters.clickhouse.clickhouse_testkit import IDENTITY
+from tests.exporters.clickhouse.clickhouse_testkit import (
+    IDENTITY,
+    no_chdb_session_leaks,  # noqa: F401 (autouse fixture)
+)
 from tests.report.report_scenario import flows
-
-
-@pytest.fixture(autouse=True)
-def _no_chdb_session_leaks() -> Iterator[None]:
-    yield
-    leaked = list(_SESSIONS._clients)
-    for path in leaked:
-        while path in _SESSIONS._clients:
-            _SESSIONS.release(path)
-    assert not leaked, f"a test left chDB sessions open: {leaked}"
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kubenetmon.exporters.clickhouse.connection import Connection
+import pytest
+
+from kubenetmon.exporters.clickhouse.connection import _SESSIONS, Connection
 from kubenetmon.flows import Endpoint, Flow
 from kubenetmon.identity import Identity
 
@@ -56,3 +58,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 def table_rows(conn: Connection, where: str = "1", final: bool = False) -> list[dict[str, Any]]:
     sql = f"SELECT * FROM default.network_flows_0 {'FINAL' if final else ''} WHERE {where} ORDER BY direction"
     return list(conn.client.query(sql).named_results())
+
+
+@pytest.fixture(autouse=True)
+def no_chdb_session_leaks() -> Iterator[None]:
+    """Fail a test that leaves chDB sessions open (chDB holds one data path per process)."""
+    yield
+    leaked = list(_SESSIONS._clients)
+    for path in leaked:
+        while path in _SESSIONS._clients:
+            _SESSIONS.release(path)
+    assert not leaked, f"a test left chDB sessions open: {leaked}"
