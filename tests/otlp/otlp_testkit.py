@@ -11,12 +11,13 @@ import ipaddress
 import socket
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from kubenetmon.component import Kind
 from kubenetmon.errors import BackpressureError
@@ -194,3 +195,18 @@ class LoseAcknowledgements(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., OtlpReceiver]]:
+    """Start receivers for a test; every one is shut down at its end, even when it fails."""
+    started: list[OtlpReceiver] = []
+
+    def start(consumer: Any, **kw: Any) -> OtlpReceiver:
+        r = start_receiver(consumer, **kw)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.shutdown(2.0)

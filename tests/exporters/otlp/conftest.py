@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from kubenetmon.exporters.otlp import OtlpExporter, OtlpExporterConfig
-from kubenetmon.receivers.otlp import OtlpReceiver
 from kubenetmon.testing import StaticHost
-from tests.otlp.otlp_testkit import make_exporter, start_receiver
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., OtlpReceiver]]:
-    started: list[OtlpReceiver] = []
-
-    def start(consumer: Any, **kw: Any) -> OtlpReceiver:
-        r = start_receiver(consumer, **kw)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        r.shutdown(2.0)
+from tests.otlp.otlp_testkit import (
+    make_exporter,
+    receivers,  # noqa: F401 (fixture)
+)
 
 
 @pytest.fixture
