@@ -16,6 +16,8 @@ the gateway has stopped.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +78,37 @@ def write_static_inventory(cluster: MiniCluster, path: Path) -> Path:
     return path
 
 
+_CHILD_QUERY = """
+import json, sys
+import clickhouse_connect
+client = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
+try:
+    print(json.dumps([list(r) for r in client.query(sys.argv[2]).result_rows], default=str))
+finally:
+    client.close()
+"""
+
+
 def query_chdb(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Run one query against a chDB data path no other process holds; returns the rows."""
+    """Run one query against a chDB data path no other process holds; returns the rows.
+
+    In this process when it can; chDB holds one data path per process, so
+    when this process already has another one open (a test suite that
+    also runs in-process exporters) the query runs in a child process and
+    values other than numbers and strings come back as text.
+    """
     import clickhouse_connect
 
-    client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+    try:
+        client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+    except Exception as exc:
+        if "already initialized" not in str(exc):
+            raise
+        done = subprocess.run([sys.executable, "-c", _CHILD_QUERY, str(path), sql],
+                              capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"query of {path} in a child process failed: {done.stderr.strip()}") from exc
+        return [tuple(row) for row in json.loads(done.stdout)]
     try:
         return [tuple(row) for row in client.query(sql).result_rows]
     finally:
