@@ -46,6 +46,20 @@ class Block:
     def __len__(self) -> int:
         return sum(len(b) for b in self.batches)
 
+    @property
+    def key(self) -> str:
+        """The idempotency key to give the peer.
+
+        A block that is exactly one batch named by its producer
+        (``FlowBatch.batch_id``) uses that name: a producer that re-sends a batch
+        after a crash (the conntrack receiver's checkpoint) reuses it, so the copy
+        already queued here and the re-sent one reach the peer under one key and
+        are counted once. Any other block uses its own ``id``.
+        """
+        if len(self.batches) == 1 and self.batches[0].batch_id:
+            return self.batches[0].batch_id
+        return self.id
+
     def flows(self) -> list[Flow]:
         return [f for b in self.batches for f in b.flows]
 

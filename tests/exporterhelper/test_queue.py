@@ -82,3 +82,13 @@ def test_memory_queue_reports_what_close_loses() -> None:
     lost = q.close()
     assert sum(len(b) for b in lost) == 5
     assert not q.put(batch(1))
+
+
+def test_block_key_is_the_producers_batch_id_for_a_single_named_batch() -> None:
+    from kubenetmon.exporterhelper import Block
+
+    named = batch(1)
+    named.batch_id = "cycle-42"
+    assert Block("blk", [named]).key == "cycle-42"
+    assert Block("blk", [batch(1)]).key == "blk"  # unnamed
+    assert Block("blk", [named, batch(1)]).key == "blk"  # several batches: the block's own id

@@ -159,7 +159,7 @@ class OtlpExporter(QueuedExporter):
                 continue  # acknowledged in an earlier attempt; the receiver would only dedup it
             # The id is the queue block's (stable across retries and restarts);
             # a split block numbers its parts, deterministically.
-            batch_id = block.id if len(enc.parts) == 1 else f"{block.id}:{i}"
+            batch_id = block.key if len(enc.parts) == 1 else f"{block.key}:{i}"
             metadata = [(contract.BATCH_ID_METADATA, batch_id), *headers]
             try:
                 response = export(data, timeout=timeout, metadata=metadata, compression=compression)

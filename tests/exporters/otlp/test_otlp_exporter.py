@@ -376,3 +376,23 @@ def test_busy_gateway_over_its_concurrency_limit_is_retried_not_dropped(
         t.join(10)
     assert len(errors) == 1 and isinstance(errors[0], RetryableError), errors
     assert "RESOURCE_EXHAUSTED" in str(errors[0])
+
+
+def test_a_batch_re_sent_by_its_producer_after_a_crash_is_counted_once(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    """The conntrack receiver re-sends an undelivered batch under its batch id after a kill -9;
+    the exporter may also still hold the first copy. Both go out under that id."""
+    sink = SinkConsumer()
+    r = receivers(sink)
+    e = exporters(exporter_config(r.port))
+    first = batches(1)[0]
+    first.batch_id = "cycle-7"
+    again = first.copy()
+    assert again.batch_id == "cycle-7"
+    e.consume(first)
+    e.consume(again)
+    wait_sent(e, 2 * len(first))
+    assert len(sink.batches) == 1
+    assert by_identity(sink.records) == all_records([first])
+    assert r.m_duplicates.value() > 0  # the second copy was acknowledged without being consumed
