@@ -40,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _report import replace_section  # noqa: E402
+
 from kubenetmon.component import Kind  # noqa: E402
 from kubenetmon.exporters.clickhouse import ClickHouseConfig, ClickHouseExporter  # noqa: E402
 from kubenetmon.exporters.clickhouse.connection import connect  # noqa: E402
@@ -253,13 +255,7 @@ def write_doc(
         "distinct address (the driver otherwise splits every address string), which pays for the mapping.",
         END,
     ])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    replace_section(START, END, section)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _report import replace_section  # noqa: E402
+
 from kubenetmon.component import Kind  # noqa: E402
 from kubenetmon.flows import Endpoint, Flow, FlowBatch  # noqa: E402
 from kubenetmon.identity import Identity  # noqa: E402
@@ -257,13 +259,7 @@ def write_doc(table: PrefixTable, results: dict[str, float], m: dict[str, Any]) 
         f"runs at {lookups / floor:.0%} of a plain dict hit. Outcome: **{'PASS' if ok else 'FAIL'}**.",
         END,
     ])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    replace_section(START, END, section)
 
 
 if __name__ == "__main__":

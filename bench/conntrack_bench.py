@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _report import replace_section  # noqa: E402
 from _table import ConntrackTable, raised_conntrack_max  # noqa: E402
 
 from kubenetmon.netns import Namespace, NamespaceRegistry  # noqa: E402
@@ -271,14 +272,7 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    replace_section(START, END, section)
 
 
 def main() -> int:

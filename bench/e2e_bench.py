@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _report import replace_section  # noqa: E402
+
 from kubenetmon.demo.conntrack_table import read_conntrack  # noqa: E402
 from kubenetmon.demo.minicluster import MiniCluster, Pod, default_topology  # noqa: E402
 from kubenetmon.demo.pipeline import (  # noqa: E402
@@ -227,13 +229,7 @@ def report(r: dict[str, float], args: argparse.Namespace) -> str:
 
 
 def write_section(text: str) -> None:
-    current = DOC.read_text() if DOC.exists() else ""
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        DOC.write_text(before + text.rstrip("\n") + rest.split(END, 1)[1])
-    else:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(current.rstrip("\n") + "\n\n" + text)
+    replace_section(START, END, text)
 
 
 def main() -> int:

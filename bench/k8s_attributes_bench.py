@@ -39,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _report import replace_section  # noqa: E402
+
 from kubenetmon.component import Kind  # noqa: E402
 from kubenetmon.flows import ConntrackRecord, Endpoint, Flow, FlowBatch  # noqa: E402
 from kubenetmon.identity import Identity  # noqa: E402
@@ -366,13 +368,7 @@ def section(r: dict[str, Any], argv: list[str]) -> str:
 
 
 def write_section(text: str) -> None:
-    current = DOC.read_text() if DOC.exists() else ""
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        DOC.write_text(before + text + ("\n" + after if after else ""))
-    else:
-        DOC.write_text(current.rstrip("\n") + "\n\n" + text if current else text)
+    replace_section(START, END, text)
 
 
 def main() -> int:

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+from _report import replace_section  # noqa: E402
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (  # noqa: E402
     ExportMetricsServiceRequest,
 )
@@ -259,13 +260,7 @@ def write_doc(lines: list[str], ok: bool, results: list[dict[str, Any]]) -> None
         f"{MAX_POINTS} points, ~2.5 MB) per worker. gzip sizes are of synthetic, very regular tuples.",
         END,
     ])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    replace_section(START, END, section)
 
 
 def main() -> int:
