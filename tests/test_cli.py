@@ -78,3 +78,20 @@ def test_console_script_runs() -> None:
         [str(Path(sys.executable).with_name("kubenetmon")), "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("kubenetmon ")
+
+
+def test_run_tunes_the_cyclic_gc_for_flow_bursts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from kubenetmon.cli import GC_THRESHOLDS
+    from kubenetmon.pipeline import Service
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(GOOD)
+    monkeypatch.setattr(Service, "run", lambda self: None)
+    before = gc.get_threshold()
+    try:
+        assert main(["run", "--config", str(cfg)]) == 0
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
