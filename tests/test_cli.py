@@ -87,7 +87,10 @@ def test_run_tunes_the_cyclic_gc_for_flow_bursts(tmp_path: Path, monkeypatch: py
     from kubenetmon.pipeline import Service
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(GOOD)
+    cfg.write_text(
+        "receivers: {otlp: {grpc: {endpoint: '127.0.0.1:0'}}}\nexporters: {debug: {}}\n"
+        "service: {pipelines: {flows: {receivers: [otlp], exporters: [debug]}}}\n"
+    )
     monkeypatch.setattr(Service, "run", lambda self: None)
     before = gc.get_threshold()
     try:
