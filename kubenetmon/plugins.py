@@ -18,7 +18,6 @@ __all__ = ["BUILTIN_PLUGINS", "ComponentRegistry", "RegisteredFactory", "build_p
 
 # Built-in components, each an ordinary plugin module with ``@hookimpl`` functions.
 # Keep one module per line, sorted by kind then name.
-# HELPERS: read /work/main/HELPERS-README-FIRST.md before editing (rules, venv, commits, deadline).
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "kubenetmon.demo",
     "kubenetmon.exporters.clickhouse",
