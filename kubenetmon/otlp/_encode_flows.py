@@ -15,11 +15,13 @@ from kubenetmon.flows import Endpoint, Flow
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._wire import (
     POINT_HEADER,
+    delta_sum_metric,
     kv_bool,
     kv_int,
     kv_kvlist,
     kv_string,
     length_delimited,
+    resource_metrics,
     string_field,
 )
 
@@ -72,23 +74,16 @@ def _endpoint_block(prefix: str, e: Endpoint) -> bytes:
     return b"".join(out)
 
 
-def _metric(name: str, description: str, unit: str, points: list[bytes]) -> bytes:
-    total = b"".join(points) + b"\x10" + bytes((c.TEMPORALITY_DELTA,)) + b"\x18\x01"
-    body = string_field(0x0A, name) + string_field(0x12, description) + string_field(0x1A, unit)
-    return length_delimited(0x12, body + length_delimited(0x3A, total))
-
-
 def _request(resource: Mapping[str, str], scope: bytes, byte_points: list[bytes], packet_points: list[bytes]) -> bytes:
-    res = b"".join(length_delimited(0x0A, kv_string(k, v)) for k, v in resource.items())
     metrics = b""
     if byte_points:
-        metrics += _metric(c.METRIC_FLOW_BYTES, "Bytes of one attributed flow direction over the interval.",
-                           c.UNIT_BYTES, byte_points)
+        metrics += delta_sum_metric(c.METRIC_FLOW_BYTES, "Bytes of one attributed flow direction over the interval.",
+                                    c.UNIT_BYTES, byte_points, c.TEMPORALITY_DELTA)
     if packet_points:
-        metrics += _metric(c.METRIC_FLOW_PACKETS, "Packets of one attributed flow direction over the interval.",
-                           c.UNIT_PACKETS, packet_points)
-    scope_metrics = length_delimited(0x0A, scope) + metrics
-    return length_delimited(0x0A, length_delimited(0x0A, res) + length_delimited(0x12, scope_metrics))
+        metrics += delta_sum_metric(c.METRIC_FLOW_PACKETS,
+                                    "Packets of one attributed flow direction over the interval.",
+                                    c.UNIT_PACKETS, packet_points, c.TEMPORALITY_DELTA)
+    return resource_metrics(resource, scope, metrics)
 
 
 def encode_flows_bytes(

@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 from kubenetmon.flows import ConntrackRecord
 from kubenetmon.otlp import _contract as c
-from kubenetmon.otlp._wire import POINT_HEADER, kv_int, kv_string, length_delimited, string_field
+from kubenetmon.otlp._wire import (
+    POINT_HEADER,
+    delta_sum_metric,
+    kv_int,
+    kv_string,
+    length_delimited,
+    resource_metrics,
+    string_field,
+)
 
 __all__ = ["encode_records_bytes", "resource_attributes"]
 
@@ -48,14 +56,6 @@ _DIR_ORIGINAL = _point_attr(kv_string(c.ATTR_DIRECTION, c.DIRECTION_ORIGINAL))
 _DIR_REPLY = _point_attr(kv_string(c.ATTR_DIRECTION, c.DIRECTION_REPLY))
 
 
-def _metric(name: str, description: str, unit: str, points: list[bytes]) -> bytes:
-    # Sum{data_points=1, aggregation_temporality=2 (DELTA), is_monotonic=3}
-    total = b"".join(points) + b"\x10" + bytes((c.TEMPORALITY_DELTA,)) + b"\x18\x01"
-    body = string_field(0x0A, name) + string_field(0x12, description) + string_field(0x1A, unit)
-    # Metric as ScopeMetrics.metrics (field 2); Sum is Metric.sum (field 7)
-    return length_delimited(0x12, body + length_delimited(0x3A, total))
-
-
 def resource_attributes(node: str, resource: Mapping[str, str]) -> dict[str, str]:
     """The resource attributes for one node: ``resource`` with the node filled in."""
     attrs = {c.RESOURCE_SERVICE_NAME: c.SERVICE_NAME_AGENT, **resource}
@@ -67,17 +67,14 @@ def resource_attributes(node: str, resource: Mapping[str, str]) -> dict[str, str
 def _resource_metrics(
     resource: Mapping[str, str], byte_points: list[bytes], packet_points: list[bytes], scope: bytes
 ) -> bytes:
-    res = b"".join(length_delimited(0x0A, kv_string(k, v)) for k, v in resource.items())
     metrics = b""
     if byte_points:
-        metrics += _metric(c.METRIC_BYTES, "Bytes sent in one conntrack direction over the interval.",
-                           c.UNIT_BYTES, byte_points)
+        metrics += delta_sum_metric(c.METRIC_BYTES, "Bytes sent in one conntrack direction over the interval.",
+                                    c.UNIT_BYTES, byte_points, c.TEMPORALITY_DELTA)
     if packet_points:
-        metrics += _metric(c.METRIC_PACKETS, "Packets sent in one conntrack direction over the interval.",
-                           c.UNIT_PACKETS, packet_points)
-    scope_metrics = length_delimited(0x0A, scope) + metrics
-    # ResourceMetrics{resource=1, scope_metrics=2}, as ExportMetricsServiceRequest.resource_metrics=1
-    return length_delimited(0x0A, length_delimited(0x0A, res) + length_delimited(0x12, scope_metrics))
+        metrics += delta_sum_metric(c.METRIC_PACKETS, "Packets sent in one conntrack direction over the interval.",
+                                    c.UNIT_PACKETS, packet_points, c.TEMPORALITY_DELTA)
+    return resource_metrics(resource, scope, metrics)
 
 
 def _scope() -> bytes:

@@ -10,7 +10,7 @@ the decoder's fast path relies on.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = [
     "kv_bool",
@@ -74,3 +74,19 @@ def kv_kvlist(key: str, values: Iterable[bytes]) -> bytes:
 # NumberDataPoint header: start_time_unix_nano (2, fixed64), time_unix_nano
 # (3, fixed64), as_int (6, sfixed64) — in field-number order, as upb writes it.
 POINT_HEADER = struct.Struct("<BQBQBq")
+
+
+def delta_sum_metric(name: str, description: str, unit: str, points: list[bytes], temporality_delta: int) -> bytes:
+    """A ``Metric`` (as ``ScopeMetrics.metrics``, field 2) holding a monotonic DELTA ``Sum`` of ``points``."""
+    # Sum{data_points=1, aggregation_temporality=2, is_monotonic=3}; Sum is Metric.sum (field 7)
+    total = b"".join(points) + b"\x10" + bytes((temporality_delta,)) + b"\x18\x01"
+    body = string_field(0x0A, name) + string_field(0x12, description) + string_field(0x1A, unit)
+    return length_delimited(0x12, body + length_delimited(0x3A, total))
+
+
+def resource_metrics(resource: Mapping[str, str], scope: bytes, metrics: bytes) -> bytes:
+    """One ``ResourceMetrics`` as ``ExportMetricsServiceRequest.resource_metrics`` (field 1)."""
+    res = b"".join(length_delimited(0x0A, kv_string(k, v)) for k, v in resource.items())
+    scope_metrics = length_delimited(0x0A, scope) + metrics
+    # ResourceMetrics{resource=1, scope_metrics=2}
+    return length_delimited(0x0A, length_delimited(0x0A, res) + length_delimited(0x12, scope_metrics))
