@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from kubenetmon.cli import main
 from kubenetmon.exporters.clickhouse.connection import Connection
 from kubenetmon.report import QUERIES, ReportWindow, parse_time, run_query
-from tests.exporters.clickhouse.clickhouse_testkit import SECOND, T0_NS
+from tests.exporters.clickhouse.clickhouse_testkit import SECOND, T0_NS, chdb_path_held_by_another_process
 
 T0 = datetime.fromtimestamp(T0_NS // SECOND, UTC)
 SINCE, UNTIL = T0.strftime("%Y-%m-%dT%H:%M:%SZ"), (T0 + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -110,25 +108,10 @@ def test_missing_table_is_reported(tmp_path: Path, capsys: Any) -> None:
     assert "network_flows_0" in err
 
 
-_HOLDER = """
-import sys, time, clickhouse_connect
-c = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
-c.command("SELECT 1")
-print("holding", flush=True)
-time.sleep(300)
-"""
-
-
 def test_a_chdb_path_held_by_a_running_process_is_explained(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "holding"
+    with chdb_path_held_by_another_process(path):
         code, _, err = report(capsys, "by-class", "--endpoint", str(path))
-    finally:
-        holder.kill()
-        holder.wait(30)
     assert code == 1
     assert "in use by another process" in err
     assert "status" in err

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,3 +73,25 @@ def no_chdb_session_leaks() -> Iterator[None]:
         while path in _SESSIONS._clients:
             _SESSIONS.release(path)
     assert not leaked, f"a test left chDB sessions open: {leaked}"
+
+
+_HOLDER = """
+import sys, time, clickhouse_connect
+c = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
+c.command("SELECT 1")
+print("holding", flush=True)
+time.sleep(300)
+"""
+
+
+@contextlib.contextmanager
+def chdb_path_held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A child process holding the chDB data path ``path`` (and its lock) until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(30)

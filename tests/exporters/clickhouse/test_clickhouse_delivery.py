@@ -18,7 +18,13 @@ import pytest
 
 from kubenetmon.exporters.clickhouse.connection import ChdbPathInUseError, Connection
 from kubenetmon.flows import FlowBatch
-from tests.exporters.clickhouse.clickhouse_testkit import SECOND, T0_NS, make_flow, wait_until
+from tests.exporters.clickhouse.clickhouse_testkit import (
+    SECOND,
+    T0_NS,
+    chdb_path_held_by_another_process,
+    make_flow,
+    wait_until,
+)
 from tests.exporters.clickhouse.faults import FaultyExporter
 from tests.exporters.clickhouse.queue_child import BATCH_BYTES
 
@@ -143,21 +149,9 @@ def test_kill_9_with_rows_in_the_persistent_queue_then_restart_delivers_them_onc
         db.close()
 
 
-_HOLDER = """
-import sys, time, clickhouse_connect
-c = clickhouse_connect.get_client(interface="chdb", path=sys.argv[1])
-c.command("SELECT 1")
-print("holding", flush=True)
-time.sleep(300)
-"""
-
-
 def test_a_chdb_path_held_by_another_process_gives_a_clear_error(tmp_path: Path, make_exporter: Any) -> None:
     path = tmp_path / "chdb"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "holding"
+    with chdb_path_held_by_another_process(path) as holder:
         with pytest.raises(ChdbPathInUseError) as err:
             make_exporter(endpoint=f"chdb://{path}")
         message = str(err.value)
@@ -165,9 +159,6 @@ def test_a_chdb_path_held_by_another_process_gives_a_clear_error(tmp_path: Path,
         assert "lock" in message
         assert f"PID {holder.pid}" in message
         assert "BAD_ARGUMENTS" not in message
-    finally:
-        holder.kill()
-        holder.wait(30)
     # Once the holder is gone the path opens in this process.
     exporter = make_exporter(endpoint=f"chdb://{path}")
     exporter.consume(minute_batch(0, 5))
