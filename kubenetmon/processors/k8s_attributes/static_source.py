@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from kubenetmon.errors import KubenetmonError
 from kubenetmon.processors.k8s_attributes.index import ClusterIndex, NodeInfo, ObjectParser, PodInfo
 from kubenetmon.telemetry.metrics import ComponentMetrics
+
+T = TypeVar("T")
 
 __all__ = ["InventoryError", "StaticSource", "load_inventory"]
 
@@ -116,39 +119,34 @@ def load_inventory(
             raise InventoryError(f"static inventory {path}: items[{i}] has kind {kind!r}; "
                                  "only Pod, Node and ReplicaSet are understood")
         sections[kinds[kind]].append((f"items[{i}]", item))
-    pods: list[PodInfo] = []
-    nodes: list[NodeInfo] = []
-    replicasets: list[tuple[str, tuple[str, str] | None]] = []
-    for place, entry in sections["pods"]:
-        where = f"static inventory {path}: {place}"
-        if not isinstance(entry, dict):
-            raise InventoryError(f"{where}: expected a mapping, got {entry!r}")
-        try:
-            pods.append(parser.pod(_pod_object(entry, where)))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise InventoryError(f"{where}: malformed pod ({exc!r})") from exc
-    for place, entry in sections["nodes"]:
-        where = f"static inventory {path}: {place}"
-        if not isinstance(entry, dict):
-            raise InventoryError(f"{where}: expected a mapping, got {entry!r}")
-        try:
-            nodes.append(parser.node(_node_object(entry, where)))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise InventoryError(f"{where}: malformed node ({exc!r})") from exc
-    for place, entry in sections["replicasets"]:
-        where = f"static inventory {path}: {place}"
-        if not isinstance(entry, dict):
-            raise InventoryError(f"{where}: expected a mapping, got {entry!r}")
+    def replicaset(entry: dict[str, Any], where: str) -> tuple[str, tuple[str, str] | None]:
         rs = entry
         if "metadata" not in entry:
             _check_short(entry, _RS_KEYS, where)
             rs = {"metadata": {"name": entry["name"], "namespace": entry.get("namespace") or "default",
                                "ownerReferences": _owner_refs(entry, where)}}
-        try:
-            replicasets.append(parser.replicaset(rs))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise InventoryError(f"{where}: malformed replicaset ({exc!r})") from exc
+        return parser.replicaset(rs)
+
+    pods = _parse_each(path, sections["pods"], "pod", lambda e, w: parser.pod(_pod_object(e, w)))
+    nodes = _parse_each(path, sections["nodes"], "node", lambda e, w: parser.node(_node_object(e, w)))
+    replicasets = _parse_each(path, sections["replicasets"], "replicaset", replicaset)
     return pods, nodes, replicasets
+
+
+def _parse_each(
+    path: str | Path, entries: list[tuple[str, Any]], what: str, parse: Callable[[dict[str, Any], str], T]
+) -> list[T]:
+    """Parse every entry of one inventory section; errors name the file, the entry and what is wrong."""
+    parsed: list[T] = []
+    for place, entry in entries:
+        where = f"static inventory {path}: {place}"
+        if not isinstance(entry, dict):
+            raise InventoryError(f"{where}: expected a mapping, got {entry!r}")
+        try:
+            parsed.append(parse(entry, where))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InventoryError(f"{where}: malformed {what} ({exc!r})") from exc
+    return parsed
 
 
 class StaticSource:
