@@ -9,13 +9,22 @@ takes a ``flock`` on ``<path>/status``, and a second process gets an opaque
 process every user of a path (exporters, the report command) shares one
 session, released when the last user closes it, and a failure to open is
 diagnosed by probing that lock ourselves.
+
+The engine writes its own diagnostics (e.g. why a table could not be attached
+after a storage fault) straight to file descriptor 2, bypassing Python. Opening
+it therefore redirects fd 2 into a temporary file and logs what the engine
+wrote through this module's logger, so that a JSON log stays JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +34,8 @@ from kubenetmon.errors import KubenetmonError
 from kubenetmon.exporters.clickhouse.config import ClickHouseConfig
 
 __all__ = ["ChdbPathInUseError", "Connection", "Target", "connect", "parse_endpoint", "read_secret"]
+
+log = logging.getLogger(__name__)
 
 
 class ChdbPathInUseError(KubenetmonError):
@@ -195,7 +206,8 @@ def _open_chdb(path: str) -> Any:
     if path != ":memory:":
         Path(path).mkdir(parents=True, exist_ok=True)
     try:
-        return clickhouse_connect.get_client(interface="chdb", path=path)
+        with _engine_stderr_logged(path):
+            return clickhouse_connect.get_client(interface="chdb", path=path)
     except ImportError as exc:
         raise KubenetmonError(
             "chdb:// endpoints need the embedded engine: pip install 'kubenetmon[chdb]' (the chdb package)"
@@ -215,6 +227,33 @@ def _open_chdb(path: str) -> Any:
                 "give this one its own path, or use a ClickHouse server shared by both"
             ) from exc
         raise
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _engine_stderr_logged(path: str) -> Iterator[None]:
+    """Send what the engine writes to fd 2 during the block to the log instead.
+
+    fd 2 is process-wide: another thread writing to stderr meanwhile is captured
+    too and logged here (not lost). Opens are rare (start, recovery), so the
+    window is short.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.warning("embedded ClickHouse (chDB) at %s: %s", path, line.strip())
 
 
 def _lock_holder(path: str) -> str | None:

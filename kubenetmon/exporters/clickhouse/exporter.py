@@ -18,7 +18,7 @@ from typing import Any
 
 from kubenetmon.component import CreateSettings
 from kubenetmon.errors import KubenetmonError, PermanentError, RetryableError
-from kubenetmon.exporterhelper import Block, QueuedExporter
+from kubenetmon.exporterhelper import Block, QueuedExporter, backoff_intervals
 from kubenetmon.exporters.clickhouse.config import ClickHouseConfig
 from kubenetmon.exporters.clickhouse.connection import Connection, connect
 from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES, COLUMN_TYPES, PreparedRows, RowMapper
@@ -90,6 +90,10 @@ class ClickHouseExporter(QueuedExporter):
         # Columns of blocks being retried: a retry re-sends without re-mapping.
         self._prepared: OrderedDict[str, PreparedRows] = OrderedDict()
         self._prepared_lock = threading.Lock()
+        # Why the embedded engine cannot be opened now (None: it can); /ready reports it.
+        self._engine_problem: str | None = None
+        self._reopener: threading.Thread | None = None
+        self._stopping = threading.Event()
         m = settings.metrics
         self.m_rows = m.counter("clickhouse_rows_inserted_total", "Rows inserted into ClickHouse.")
         self.m_blocks = m.counter("clickhouse_blocks_inserted_total", "Insert statements (blocks) acknowledged.")
@@ -102,6 +106,10 @@ class ClickHouseExporter(QueuedExporter):
         )
         self.m_failures = m.counter(
             "clickhouse_insert_failures_total", "Failed insert attempts, by kind (retryable, permanent).", ["kind"]
+        )
+        self.m_engine_open_failures = m.counter(
+            "clickhouse_engine_open_failures_total",
+            "Failed attempts to open the embedded engine (chDB); retried with backoff, /ready is false meanwhile.",
         )
         self.m_insert_latency = m.histogram(
             "clickhouse_insert_latency_seconds",
@@ -118,7 +126,11 @@ class ClickHouseExporter(QueuedExporter):
     def _connection(self) -> Connection:
         with self._conn_lock:
             if self._conn is None:
-                self._conn = self.make_connection()
+                try:
+                    self._conn = self.make_connection()
+                except Exception as exc:
+                    self._engine_failed(exc)
+                    raise
                 self._ready_schema = False
             if not self._ready_schema:
                 conn = self._conn
@@ -127,7 +139,38 @@ class ClickHouseExporter(QueuedExporter):
                 for warning in check_table(conn.client, conn.database, self.config.table):
                     self.log.warning("%s", warning)
                 self._ready_schema = True
+            if self._engine_problem is not None:
+                self.log.info("embedded ClickHouse (chDB) opened again; ready")
+                self._engine_problem = None
             return self._conn
+
+    def _engine_failed(self, exc: Exception) -> None:
+        """An open of the embedded engine failed: count, log once per outage, re-open in the background."""
+        if not self.config.is_embedded() or isinstance(exc, KubenetmonError):
+            return
+        self.m_engine_open_failures.inc()
+        first = self._engine_problem is None
+        self._engine_problem = f"embedded ClickHouse (chDB) cannot be opened: {exc}"
+        if first:
+            self.log.error("%s; retrying with backoff, not ready until it opens", self._engine_problem)
+        if self._reopener is None or not self._reopener.is_alive():
+            self._reopener = threading.Thread(
+                target=self._reopen, name=f"{self.settings.id}-reopen", daemon=True
+            )
+            self._reopener.start()
+
+    def _reopen(self) -> None:
+        """Re-open the engine with the retry backoff (forever) until it opens or shutdown starts.
+
+        Without this, /ready would stay false after the storage recovers
+        until the next block happens to try an insert.
+        """
+        waits = backoff_intervals(self.helper_config.retry_on_failure.model_copy(update={"max_elapsed_time": 0}))
+        while self._engine_problem is not None and not self._stopping.wait(next(waits)):
+            try:
+                self._connection()
+            except Exception as exc:
+                self.log.debug("embedded ClickHouse (chDB) still cannot be opened: %s", exc)
 
     def open(self) -> None:
         try:
@@ -135,6 +178,10 @@ class ClickHouseExporter(QueuedExporter):
         except KubenetmonError:
             raise  # schema mismatch, chDB path in use, bad credentials file: refuse to start
         except Exception as exc:
+            if self._engine_problem is not None:
+                # A storage fault (e.g. a read-only table directory) is not a config
+                # error: start not ready, queue batches, re-open in the background.
+                return
             if self.config.is_embedded() or isinstance(classify_error(exc), PermanentError):
                 raise
             # A server outage at start must not stop the gateway: batches queue
@@ -143,7 +190,13 @@ class ClickHouseExporter(QueuedExporter):
             self.log.warning("ClickHouse not reachable at start (%s); will retry on the first insert", exc)
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._reopener is not None:
+            self._reopener.join(5.0)
         self._drop_connection()
+
+    def is_ready(self) -> bool:
+        return super().is_ready() and self._engine_problem is None
 
     def _drop_connection(self) -> None:
         with self._conn_lock:
@@ -201,8 +254,11 @@ class ClickHouseExporter(QueuedExporter):
             err = classify_error(exc)
             kind = "permanent" if isinstance(err, PermanentError) else "retryable"
             self.m_failures.labels(kind=kind).inc()
-            if kind == "retryable":
-                self._drop_connection()  # reconnect (and re-check the schema) next time
+            if kind == "retryable" and not self.config.is_embedded():
+                # Reconnect (and re-check the schema) next time. Not the embedded
+                # engine: it is not a connection, and re-opening it while its
+                # storage is faulty fails where the open engine recovers by itself.
+                self._drop_connection()
             else:
                 self._forget(block.id)
             raise err from exc
