@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from kubenetmon.config.safe_yaml import UnsafeYAMLError, load_yaml
 from kubenetmon.errors import ConfigError, ConfigProblem
 
 __all__ = ["expand_env", "load_files", "merge"]
@@ -17,6 +18,9 @@ __all__ = ["expand_env", "load_files", "merge"]
 # ``$$`` (a literal dollar), ``${env:NAME}``, ``${NAME}``, each optionally ``:-default``.
 _REF = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _BAD_REF = re.compile(r"\$\{[^}]*\}?")
+
+# Configs are a few KiB; a file this large is the wrong file, and reading it whole would cost memory.
+MAX_CONFIG_BYTES = 16 << 20
 
 
 def _expand_string(value: str, path: str, env: Mapping[str, str], problems: list[ConfigProblem]) -> str:
@@ -93,12 +97,21 @@ def load_files(paths: Sequence[str | Path]) -> dict[str, Any]:
     problems: list[ConfigProblem] = []
     for path in paths:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                body = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             problems.append(ConfigProblem("", f"cannot read config file {str(path)!r}: {exc.strerror}"))
             continue
+        if len(body) > MAX_CONFIG_BYTES:
+            problems.append(ConfigProblem(
+                "", f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it the right file?"
+            ))
+            continue
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(body)
+        except UnsafeYAMLError as exc:
+            problems.append(ConfigProblem("", f"config file {str(path)!r} {exc}"))
+            continue
         except yaml.YAMLError as exc:
             problems.append(ConfigProblem("", f"config file {str(path)!r} is not valid YAML: {exc}"))
             continue
