@@ -4,7 +4,9 @@ Shared by the ``otlp`` exporter (agent → gateway, gateway → any OTLP
 backend), the ``otlp`` receiver (gateway) and benchmarks.
 
 * :func:`encode_records` / :func:`encode_records_bytes` — §4.1, what the agent sends.
-* :func:`decode_records` / :func:`decode_records_bytes` — §4.1, what the gateway reads.
+* :func:`decode_records` / :func:`decode_records_bytes` — §4.1, what the gateway reads
+  (:class:`DecodeLimits`: times and deltas it accepts; :func:`decode_records_slow`
+  is the message-API reference the fast path must agree with).
 * :func:`encode_flows` / :func:`encode_flows_bytes` — §4.4, attributed flows for any backend.
 
 The ``*_bytes`` variants skip building protobuf objects: the exporter sends
@@ -19,17 +21,20 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from kubenetmon.flows import ConntrackRecord, Flow
 from kubenetmon.otlp import _contract as contract
-from kubenetmon.otlp._decode_records import DecodeResult, decode_records, decode_records_bytes
+from kubenetmon.otlp._decode_records import DecodeResult, decode_records, decode_records_bytes, decode_records_slow
 from kubenetmon.otlp._encode_flows import FLOW_ATTRIBUTES, encode_flows_bytes
 from kubenetmon.otlp._encode_records import encode_records_bytes
+from kubenetmon.otlp._limits import DecodeLimits
 
 __all__ = [
     "FLOW_ATTRIBUTES",
+    "DecodeLimits",
     "DecodeResult",
     "ExportMetricsServiceRequest",
     "contract",
     "decode_records",
     "decode_records_bytes",
+    "decode_records_slow",
     "encode_flows",
     "encode_flows_bytes",
     "encode_records",

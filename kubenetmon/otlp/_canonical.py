@@ -19,6 +19,7 @@ from kubenetmon.otlp._checks import (
     _ADDRESSES,
     _NETWORK_TYPES,
     _TRANSPORTS,
+    ByteBoundedCache,
     _NotCanonical,
     _Reject,
     _tuple_key,
@@ -104,10 +105,11 @@ def _varint_value(data: bytes) -> int:
 
 # Attribute block → validated tuple key (or the rejection). Long-lived
 # connections show up in every interval with the same bytes, so this saves
-# most of the parsing in steady state. Bounded; dict operations are atomic
-# under the GIL, which is all the receiver's threads need.
-_TUPLES: dict[bytes, Any] = {}
-_TUPLES_LIMIT = 200_000
+# most of the parsing in steady state. Bounded by bytes: a block is at most
+# ~400 bytes (the pattern caps addresses at 45 characters) and its key
+# tuple shares its strings with _ADDRESSES, so 64 MiB hold ~100k tuples.
+TUPLE_CACHE_BYTES = 64 * 1024 * 1024
+_TUPLES = ByteBoundedCache(TUPLE_CACHE_BYTES)
 
 
 _PORTS: dict[bytes, int] = {}

@@ -14,8 +14,9 @@ from typing import Any
 
 from kubenetmon.flows import ConntrackRecord
 from kubenetmon.otlp import _contract as c
+from kubenetmon.otlp._limits import MAX_ADDRESS_BYTES
 
-__all__ = ["DecodeResult"]
+__all__ = ["ByteBoundedCache", "DecodeResult"]
 
 
 @dataclass
@@ -66,7 +67,37 @@ class _NotCanonical(Exception):
 # --- addresses and ports ---------------------------------------------------------------
 
 
-class _Addresses(dict[str, str | None]):
+class ByteBoundedCache(dict[Any, Any]):
+    """A dict emptied when the bytes it holds pass ``budget`` (issue 16: bounded by size, not count).
+
+    ``put`` charges an estimate of what an entry keeps alive; callers bound
+    the size of keys before caching them. Emptying all at once is cheap and
+    keeps lookups plain dict hits; ``clears`` counts how often it happened.
+    Dict operations are atomic under the GIL, which is all the receiver's
+    threads need (a race can only over- or under-charge an estimate).
+    """
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.nbytes = 0
+        self.clears = 0
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if self.nbytes + size > self.budget:
+            self.clear()
+            self.nbytes = 0
+            self.clears += 1
+        self[key] = value
+        self.nbytes += size
+
+
+# Bytes an entry keeps alive besides its key's own length (dict slot, str
+# or bytes headers, the value): measured with sys.getsizeof, rounded up.
+_ENTRY_OVERHEAD = 200
+
+
+class _Addresses(ByteBoundedCache):
     """Address text → canonical ``inet_ntop`` form, or None when not an IP address."""
 
     def __missing__(self, text: str) -> str | None:
@@ -76,20 +107,33 @@ class _Addresses(dict[str, str | None]):
             canonical = socket.inet_ntop(family, socket.inet_pton(family, text))
         except (OSError, ValueError):
             canonical = None
-        self[text] = canonical
+        self.put(text, canonical, 2 * len(text) + _ENTRY_OVERHEAD)
         return canonical
 
 
-_ADDRESSES = _Addresses()
-_ADDRESS_CACHE_LIMIT = 200_000
+ADDRESS_CACHE_BYTES = 32 * 1024 * 1024
+_ADDRESSES = _Addresses(ADDRESS_CACHE_BYTES)
+
+
+def _show(text: str, limit: int = 64) -> str:
+    """``repr`` of a sender's value, cut before it is built: values can be megabytes."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _address(text: str, network_type: str, key: str) -> str:
-    canonical = _ADDRESSES[text]
+    if len(text) > MAX_ADDRESS_BYTES:
+        # Never parsed nor cached: twenty 20 MiB strings once grew RSS by 600 MiB.
+        raise _Reject(
+            "attribute_too_long",
+            f"attribute {key} is {len(text)} characters; an address has at most {MAX_ADDRESS_BYTES}",
+        )
+    canonical: str | None = _ADDRESSES[text]
     if canonical is None:
-        raise _Reject("bad_address", f"attribute {key}={text!r} is not an IP address")
+        raise _Reject("bad_address", f"attribute {key}={_show(text)} is not an IP address")
     if (":" in canonical) != (network_type == "ipv6"):
-        raise _Reject("bad_address", f"attribute {key}={text!r} is not an {network_type} address")
+        raise _Reject("bad_address", f"attribute {key}={_show(text)} is not an {network_type} address")
     return canonical
 
 
@@ -126,9 +170,9 @@ def _tuple_key(slots: list[Any]) -> tuple[Any, ...]:
         if slots[i] is None:
             raise _Reject("missing_attribute", f"data point has no {_SLOT_NAMES[i]} attribute")
     if transport not in _TRANSPORTS:
-        raise _Reject("bad_attribute_value", f"network.transport={transport!r} is not tcp or udp")
+        raise _Reject("bad_attribute_value", f"network.transport={_show(transport)} is not tcp or udp")
     if network_type not in _NETWORK_TYPES:
-        raise _Reject("bad_attribute_value", f"network.type={network_type!r} is not ipv4 or ipv6")
+        raise _Reject("bad_attribute_value", f"network.type={_show(network_type)} is not ipv4 or ipv6")
     reply_present = [slots[i] is not None for i in (6, 7, 8, 9)]
     if any(reply_present) and not all(reply_present):
         raise _Reject(
@@ -149,19 +193,12 @@ def _tuple_key(slots: list[Any]) -> tuple[Any, ...]:
 
 
 def _read_point_slow(dp: Any) -> tuple[tuple[Any, ...], bool, int, int, int]:
-    """(tuple key, is_reply, start, end, value) of one data point, or _Reject."""
-    which = dp.WhichOneof("value")
-    if which != "as_int":
-        raise _Reject("wrong_value_type", f"data point value is {which or 'missing'}; the contract sends as_int")
-    value = dp.as_int
-    if value < 0:
-        raise _Reject("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
-    start, end = dp.start_time_unix_nano, dp.time_unix_nano
-    if not start or not end or start > end:
-        raise _Reject(
-            "bad_interval",
-            f"start_time_unix_nano={start} time_unix_nano={end}: both are required and start <= time",
-        )
+    """(tuple key, is_reply, start, end, value) of one data point, or _Reject.
+
+    Checks run in the fast path's order (attributes, then times and value are
+    the caller's) so that a point breaking several rules gets the same reason
+    on both paths.
+    """
     slots: list[Any] = [None] * 11
     for kv in dp.attributes:
         key = kv.key
@@ -185,9 +222,12 @@ def _read_point_slow(dp: Any) -> tuple[tuple[Any, ...], bool, int, int, int]:
     elif direction == c.DIRECTION_REPLY:
         is_reply = True
     else:
+        shown = direction if direction is None else _show(direction)
         raise _Reject(
-            "bad_direction", f"kubenetmon.conntrack.direction={direction!r} is not original or reply"
+            "bad_direction", f"kubenetmon.conntrack.direction={shown} is not original or reply"
         )
-    return _tuple_key(slots), is_reply, start, end, value
-
-
+    key_ = _tuple_key(slots)
+    which = dp.WhichOneof("value")
+    if which != "as_int":
+        raise _Reject("wrong_value_type", f"data point value is {which or 'missing'}; the contract sends as_int")
+    return key_, is_reply, dp.start_time_unix_nano, dp.time_unix_nano, dp.as_int

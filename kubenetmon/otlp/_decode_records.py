@@ -16,10 +16,12 @@ Both reject single data points, never a whole request.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from kubenetmon.flows import ConntrackRecord
@@ -31,21 +33,24 @@ from kubenetmon.otlp._canonical import (
     _SUM_TRAILER,
     _TIMES,
     _TUPLES,
-    _TUPLES_LIMIT,
     _fields,
     _parse_attrs,
 )
 from kubenetmon.otlp._checks import (
-    _ADDRESS_CACHE_LIMIT,
-    _ADDRESSES,
+    _ADDRESSES,  # noqa: F401 (benchmarks clear it)
+    _ENTRY_OVERHEAD,
     DecodeResult,
     _NotCanonical,
     _read_point_slow,
     _Reject,
     _Rejections,
+    _show,
 )
+from kubenetmon.otlp._limits import MAX_NODE_NAME_BYTES, DecodeLimits
 
-__all__ = ["DecodeResult", "decode_records", "decode_records_bytes"]
+__all__ = ["DecodeLimits", "DecodeResult", "decode_records", "decode_records_bytes"]
+
+_DEFAULT_LIMITS = DecodeLimits()
 
 _COUNTERS = {c.METRIC_BYTES: 11, c.METRIC_PACKETS: 12}  # index of the original-direction counter
 _REPLY_OFFSET = 2  # reply_bytes = original_bytes + 2, in ConntrackRecord's field order
@@ -61,9 +66,13 @@ def _node_of(resource: Any) -> str:
         if kv.key == c.RESOURCE_NODE_NAME:
             if kv.value.WhichOneof("value") != "string_value":
                 raise _Reject("missing_node", "resource attribute k8s.node.name must be a string")
-            if not kv.value.string_value:
+            name = str(kv.value.string_value)
+            if not name:
                 break
-            return str(kv.value.string_value)
+            if len(name) > MAX_NODE_NAME_BYTES:
+                raise _Reject("bad_node", f"k8s.node.name {_show(name)} is longer than {MAX_NODE_NAME_BYTES} "
+                              "characters, the limit of a Kubernetes node name")
+            return name
     raise _Reject("missing_node", "resource has no k8s.node.name attribute (the observing node)")
 
 
@@ -71,16 +80,16 @@ _COUNTERS_RAW = {name.encode(): index for name, index in _COUNTERS.items()}
 
 
 class _Decoder:
-    def __init__(self, fast: bool) -> None:
+    def __init__(self, fast: bool, limits: DecodeLimits | None = None, now_ns: int | None = None) -> None:
         self.fast = fast
+        self.limits = limits or _DEFAULT_LIMITS
+        self.now_ns = time.time_ns() if now_ns is None else now_ns
         self.rejections = _Rejections()
         self.accs: dict[tuple[Any, ...], list[Any]] = {}
         self.accepted = 0
         self.nodes: dict[str, None] = {}
 
     def run(self, request: Any) -> DecodeResult:
-        if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
-            _ADDRESSES.clear()
         for rm in request.resource_metrics:
             try:
                 node = _node_of(rm.resource)
@@ -96,7 +105,9 @@ class _Decoder:
         return self._result()
 
     def _result(self) -> DecodeResult:
-        records = [ConntrackRecord(*acc) for acc in self.accs.values() if acc[11] or acc[12] or acc[13] or acc[14]]
+        records = [
+            ConntrackRecord(*acc[:17]) for acc in self.accs.values() if acc[11] or acc[12] or acc[13] or acc[14]
+        ]
         rej = self.rejections
         return DecodeResult(
             records=records,
@@ -113,14 +124,16 @@ class _Decoder:
         Only for requests in the encoder's exact layout; anything else raises
         _NotCanonical and the caller parses the request instead.
         """
-        if len(_ADDRESSES) > _ADDRESS_CACHE_LIMIT:
-            _ADDRESSES.clear()
         try:
             for _, rm_start, rm_end in _fields(data, 0, len(data), (0x0A,)):
                 node = ""
                 fast_keys: dict[tuple[bytes, bytes], Any] = {}
-                for tag, start, end in _fields(data, rm_start, rm_end, (0x0A, 0x12, 0x1A)):
+                # Only what the encoder writes (no schema_url); a repeated
+                # resource would be merged by protobuf: the slow path does that.
+                for tag, start, end in _fields(data, rm_start, rm_end, (0x0A, 0x12)):
                     if tag == 0x0A:
+                        if node:
+                            raise _NotCanonical
                         try:
                             node = _node_of(Resource.FromString(data[start:end]))
                         except (_Reject, DecodeError):
@@ -137,16 +150,32 @@ class _Decoder:
     def _scope_raw(
         self, data: bytes, start: int, end: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]
     ) -> None:
-        for tag, m_start, m_end in _fields(data, start, end, (0x0A, 0x12, 0x1A)):
-            if tag != 0x12:
-                continue  # scope, schema_url
+        for tag, m_start, m_end in _fields(data, start, end, (0x0A, 0x12)):
+            if tag == 0x0A:
+                # The scope is not used, but protobuf would refuse the request
+                # for a bad one (invalid UTF-8): so must the fast path.
+                try:
+                    InstrumentationScope.FromString(data[m_start:m_end])
+                except DecodeError:
+                    raise _NotCanonical from None
+                continue
             base = None
             sum_bytes = b""
-            for ftag, f_start, f_end in _fields(data, m_start, m_end, (0x0A, 0x12, 0x1A, 0x3A, 0x62)):
+            seen = 0
+            for ftag, f_start, f_end in _fields(data, m_start, m_end, (0x0A, 0x12, 0x1A, 0x3A)):
+                bit = 1 << (ftag >> 3)
+                if seen & bit:
+                    raise _NotCanonical  # repeated: protobuf merges (a second Sum adds points)
+                seen |= bit
                 if ftag == 0x0A:
                     base = _COUNTERS_RAW.get(data[f_start:f_end])
                 elif ftag == 0x3A:
                     sum_bytes = data[f_start:f_end]
+                else:
+                    try:  # description, unit: protobuf refuses invalid UTF-8
+                        data[f_start:f_end].decode()
+                    except UnicodeDecodeError:
+                        raise _NotCanonical from None
             if base is None or not sum_bytes:
                 raise _NotCanonical  # unknown metric, not a Sum: the slow path says which
             self._points_fast(sum_bytes, base, node, fast_keys)
@@ -177,22 +206,37 @@ class _Decoder:
             self._points_slow(s.data_points, base, node)
 
     def _acc(self, node: str, key: tuple[Any, ...], start: int, end: int) -> list[Any]:
+        """The accumulator of one record: its 17 fields, then the cap of each of its four counters."""
         vkey = (node, *key, start, end)
         acc = self.accs.get(vkey)
         if acc is None:
-            acc = self.accs[vkey] = [node, *key, 0, 0, 0, 0, start, end]
+            bytes_cap, packets_cap = self.limits.caps(start, end)
+            acc = self.accs[vkey] = [node, *key, 0, 0, 0, 0, start, end, bytes_cap, packets_cap, bytes_cap,
+                                     packets_cap]
         return acc
 
     def _points_slow(self, points: Any, base: int, node: str) -> None:
         rej = self.rejections
+        limits, now = self.limits, self.now_ns
         for dp in points:
             try:
                 key, is_reply, start, end, value = _read_point_slow(dp)
+                problem = limits.time_problem(start, end, now)
+                if problem is not None:
+                    raise _Reject(*problem)
+                if value < 0:
+                    raise _Reject("negative_value", f"data point value {value} is negative; a monotonic delta "
+                                  "cannot be")
             except _Reject as exc:
                 rej.add(exc.reason, exc.message)
                 continue
             acc = self._acc(node, key, start, end)
-            acc[base + _REPLY_OFFSET if is_reply else base] += value
+            index = base + _REPLY_OFFSET if is_reply else base
+            total = acc[index] + value
+            if total > acc[index + _CAP_OFFSET]:
+                rej.add("impossible_delta", _impossible(value, acc[index + _CAP_OFFSET], start, end))
+                continue
+            acc[index] = total
             self.accepted += 1
 
     def _points_fast(self, data: bytes, base: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
@@ -241,7 +285,12 @@ class _Decoder:
             if value < 0:
                 rej.add("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
                 continue
-            acc[index] += value
+            # The running total, not the point: duplicates of one tuple must not sum past the cap either.
+            total = acc[index] + value
+            if total > acc[index + _CAP_OFFSET]:
+                rej.add("impossible_delta", _impossible(value, acc[index + _CAP_OFFSET], acc[15], acc[16]))
+                continue
+            acc[index] = total
             accepted += 1
         if pos != end:
             raise _NotCanonical
@@ -255,45 +304,61 @@ class _Decoder:
         key = _TUPLES.get(attrs)
         if key is None:
             key = _parse_attrs(attrs)
-            if len(_TUPLES) >= _TUPLES_LIMIT:
-                _TUPLES.clear()
-            _TUPLES[attrs] = key
+            _TUPLES.put(attrs, key, len(attrs) + _ENTRY_OVERHEAD)
         if type(key) is _Reject:
             return key
         start, end = _TIMES.unpack(times)
-        if start > end:
-            return _Reject(
-                "bad_interval",
-                f"start_time_unix_nano={start} time_unix_nano={end}: both are required and start <= time",
-            )
+        problem = self.limits.time_problem(start, end, self.now_ns)
+        if problem is not None:
+            return _Reject(*problem)
         return self._acc(node, key, start, end)
 
 
-def decode_records_bytes(data: bytes) -> DecodeResult:
+def decode_records_bytes(data: bytes, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:
     """:func:`decode_records` on a serialized request (what a server has).
 
     Requests in the encoder's exact layout are read straight from the bytes;
     others are parsed first. Raises ``google.protobuf.message.DecodeError``
     when ``data`` is not an ``ExportMetricsServiceRequest``.
     """
+    limits = limits or _DEFAULT_LIMITS
+    now = time.time_ns() if now_ns is None else now_ns
     try:
-        return _Decoder(fast=True).run_raw(data)
+        return _Decoder(True, limits, now).run_raw(data)
     except _NotCanonical:
         pass
     request = ExportMetricsServiceRequest()
     request.ParseFromString(data)
-    return decode_records(request)
+    return decode_records(request, limits, now)
 
 
-def decode_records(request: Any) -> DecodeResult:
+def decode_records_slow(request: Any, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:
+    """:func:`decode_records` through the message API only: the reference the fast path must match."""
+    now = time.time_ns() if now_ns is None else now_ns
+    return _Decoder(False, limits or _DEFAULT_LIMITS, now).run(request)
+
+
+def _impossible(value: int, cap: int, start: int, end: int) -> str:
+    return (f"data point value {value} brings its tuple's delta over {cap}, more than a link could carry in "
+            f"{max(end - start, 10**9) / 1e9:.3f} s")
+
+
+_CAP_OFFSET = 6  # acc[11..14] counters → acc[17..20] their caps
+
+
+def decode_records(request: Any, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:
     """Read the conntrack records of one ``ExportMetricsServiceRequest`` (DESIGN §4.1).
 
     The original and reply points of one tuple and interval (of both metrics)
     become one :class:`ConntrackRecord` with four counters. A data point that
     breaks the contract is rejected and counted by reason; the rest of the
-    request is still read.
+    request is still read. ``limits`` bound times and deltas (default: no
+    window around now, 400 Gbit/s); ``now_ns`` is the clock they are checked
+    against (default: now).
     """
+    limits = limits or _DEFAULT_LIMITS
+    now = time.time_ns() if now_ns is None else now_ns
     try:
-        return _Decoder(fast=True).run(request)
+        return _Decoder(True, limits, now).run(request)
     except _NotCanonical:
-        return _Decoder(fast=False).run(request)
+        return _Decoder(False, limits, now).run(request)
