@@ -28,19 +28,28 @@ failure modes (§12):
 4. **Counters**: when the local side is src, ``out`` carries the original
    counters and ``in`` the reply counters; when it is dst, the reverse.
 5. **Endpoint fields** from the pod (namespace, name, node, app, instance id,
-   owner) and the zone of its node. A local endpoint without a pod still gets
-   the observing node and its zone.
+   owner, cluster) and the zone of its node. A local endpoint without a pod
+   still gets the observing node and its zone; a remote endpoint that is no
+   known pod or node gets cluster ``UNKNOWN``.
+
+Each address is resolved as of the record's interval (``start_ns``/``end_ns``)
+so that a late record goes to the pod that held the address then, not to a
+pod that got the address since (see ``index.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kubenetmon.flows import ConntrackRecord, Endpoint, Flow
-from kubenetmon.processors.k8s_attributes.index import Attrs, ClusterIndex
+from kubenetmon.processors.k8s_attributes.index import Attrs, ClusterIndex, pick_tenant
 
-__all__ = ["Attributor", "BatchOutcome"]
+__all__ = ["UNKNOWN_CLUSTER", "Attributor", "BatchOutcome"]
+
+# The cluster of a remote endpoint that is no pod or node of a known cluster
+# (the original writes it in remoteCluster; queries filter on it).
+UNKNOWN_CLUSTER = "UNKNOWN"
 
 _OUT = "out"
 _IN = "in"
@@ -62,7 +71,17 @@ class BatchOutcome:
 
 
 class Attributor:
-    """Applies the decision procedure to records, reading a :class:`ClusterIndex`."""
+    """Applies the decision procedure to records, reading one or several :class:`ClusterIndex`.
+
+    ``index`` is the processor's own cluster (named ``cluster``); ``peers`` are
+    the other clusters of the fleet, ``(name, index)``, whose pods and nodes
+    are attributed with their cluster name. An address is looked up in the own
+    index first, then in the peers in order; the first that knows it wins. A
+    remote endpoint that no index knows gets ``cluster = UNKNOWN`` (as the
+    original writes in ``remoteCluster``). Each address is resolved at the
+    record's interval (:meth:`ClusterIndex.tenant`), so records that arrive
+    late still go to the pod that held the address then.
+    """
 
     def __init__(
         self,
@@ -72,12 +91,20 @@ class Attributor:
         keep_node_flows: bool = False,
         keep_unknown_direction: bool = True,
         owners: bool = False,
+        peers: Sequence[tuple[str, ClusterIndex]] = (),
     ) -> None:
         self._index = index
         self._cluster = cluster
         self._keep_node_flows = keep_node_flows
         self._keep_unknown = keep_unknown_direction
         self._owners = owners
+        self._peers = tuple(peers)
+
+    def _observer_cluster(self, node: str) -> str:
+        """Which inventory the observing node belongs to: "" (own) unless only a peer has it."""
+        if not self._peers or self._index.has_node(node):
+            return ""
+        return next((name for name, index in self._peers if index.has_node(node)), "")
 
     def attribute(self, records: Iterable[ConntrackRecord], out: list[Flow]) -> BatchOutcome:
         """Append two flows per kept record to ``out``; return what was dropped and why."""
@@ -85,9 +112,15 @@ class Attributor:
         index = self._index
         pod_by_ip = index.pod_by_ip
         node_by_ip = index.node_by_ip
+        retired_get = index.retired_by_ip.get if index.retired_by_ip else None
+        peers = self._peers
+        zones = {"": index.zone_of, **{name: peer.zone_of for name, peer in peers}}
         zone_of = index.zone_of
-        rs_owner = index.rs_owner if self._owners else None
+        rs_owners = (
+            {"": index.rs_owner, **{name: peer.rs_owner for name, peer in peers}} if self._owners else None
+        )
         cluster = self._cluster
+        observer_cluster: dict[str, str] = {}
         keep_nodes = self._keep_node_flows
         keep_unknown = self._keep_unknown
         append = out.append
@@ -96,17 +129,32 @@ class Attributor:
 
         def endpoint(address: str, port: int, a: Attrs) -> Endpoint:
             owner_kind, owner_name = a.owner_kind, a.owner_name
-            if rs_owner is None:
+            if rs_owners is None:
                 owner_kind = owner_name = ""
             elif a.rs_key:
-                resolved = rs_owner.get(a.rs_key)
+                resolved = rs_owners[a.cluster].get(a.rs_key)
                 if resolved is not None:
                     owner_kind, owner_name = resolved
             node = a.node
+            zone = (zone_of if not a.cluster else zones[a.cluster]).get(node, "") if node else ""
             return Endpoint(
                 address, port, a.pod, a.namespace, node, a.app, a.instance_id,
-                zone_of.get(node, "") if node else "", "", "", cluster, "", "", owner_kind, owner_name,
+                zone, "", "", a.cluster or cluster, "", "", owner_kind, owner_name,
             )
+
+        def peer_node(ip: str) -> Attrs | None:
+            for _, peer in peers:
+                a = peer.node_by_ip.get(ip)
+                if a is not None:
+                    return a
+            return None
+
+        def peer_pod(ip: str, start_ns: int, end_ns: int) -> Attrs | None:
+            for _, peer in peers:
+                a = peer.tenant(ip, start_ns, end_ns)
+                if a is not None:
+                    return a
+            return None
 
         for r in records:
             obs = r.node
@@ -114,6 +162,11 @@ class Attributor:
             dst = r.reply_src
             sa = node_by_ip.get(src)
             da = node_by_ip.get(dst)
+            if peers:
+                if sa is None:
+                    sa = peer_node(src)
+                if da is None:
+                    da = peer_node(dst)
             if sa is not None or da is not None:
                 if not keep_nodes:
                     res.dropped_node_flow += 1
@@ -123,8 +176,16 @@ class Attributor:
                 res.kept_node_flow += 1
             if sa is None:
                 sa = pod_by_ip.get(src)
+                if retired_get is not None and (history := retired_get(src)) is not None:
+                    sa = pick_tenant(sa, history, r.start_ns, r.end_ns)
+                if sa is None and peers:
+                    sa = peer_pod(src, r.start_ns, r.end_ns)
             if da is None:
                 da = pod_by_ip.get(dst)
+                if retired_get is not None and (history := retired_get(dst)) is not None:
+                    da = pick_tenant(da, history, r.start_ns, r.end_ns)
+                if da is None and peers:
+                    da = peer_pod(dst, r.start_ns, r.end_ns)
             if sa is None:
                 misses += 1
             else:
@@ -134,10 +195,19 @@ class Attributor:
             else:
                 hits += 1
 
+            # Which inventory the observing node is in ("" = own); a pod is on the observing
+            # node only if both its node name and its cluster match.
+            if peers:
+                obs_cluster = observer_cluster.get(obs)
+                if obs_cluster is None:
+                    obs_cluster = observer_cluster[obs] = self._observer_cluster(obs)
+            else:
+                obs_cluster = ""
+
             # Flow type (rules 1-6): is the local side the original source?
-            if sa is not None and sa.node == obs:
+            if sa is not None and sa.node == obs and sa.cluster == obs_cluster:
                 local_is_src = True  # rules 1 and 2
-            elif da is not None and da.node == obs:
+            elif da is not None and da.node == obs and da.cluster == obs_cluster:
                 local_is_src = False  # rule 3
             elif sa is None and da is not None and da.node:
                 local_is_src = True  # rule 4
@@ -154,22 +224,25 @@ class Attributor:
 
             if local_is_src:
                 la, ra = sa, da
-                local = (
-                    endpoint(src, r.sport, la) if la is not None
-                    else Endpoint(src, r.sport, "", "", obs, "", "", zone_of.get(obs, ""), "", "", cluster)
-                )
-                remote = endpoint(dst, r.reply_sport, ra) if ra is not None else Endpoint(dst, r.reply_sport)
+                local_address, local_port, remote_address, remote_port = src, r.sport, dst, r.reply_sport
                 out_bytes, out_packets = r.original_bytes, r.original_packets
                 in_bytes, in_packets = r.reply_bytes, r.reply_packets
             else:
                 la, ra = da, sa
-                local = (
-                    endpoint(dst, r.reply_sport, la) if la is not None
-                    else Endpoint(dst, r.reply_sport, "", "", obs, "", "", zone_of.get(obs, ""), "", "", cluster)
-                )
-                remote = endpoint(src, r.sport, ra) if ra is not None else Endpoint(src, r.sport)
+                local_address, local_port, remote_address, remote_port = dst, r.reply_sport, src, r.sport
                 out_bytes, out_packets = r.reply_bytes, r.reply_packets
                 in_bytes, in_packets = r.original_bytes, r.original_packets
+            if la is not None:
+                local = endpoint(local_address, local_port, la)
+            else:  # not a known pod, but seen on the observing node: that node, in its cluster
+                local = Endpoint(
+                    local_address, local_port, "", "", obs, "", "", zones[obs_cluster].get(obs, ""), "", "",
+                    obs_cluster or cluster,
+                )
+            remote = (
+                endpoint(remote_address, remote_port, ra) if ra is not None
+                else Endpoint(remote_address, remote_port, "", "", "", "", "", "", "", "", UNKNOWN_CLUSTER)
+            )
 
             transport = r.transport
             network_type = r.network_type

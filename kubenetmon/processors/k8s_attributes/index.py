@@ -9,18 +9,109 @@ Readers (the hot path, possibly several threads) never lock: they read
 whose single-key reads are atomic in CPython. Writers (one source thread per
 resource) update those dicts in place under a lock, or build new ones and
 swap the references on a re-list.
+
+**Time-aware attribution.** Records can reach the gateway long after their
+interval (an agent queues during a gateway outage), and by then a pod may be
+gone and its IPs given to another pod. So a pod that stops holding an IP
+(deleted, finished, IP changed, or absent from a re-list / static reload)
+leaves a *tenancy* ``(since_ns, until_ns, Attrs)`` in ``retired_by_ip`` for
+``retention_ns``: ``since`` is the pod's creationTimestamp (or when it was
+first seen), ``until`` when the index learnt it ended. Zones of deleted nodes
+and owners of deleted ReplicaSets are kept as long. The store is bounded by
+``max_retired`` tenancies (oldest evicted first, counted in ``evicted``).
+Readers pick among the current holder and the retired tenancies of an IP with
+:func:`pick_tenant`; lists in ``retired_by_ip`` are replaced, never mutated,
+so a reader never sees one half-written.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-__all__ = ["Attrs", "ClusterIndex", "NodeInfo", "ObjectParser", "PodInfo", "canonical_ip"]
+__all__ = [
+    "Attrs", "ClusterIndex", "InvalidObject", "NodeInfo", "ObjectParser", "PodInfo", "Tenancy", "canonical_ip",
+    "pick_tenant",
+]
 
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+_FOREVER = 1 << 62
+
+# (since_ns, until_ns, attrs): one pod's hold on one IP, ended at until_ns.
+Tenancy = tuple[int, int, "Attrs"]
+
+
+class InvalidObject(ValueError):
+    """An API or inventory object has a value of the wrong type; the message names the field."""
+
+
+def _text(value: Any, where: str) -> str:
+    """A string field as a string: numbers and booleans (an unquoted YAML ``12345`` or ``true``) are
+    coerced to their text, so that no int ever reaches a String column; mappings and lists are errors."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise InvalidObject(f"{where} must be a string, got {type(value).__name__}")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidObject(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidObject(f"{where} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    return {_text(k, where): _text(v, f"{where}.{k}") for k, v in _mapping(value, where).items()}
+
+
+def _timestamp_ns(text: str) -> int:
+    """``metadata.creationTimestamp`` (RFC 3339) in ns since the epoch; 0 when absent or unparsable."""
+    if not text:
+        return 0
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000_000)
+    except ValueError:
+        return 0
+
+
+def pick_tenant(current: Attrs | None, retired: list[Tenancy], start_ns: int, end_ns: int) -> Attrs | None:
+    """The holder of an IP during ``[start_ns, end_ns)``: among the current holder (since its
+    creation) and the retired tenancies, the one that overlaps the interval most (ties: the newest);
+    when none overlaps (no times, or older than the retention), the current holder, as without history."""
+    if end_ns <= start_ns:
+        end_ns = start_ns + 1
+    best = current
+    best_overlap = 0
+    best_since = -1
+    if current is not None:
+        overlap = end_ns - max(start_ns, current.created_ns)
+        if overlap > 0:
+            best_overlap, best_since = overlap, current.created_ns
+    for since, until, attrs in retired:
+        overlap = min(end_ns, until) - max(start_ns, since)
+        if overlap > best_overlap or (overlap > 0 and overlap == best_overlap and since > best_since):
+            best, best_overlap, best_since = attrs, overlap, since
+    return best
 
 
 def canonical_ip(text: str) -> str:
@@ -45,7 +136,10 @@ class Attrs:
     resolving it to its Deployment at attribution time.
     """
 
-    __slots__ = ("app", "instance_id", "namespace", "node", "owner_kind", "owner_name", "pod", "rs_key")
+    __slots__ = (
+        "app", "cluster", "created_ns", "instance_id", "namespace", "node", "owner_kind", "owner_name", "pod",
+        "rs_key",
+    )
 
     def __init__(  # noqa: PLR0917 - built positionally on the list path, for speed
         self,
@@ -57,6 +151,8 @@ class Attrs:
         owner_kind: str = "",
         owner_name: str = "",
         rs_key: str = "",
+        cluster: str = "",
+        created_ns: int = 0,
     ) -> None:
         self.pod = pod
         self.namespace = namespace
@@ -66,6 +162,10 @@ class Attrs:
         self.owner_kind = owner_kind
         self.owner_name = owner_name
         self.rs_key = rs_key
+        # The inventory the endpoint belongs to; "" is the processor's own cluster.
+        self.cluster = cluster
+        # When the pod came to be (creationTimestamp, else first seen): the start of its tenancies.
+        self.created_ns = created_ns
 
     def __repr__(self) -> str:
         return f"Attrs(pod={self.namespace}/{self.pod}, node={self.node}, app={self.app})"
@@ -102,11 +202,11 @@ class NodeInfo:
 
     __slots__ = ("addresses", "attrs", "name", "zone")
 
-    def __init__(self, name: str, zone: str, addresses: tuple[str, ...]) -> None:
+    def __init__(self, name: str, zone: str, addresses: tuple[str, ...], cluster: str = "") -> None:
         self.name = name
         self.zone = zone
         self.addresses = addresses
-        self.attrs = Attrs(node=name)
+        self.attrs = Attrs(node=name, cluster=cluster)
 
 
 def _first_label(labels: dict[str, str], names: Sequence[str]) -> str:
@@ -118,7 +218,13 @@ def _first_label(labels: dict[str, str], names: Sequence[str]) -> str:
 
 
 class ObjectParser:
-    """Turns API objects (JSON dicts) into :class:`PodInfo`/:class:`NodeInfo`."""
+    """Turns API objects (JSON dicts) into :class:`PodInfo`/:class:`NodeInfo`.
+
+    Every string field is validated and coerced here (:func:`_text`), for both
+    sources: an unquoted number in a static inventory (``control-plane-id:
+    12345``) becomes ``"12345"``; a mapping or list where a string belongs
+    raises :class:`InvalidObject` naming the field.
+    """
 
     def __init__(
         self,
@@ -127,67 +233,102 @@ class ObjectParser:
         instance_id_labels: Sequence[str] = ("control-plane-id",),
         zone_labels: Sequence[str] = ("topology.kubernetes.io/zone",),
         address_types: Sequence[str] = ("InternalIP",),
+        cluster: str = "",
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._app_labels = tuple(app_labels)
         self._instance_labels = tuple(instance_id_labels)
         self._zone_labels = tuple(zone_labels)
         self._address_types = frozenset(address_types)
+        self._cluster = cluster
+        self._clock = clock
 
     def pod(self, obj: dict[str, Any]) -> PodInfo:
-        md = obj["metadata"]
-        name = md["name"]
-        namespace = md.get("namespace") or ""
-        spec = obj.get("spec") or {}
-        status = obj.get("status") or {}
-        labels = md.get("labels") or {}
-        ips = tuple(canonical_ip(p["ip"]) for p in status.get("podIPs") or () if p.get("ip"))
+        md = _mapping(obj["metadata"], "metadata")
+        name = _text(md["name"], "metadata.name")
+        if not name:
+            raise InvalidObject("metadata.name is empty")
+        namespace = _text(md.get("namespace"), "metadata.namespace")
+        spec = _mapping(obj.get("spec"), "spec")
+        status = _mapping(obj.get("status"), "status")
+        labels = _labels(md.get("labels"), "metadata.labels")
+        ips = tuple(
+            canonical_ip(ip)
+            for i, p in enumerate(_sequence(status.get("podIPs"), "status.podIPs"))
+            if (ip := _text(_mapping(p, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
+        )
         if not ips and status.get("podIP"):
-            ips = (canonical_ip(status["podIP"]),)
+            ips = (canonical_ip(_text(status["podIP"], "status.podIP")),)
         owner_kind = owner_name = rs_key = ""
-        refs = md.get("ownerReferences") or ()
-        ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+        ref = self._controller(md)
         if ref is not None:
-            owner_kind, owner_name = ref.get("kind") or "", ref.get("name") or ""
+            owner_kind, owner_name = ref
             if owner_kind == "ReplicaSet":
                 rs_key = f"{namespace}/{owner_name}"
+        created = _text(md.get("creationTimestamp"), "metadata.creationTimestamp")
         attrs = Attrs(
-            name, namespace, spec.get("nodeName") or "",
+            name, namespace, _text(spec.get("nodeName"), "spec.nodeName"),
             _first_label(labels, self._app_labels), _first_label(labels, self._instance_labels),
-            owner_kind, owner_name, rs_key,
+            owner_kind, owner_name, rs_key, self._cluster, _timestamp_ns(created) or self._clock(),
         )
         return PodInfo(
-            f"{namespace}/{name}", ips, status.get("phase") or "Pending",
-            md.get("creationTimestamp") or "", bool(spec.get("hostNetwork")), attrs,
+            f"{namespace}/{name}", ips, _text(status.get("phase"), "status.phase") or "Pending",
+            created, bool(spec.get("hostNetwork")), attrs,
         )
 
     def node(self, obj: dict[str, Any]) -> NodeInfo:
-        md = obj["metadata"]
-        addresses = tuple(
-            canonical_ip(a["address"])
-            for a in (obj.get("status") or {}).get("addresses") or ()
-            if a.get("type") in self._address_types and a.get("address")
-        )
-        return NodeInfo(md["name"], _first_label(md.get("labels") or {}, self._zone_labels), addresses)
+        md = _mapping(obj["metadata"], "metadata")
+        name = _text(md["name"], "metadata.name")
+        if not name:
+            raise InvalidObject("metadata.name is empty")
+        addresses = []
+        status = _mapping(obj.get("status"), "status")
+        for i, item in enumerate(_sequence(status.get("addresses"), "status.addresses")):
+            a = _mapping(item, f"status.addresses[{i}]")
+            address = _text(a.get("address"), f"status.addresses[{i}].address")
+            if _text(a.get("type"), f"status.addresses[{i}].type") in self._address_types and address:
+                addresses.append(canonical_ip(address))
+        zone = _first_label(_labels(md.get("labels"), "metadata.labels"), self._zone_labels)
+        return NodeInfo(name, zone, tuple(addresses), self._cluster)
 
     @staticmethod
-    def replicaset(obj: dict[str, Any]) -> tuple[str, tuple[str, str] | None]:
+    def _controller(md: dict[str, Any]) -> tuple[str, str] | None:
+        """``(kind, name)`` of the controller ownerReference (else the first one), or None."""
+        refs = _sequence(md.get("ownerReferences"), "metadata.ownerReferences")
+        if not refs:
+            return None
+        ref = next((r for r in refs if isinstance(r, dict) and r.get("controller")), refs[0])
+        ref = _mapping(ref, "metadata.ownerReferences[]")
+        return (_text(ref.get("kind"), "metadata.ownerReferences[].kind"),
+                _text(ref.get("name"), "metadata.ownerReferences[].name"))
+
+    @classmethod
+    def replicaset(cls, obj: dict[str, Any]) -> tuple[str, tuple[str, str] | None]:
         """``(namespace/name, (owner kind, owner name) or None)``."""
-        md = obj["metadata"]
-        refs = md.get("ownerReferences") or ()
-        ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
-        owner = (ref.get("kind") or "", ref.get("name") or "") if ref is not None else None
-        return f"{md.get('namespace') or ''}/{md['name']}", owner
+        md = _mapping(obj["metadata"], "metadata")
+        return cls.key(obj), cls._controller(md)
 
     @staticmethod
     def key(obj: dict[str, Any]) -> str:
-        md = obj["metadata"]
-        return f"{md.get('namespace') or ''}/{md['name']}"
+        md = _mapping(obj["metadata"], "metadata")
+        return f"{_text(md.get('namespace'), 'metadata.namespace')}/{_text(md['name'], 'metadata.name')}"
+
+
+def _same_pod(old: PodInfo, new: PodInfo) -> bool:
+    """Same pod, not one re-created under the same name (a StatefulSet's pod, say) while we did not look."""
+    return old.created == new.created
 
 
 class ClusterIndex:
     """Pods by IP, nodes by address and name, ReplicaSet owners; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        retention_ns: int = 3600 * 1_000_000_000,
+        max_retired: int = 100_000,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self._lock = threading.Lock()
         self._pods: dict[str, PodInfo] = {}
         self._ip_pods: dict[str, list[PodInfo]] = {}  # candidates per IP, for conflict resolution
@@ -197,6 +338,16 @@ class ClusterIndex:
         self.node_by_ip: dict[str, Attrs] = {}
         self.zone_of: dict[str, str] = {}
         self.rs_owner: dict[str, tuple[str, str]] = {}
+        # History for time-aware attribution (module docstring).
+        self.retired_by_ip: dict[str, list[Tenancy]] = {}
+        self._retention_ns = retention_ns
+        self._max_retired = max_retired
+        self._clock = clock
+        # (until_ns, kind, key, value) in the order things ended; kind is "ip", "zone" or "rs".
+        self._expiry: deque[tuple[int, str, str, Any]] = deque()
+        self.retired_count = 0
+        self.evicted = 0  # tenancies dropped before their retention because of max_retired
+        self._rs_live: dict[str, tuple[str, str] | None] = {}  # ReplicaSets that exist now
 
     # ------------------------------------------------------------ counts (metrics)
 
@@ -222,16 +373,74 @@ class ClusterIndex:
     def node(self, name: str) -> NodeInfo | None:
         return self._nodes.get(name)
 
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def tenant(self, ip: str, start_ns: int, end_ns: int) -> Attrs | None:
+        """The pod that held ``ip`` during ``[start_ns, end_ns)`` (see :func:`pick_tenant`)."""
+        current = self.pod_by_ip.get(ip)
+        retired = self.retired_by_ip.get(ip)
+        return current if retired is None else pick_tenant(current, retired, start_ns, end_ns)
+
+    # ------------------------------------------------------------ history
+
+    def _retire(self, pod: PodInfo, ips: Iterable[str], now: int) -> None:
+        """``pod`` stopped holding ``ips`` at ``now`` (lock held)."""
+        attrs = pod.attrs
+        for ip in ips:
+            tenancy: Tenancy = (attrs.created_ns, now, attrs)
+            # Replace, never mutate: readers iterate these lists without a lock.
+            self.retired_by_ip[ip] = [*self.retired_by_ip.get(ip, ()), tenancy]
+            self._expiry.append((now, "ip", ip, tenancy))
+            self.retired_count += 1
+
+    def _retire_zone(self, name: str, now: int) -> None:
+        self._expiry.append((now, "zone", name, None))
+
+    def _expire(self, now: int) -> None:
+        """Forget what ended more than ``retention_ns`` ago, or the oldest beyond ``max_retired`` (lock held)."""
+        horizon = now - self._retention_ns
+        expiry = self._expiry
+        while expiry and (expiry[0][0] <= horizon or self.retired_count > self._max_retired):
+            until, kind, key, value = expiry.popleft()
+            if kind == "ip":
+                self.retired_count -= 1
+                if until > horizon:
+                    self.evicted += 1
+                kept = [t for t in self.retired_by_ip.get(key, ()) if t is not value]
+                if kept:
+                    self.retired_by_ip[key] = kept
+                else:
+                    self.retired_by_ip.pop(key, None)
+            elif kind == "zone":
+                if key not in self._nodes:
+                    self.zone_of.pop(key, None)
+            elif key not in self._rs_live and value is self.rs_owner.get(key):
+                self.rs_owner.pop(key, None)
+
+    def expire(self) -> None:
+        """Drop history past its retention (also done on every write)."""
+        if self._expiry and self._expiry[0][0] <= self._clock() - self._retention_ns:
+            with self._lock:
+                self._expire(self._clock())
+
     # ------------------------------------------------------------ pods
 
     def upsert_pod(self, pod: PodInfo) -> None:
         with self._lock:
+            now = self._clock()
             old = self._pods.get(pod.key)
             touched: set[str] = set()
+            same = old is not None and _same_pod(old, pod)
             if old is not None and old.indexable:
                 for ip in old.ips:
                     self._drop_candidate(self._ip_pods, ip, old)
                     touched.add(ip)
+                # The IPs this pod no longer holds (changed, finished, hostNetwork) end its tenancy.
+                kept = set(pod.ips) if same and pod.indexable else set()
+                self._retire(old, [ip for ip in old.ips if ip not in kept], now)
+            if old is not None and same:
+                pod.attrs.created_ns = min(pod.attrs.created_ns, old.attrs.created_ns)
             self._pods[pod.key] = pod
             if pod.indexable:
                 for ip in pod.ips:
@@ -239,18 +448,24 @@ class ClusterIndex:
                     touched.add(ip)
             for ip in touched:
                 self._resolve_pod_ip(ip)
+            self._expire(now)
 
     def remove_pod(self, key: str) -> None:
         with self._lock:
+            now = self._clock()
             old = self._pods.pop(key, None)
             if old is None or not old.indexable:
                 return
+            self._retire(old, old.ips, now)
             for ip in old.ips:
                 self._drop_candidate(self._ip_pods, ip, old)
                 self._resolve_pod_ip(ip)
+            self._expire(now)
 
     def replace_pods(self, pods: Iterable[PodInfo]) -> None:
-        """Replace every pod (after a full list); readers switch atomically."""
+        """Replace every pod (after a full list or a reload); readers switch atomically.
+
+        A pod absent from the new list, or holding fewer IPs, ended at this call."""
         by_key: dict[str, PodInfo] = {}
         ip_pods: dict[str, list[PodInfo]] = {}
         for pod in pods:
@@ -260,7 +475,19 @@ class ClusterIndex:
                     ip_pods.setdefault(ip, []).append(pod)
         by_ip = {ip: (c[0] if len(c) == 1 else max(c, key=PodInfo.rank)).attrs for ip, c in ip_pods.items()}
         with self._lock:
+            now = self._clock()
+            for key, old in self._pods.items():
+                new = by_key.get(key)
+                if new is not None and not _same_pod(old, new):
+                    new = None  # a pod of the same name created anew: the old one ended
+                if new is not None:
+                    new.attrs.created_ns = min(new.attrs.created_ns, old.attrs.created_ns)
+                if not old.indexable:
+                    continue
+                kept = set(new.ips) if new is not None and new.indexable else set()
+                self._retire(old, [ip for ip in old.ips if ip not in kept], now)
             self._pods, self._ip_pods, self.pod_by_ip = by_key, ip_pods, by_ip
+            self._expire(now)
 
     def _resolve_pod_ip(self, ip: str) -> None:
         candidates = self._ip_pods.get(ip)
@@ -294,16 +521,20 @@ class ClusterIndex:
                 touched.add(ip)
             for ip in touched:
                 self._resolve_node_ip(ip)
+            self._expire(self._clock())
 
     def remove_node(self, name: str) -> None:
         with self._lock:
+            now = self._clock()
             old = self._nodes.pop(name, None)
-            self.zone_of.pop(name, None)
             if old is None:
                 return
+            # The zone stays for the retention: pods of this node may still have records to come.
+            self._retire_zone(name, now)
             for ip in old.addresses:
                 self._drop_candidate(self._ip_nodes, ip, old)
                 self._resolve_node_ip(ip)
+            self._expire(now)
 
     def replace_nodes(self, nodes: Iterable[NodeInfo]) -> None:
         by_name: dict[str, NodeInfo] = {}
@@ -315,7 +546,12 @@ class ClusterIndex:
         by_ip = {ip: c[-1].attrs for ip, c in ip_nodes.items()}
         zones = {n.name: n.zone for n in by_name.values()}
         with self._lock:
+            now = self._clock()
+            for name in self._nodes.keys() - by_name.keys():
+                zones[name] = self.zone_of.get(name, "")
+                self._retire_zone(name, now)
             self._nodes, self._ip_nodes, self.node_by_ip, self.zone_of = by_name, ip_nodes, by_ip, zones
+            self._expire(now)
 
     def _resolve_node_ip(self, ip: str) -> None:
         candidates = self._ip_nodes.get(ip)
@@ -329,6 +565,7 @@ class ClusterIndex:
 
     def upsert_replicaset(self, key: str, owner: tuple[str, str] | None) -> None:
         with self._lock:
+            self._rs_live[key] = owner
             if owner is None:
                 self.rs_owner.pop(key, None)
             else:
@@ -336,9 +573,23 @@ class ClusterIndex:
 
     def remove_replicaset(self, key: str) -> None:
         with self._lock:
-            self.rs_owner.pop(key, None)
+            now = self._clock()
+            self._rs_live.pop(key, None)
+            # The owner stays for the retention: pods of this ReplicaSet may still have records to come.
+            owner = self.rs_owner.get(key)
+            if owner is not None:
+                self._expiry.append((now, "rs", key, owner))
+            self._expire(now)
 
     def replace_replicasets(self, items: Iterable[tuple[str, tuple[str, str] | None]]) -> None:
-        owners = {key: owner for key, owner in items if owner is not None}
+        live = dict(items)
+        owners = {key: owner for key, owner in live.items() if owner is not None}
         with self._lock:
+            now = self._clock()
+            for key in self.rs_owner.keys() - owners.keys():
+                if key not in live:
+                    owners[key] = self.rs_owner[key]
+                    self._expiry.append((now, "rs", key, owners[key]))
+            self._rs_live = live
             self.rs_owner = owners
+            self._expire(now)

@@ -125,7 +125,7 @@ def test_rule5_pod_on_another_node_to_unknown_destination_destination_is_local()
 def test_rule6_both_unknown_is_kept_with_original_source_as_local_by_default() -> None:
     flows, outcome = attribute([record("203.0.113.9", "198.51.100.4")])
     local = Endpoint(address="203.0.113.9", port=40000, node="node-a", availability_zone="za", cluster=CLUSTER)
-    assert_pair(flows, local, Endpoint(address="198.51.100.4", port=80), out=ORIGINAL, in_=REPLY)
+    assert_pair(flows, local, Endpoint(address="198.51.100.4", port=80, cluster="UNKNOWN"), out=ORIGINAL, in_=REPLY)
     assert outcome.kept_unknown_direction == 1
     assert outcome.dropped_unknown_direction == 0
 
@@ -172,7 +172,7 @@ def test_nodeport_with_snat_is_attributed_to_backend_pod_as_local() -> None:
                reply_src="10.2.0.7", reply_sport=8080, reply_dst="10.0.0.2")
     flows, _ = attribute([r])
     local = pod_endpoint("10.2.0.7", 8080, "server-b", "shop", "node-b", "zb", "server", "cp-2")
-    assert_pair(flows, local, Endpoint(address="203.0.113.9", port=50000), out=REPLY, in_=ORIGINAL,
+    assert_pair(flows, local, Endpoint(address="203.0.113.9", port=50000, cluster="UNKNOWN"), out=REPLY, in_=ORIGINAL,
                 observer="node-b")
 
 
@@ -237,7 +237,7 @@ def test_newest_running_pod_wins_an_ip_shared_by_running_pods() -> None:
 def test_failed_pod_alone_on_an_ip_does_not_attribute_it() -> None:
     failed = make_pod("crashed", node="node-b", ip="10.2.0.52", phase="Failed")
     flows, outcome = attribute([record("10.1.0.5", "10.2.0.52")], build_index(extra_pods=[failed]))
-    assert flows[1].remote == Endpoint(address="10.2.0.52", port=80)
+    assert flows[1].remote == Endpoint(address="10.2.0.52", port=80, cluster="UNKNOWN")
     assert outcome.lookup_misses == 1
 
 
