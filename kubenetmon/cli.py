@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from kubenetmon import __version__
 from kubenetmon.config import expand_env, load_files, validate
 from kubenetmon.errors import ComponentStartError, ConfigError, PluginError
 from kubenetmon.plugins import ComponentRegistry, build_plugin_manager, load_components
+from kubenetmon.telemetry.logs import configure_logging
 
 __all__ = ["main", "mask_secrets"]
 
@@ -91,7 +91,6 @@ def _cmd_components(args: argparse.Namespace, registry: ComponentRegistry) -> in
 
 def _cmd_run(args: argparse.Namespace, registry: ComponentRegistry) -> int:
     from kubenetmon.pipeline.service import Service
-    from kubenetmon.telemetry.logs import configure_logging
 
     config, _ = _load(args.config, registry)
     gc.set_threshold(*GC_THRESHOLDS)
@@ -137,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Our own handler, not basicConfig's: `run` replaces it with the configured encoding, so a line is
+    # never printed twice (once plain, once JSON; issue 16 item 11).
+    configure_logging("warning", "console")
     try:
         pm = build_plugin_manager()
         registry = load_components(pm)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,37 @@ def test_run_tunes_the_cyclic_gc_for_flow_bursts(tmp_path: Path, monkeypatch: py
         assert gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.set_threshold(*before)
+
+
+def test_json_logs_print_each_line_once_as_json(tmp_path: Path) -> None:
+    # Issue 16 item 11: main() installed a plain root handler and `run` added the JSON one, so every line
+    # appeared twice, once not JSON.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "receivers: {otlp: {grpc: {endpoint: '127.0.0.1:0'}}}\nexporters: {debug: {}}\n"
+        "service:\n  pipelines: {flows: {receivers: [otlp], exporters: [debug]}}\n"
+        "  telemetry: {metrics: {address: ''}, logs: {level: info, encoding: json}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubenetmon", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "kubenetmon started" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        lines += proc.stderr.read().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, lines
+    entries = [json.loads(line) for line in lines]  # every line is JSON
+    messages = [e["message"] for e in entries]
+    assert any("kubenetmon started" in m for m in messages) and "kubenetmon stopped" in messages
+    assert len(messages) == len(set(messages)), messages
