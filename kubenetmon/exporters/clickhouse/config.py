@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kubenetmon.exporterhelper import BatchConfig, ExporterHelperConfig, RetryConfig
 
-__all__ = ["ClickHouseConfig", "MinuteBatchConfig", "PatientRetryConfig", "TLSConfig"]
+__all__ = ["ClickHouseConfig", "ClusterConfig", "MinuteBatchConfig", "PatientRetryConfig", "TLSConfig"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -31,6 +31,53 @@ class TLSConfig(BaseModel):
     def _key_needs_cert(self) -> TLSConfig:
         if self.key_file and not self.cert_file:
             raise ValueError("key_file is set but cert_file is not; set both for mutual TLS")
+        return self
+
+
+class ClusterConfig(BaseModel):
+    """How the table is laid out on a ClickHouse cluster (docs/scaling.md shows the exact DDL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["single", "replicated", "cloud"] = Field(
+        "single",
+        description="single: one server (or chDB), the shipped DDL with non_replicated_deduplication_window. "
+        "replicated: a self-managed cluster; tables created ON CLUSTER name as Replicated engines (local "
+        "tables named local_table) under a Distributed table keeping the configured table name, inserts "
+        "sent synchronously to the shards. cloud: ClickHouse Cloud; the shipped DDL unchanged (Cloud turns "
+        "it into its shared, replicated engine, which deduplicates inserts itself).",
+    )
+    name: str = Field("", description="Cluster name as in the servers' remote_servers (replicated mode).")
+    local_table: str = Field(
+        "", description="Name of the per-shard Replicated table (replicated mode); empty: '<table>_local'."
+    )
+    zookeeper_path: str = Field(
+        "/clickhouse/tables/{shard}/{database}/{table}",
+        description="Keeper path of the Replicated table; {shard} and {replica} are the servers' macros, "
+        "{database}/{table} are expanded by ClickHouse.",
+    )
+    replica_name: str = Field("{replica}", description="Replica name of the Replicated table (a macro).")
+    sharding_key: str = Field(
+        "cityHash64(localPod, remotePod, localIPv4, remoteIPv4)",
+        description="Sharding key of the Distributed table. Only columns of the sorting key, so rows that "
+        "SummingMergeTree would merge always land on the same shard.",
+    )
+
+    @field_validator("name", "local_table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if value and not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _name_for_replicated(self) -> ClusterConfig:
+        if self.mode == "replicated" and not self.name:
+            raise ValueError("name is required when mode is replicated (the cluster of remote_servers)")
+        if self.mode != "replicated" and (self.name or self.local_table):
+            raise ValueError(f"name and local_table only apply to mode: replicated (mode is {self.mode})")
         return self
 
 
@@ -61,6 +108,14 @@ class ClickHouseConfig(ExporterHelperConfig):
         description="DSN of the target: https://host:8443/db or http://host:8123/db for a server, or "
         "chdb:///abs/path for the embedded engine (one process per path). user:password@ in a server "
         "DSN is accepted but username/password keys are preferred.",
+    )
+    failover_endpoints: list[str] = Field(
+        default_factory=list,
+        description="Further servers (other replicas of the same cluster), tried in order after endpoint "
+        "when a connection cannot be made; each an http(s):// DSN like endpoint.",
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="Table layout: one server, a replicated cluster, or Cloud."
     )
     database: str = Field("", description="Database of the table; empty takes it from the DSN path, else 'default'.")
     table: str = Field("network_flows_0", description="Table the rows go to.")
@@ -139,6 +194,30 @@ class ClickHouseConfig(ExporterHelperConfig):
                 "or chdb:///absolute/path"
             )
         return value
+
+    @field_validator("failover_endpoints")
+    @classmethod
+    def _server_schemes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value.partition("://")[0].lower() not in ("http", "https"):
+                raise ValueError(
+                    f"{value!r} is not a server endpoint: failover endpoints are https://host:8443/db or "
+                    "http://host:8123/db (chDB has no replicas to fail over to)"
+                )
+        return values
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> ClickHouseConfig:
+        if self.is_embedded() and (self.failover_endpoints or self.cluster.mode != "single"):
+            raise ValueError(
+                "failover_endpoints and cluster apply to ClickHouse servers; a chdb:// endpoint is one embedded "
+                "engine: remove them or point endpoint at a server"
+            )
+        return self
+
+    def endpoints(self) -> list[str]:
+        """``endpoint`` then the failover endpoints: the order connections are tried in."""
+        return [self.endpoint, *self.failover_endpoints]
 
     def is_embedded(self) -> bool:
         return self.endpoint.lower().startswith("chdb:")

@@ -125,14 +125,48 @@ class Connection:
 
 
 def connect(config: ClickHouseConfig) -> Connection:
-    """Open a client for ``config.endpoint``. Raises on failure (the caller classifies)."""
-    target = parse_endpoint(config.endpoint)
-    database = config.database or target.database or "default"
-    if target.embedded:
-        return Connection(_SESSIONS.acquire(target.path), target, database)
+    """Open a client for the first reachable of ``config.endpoints()``. Raises on failure (the caller classifies).
+
+    Failover is client-side and in list order: each reconnect (after a failed
+    insert) starts again from ``endpoint``, so traffic returns to it once it is
+    back. Which server takes an insert does not matter for exactness: a
+    retried block carries the same ``insert_deduplication_token``, and
+    Replicated tables deduplicate it across replicas. When every endpoint
+    fails, the last error is raised with the others attached as notes.
+    """
+    first = parse_endpoint(config.endpoint)
+    if first.embedded:
+        database = config.database or first.database or "default"
+        return Connection(_SESSIONS.acquire(first.path), first, database)
+    failures: list[str] = []
+    endpoints = config.endpoints()
+    for i, endpoint in enumerate(endpoints):
+        try:
+            return _connect_server(config, parse_endpoint(endpoint))
+        except Exception as exc:
+            if i == len(endpoints) - 1:
+                for failure in failures:
+                    exc.add_note(failure)
+                raise
+            failures.append(f"{_redacted(endpoint)}: {exc}")
+    raise AssertionError("unreachable: endpoints() is never empty")
+
+
+def _redacted(endpoint: str) -> str:
+    url = urlparse(endpoint)
+    return f"{url.scheme}://{url.hostname}:{url.port}" if url.port else f"{url.scheme}://{url.hostname}"
+
+
+def _connect_server(config: ClickHouseConfig, target: Target) -> Connection:
     import clickhouse_connect
 
+    database = config.database or target.database or "default"
     tls = config.tls
+    # On a replicated cluster the exporter inserts into the Distributed table:
+    # synchronously, so an acknowledged insert is on the shards' Replicated
+    # tables (deduplicated there by its token), not in a local spool that a
+    # deleted server pod would lose.
+    settings = {"insert_distributed_sync": 1} if config.cluster.mode == "replicated" else None
     client = clickhouse_connect.get_client(
         host=target.host,
         port=target.port,
@@ -151,6 +185,7 @@ def connect(config: ClickHouseConfig) -> Connection:
         client_name="kubenetmon",
         # Workers share the client; a session id would serialize them on the server.
         autogenerate_session_id=False,
+        settings=settings,
     )
     return Connection(client, target, database)
 

@@ -17,8 +17,12 @@ from typing import Any
 from clickhouse_connect.driver.binding import quote_identifier
 
 from kubenetmon.errors import KubenetmonError
+from kubenetmon.exporters.clickhouse.config import ClusterConfig
 
-__all__ = ["COLUMNS", "SchemaError", "check_table", "create_table", "render_ddl", "shipped_ddl"]
+__all__ = [
+    "COLUMNS", "SchemaError", "check_table", "create_table", "render_cluster_ddl", "render_ddl",
+    "render_statements", "shipped_ddl",
+]
 
 
 class SchemaError(KubenetmonError):
@@ -67,6 +71,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 _CREATE = re.compile(r"^\s*CREATE TABLE\s+default\.network_flows_0\b")
 _ENGINE = re.compile(r"^ENGINE\s*=\s*(\w+)", re.M)
 _SETTINGS = re.compile(r"^SETTINGS\s+.*$", re.M)
+_ENGINE_CLAUSE = re.compile(r"^ENGINE\s*=\s*(?P<engine>\w+)\((?P<args>.*)\)\s*$", re.M)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def shipped_ddl() -> str:
@@ -91,10 +100,61 @@ def render_ddl(database: str, table: str, deduplication_window: int = 1000) -> s
     return ddl
 
 
-def create_table(client: Any, database: str, table: str, deduplication_window: int) -> None:
-    """Create the database and the table when missing (idempotent)."""
-    client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
-    client.command(render_ddl(database, table, deduplication_window))
+def render_cluster_ddl(database: str, table: str, cluster: ClusterConfig) -> list[str]:
+    """The statements that create the table on a replicated cluster, in order.
+
+    The shipped table becomes ``local_table`` on every server (``ON CLUSTER``),
+    a ``ReplicatedSummingMergeTree`` with the same columns, keys, TTL and
+    settings — Replicated engines deduplicate a retried insert (same
+    ``insert_deduplication_token``) across replicas through Keeper, so no
+    ``non_replicated_deduplication_window``. ``table`` itself, the name users
+    query, becomes a ``Distributed`` table over the local ones, sharded by a
+    function of sorting-key columns only: rows SummingMergeTree would merge
+    always meet on one shard.
+    """
+    if cluster.mode != "replicated":
+        raise ValueError(f"cluster mode {cluster.mode!r} has no cluster DDL; use render_ddl")
+    on = f"ON CLUSTER {quote_identifier(cluster.name)}"
+    local = cluster.local_table or f"{table}_local"
+    ddl = render_ddl(database, local, deduplication_window=0)
+    ddl = ddl.replace(
+        f"{quote_identifier(database)}.{quote_identifier(local)}",
+        f"{quote_identifier(database)}.{quote_identifier(local)} {on}", 1,
+    )
+    engine = _ENGINE_CLAUSE.search(ddl)
+    if engine is None or engine.group("engine") != "SummingMergeTree":
+        raise SchemaError("the shipped DDL's engine is not SummingMergeTree((...)); cannot make it Replicated")
+    replicated = (
+        f"ENGINE = ReplicatedSummingMergeTree({_sql_string(cluster.zookeeper_path)}, "
+        f"{_sql_string(cluster.replica_name)}, {engine.group('args')})"
+    )
+    ddl = ddl[: engine.start()] + replicated + ddl[engine.end():]
+    distributed = (
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(database)}.{quote_identifier(table)} {on}\n"
+        f"AS {quote_identifier(database)}.{quote_identifier(local)}\n"
+        f"ENGINE = Distributed({quote_identifier(cluster.name)}, {quote_identifier(database)}, "
+        f"{quote_identifier(local)}, {cluster.sharding_key})"
+    )
+    return [f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)} {on}", ddl, distributed]
+
+
+def render_statements(database: str, table: str, deduplication_window: int,
+                      cluster: ClusterConfig | None = None) -> list[str]:
+    """Every statement :func:`create_table` runs for this layout, in order."""
+    mode = cluster.mode if cluster is not None else "single"
+    if cluster is not None and mode == "replicated":
+        return render_cluster_ddl(database, table, cluster)
+    # ClickHouse Cloud makes every MergeTree its shared, replicated engine, which
+    # deduplicates by itself; the non-replicated setting is not ours to add there.
+    window = 0 if mode == "cloud" else deduplication_window
+    return [f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}", render_ddl(database, table, window)]
+
+
+def create_table(client: Any, database: str, table: str, deduplication_window: int,
+                 cluster: ClusterConfig | None = None) -> None:
+    """Create the database and the table(s) when missing (idempotent)."""
+    for statement in render_statements(database, table, deduplication_window, cluster):
+        client.command(statement)
 
 
 def _normalise(type_name: str) -> str:
@@ -138,7 +198,9 @@ def check_table(client: Any, database: str, table: str) -> list[str]:
     ).result_rows
     if info:
         engine, engine_full = str(info[0][0]), str(info[0][1])
-        if not engine.startswith("Replicated") and not re.search(
+        # Replicated and Cloud's Shared engines deduplicate by themselves; a Distributed
+        # table forwards to local tables that do (render_cluster_ddl makes them Replicated).
+        if not engine.startswith(("Replicated", "Shared", "Distributed")) and not re.search(
             r"non_replicated_deduplication_window\s*=\s*[1-9]", engine_full
         ):
             warnings.append(
