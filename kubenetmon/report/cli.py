@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -12,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kubenetmon.report.cost import COST_QUERIES, COST_SUMMARY, cost_parameters
+from kubenetmon.report.prices import PriceTable, load_prices
 from kubenetmon.report.queries import QUERIES, Query
 from kubenetmon.report.render import Result, render_csv, render_json, render_table
 
@@ -68,10 +71,13 @@ class ReportWindow:
         }
 
 
-def run_query(client: Any, query: Query, window: ReportWindow) -> Result:
-    """Run one documented query with ``window``'s parameters (server-side binding, no formatting)."""
+def run_query(client: Any, query: Query, window: ReportWindow, extra: dict[str, Any] | None = None) -> Result:
+    """Run one documented query with ``window``'s parameters (server-side binding, no formatting).
+
+    ``extra`` adds parameters of its own (the cost queries' price table).
+    """
     names = set(re.findall(r"\{(\w+):", query.sql))
-    params = {k: v for k, v in window.parameters().items() if k in names}
+    params = {k: v for k, v in {**window.parameters(), **(extra or {})}.items() if k in names}
     answer = client.query(query.sql, parameters=params)
     return Result(query.name, query.title, answer.column_names, answer.result_rows)
 
@@ -103,10 +109,24 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"error: --since ({since:%Y-%m-%d %H:%M:%S}Z) must be before --until ({until:%Y-%m-%d %H:%M:%S}Z)",
               file=sys.stderr)
         return EXIT_USAGE
-    names = [n for n in QUERIES if args.app or not QUERIES[n].needs_app] if args.question == "all" else [
-        args.question
-    ]
-    missing_app = [n for n in names if QUERIES[n].needs_app and not args.app]
+    if args.format == "html":
+        if args.question != "all" or not args.out:
+            print("error: --format html writes the whole picture to a file: give --out FILE and no question",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        names = []
+    elif args.question == "all":
+        names = [n for n in QUERIES if args.app or not QUERIES[n].needs_app]
+    elif args.question == "cost":
+        names = list(COST_SUMMARY)
+    else:
+        names = [args.question]
+    try:
+        prices = load_prices(Path(args.prices) if args.prices else None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing_app = [n for n in names if n in QUERIES and QUERIES[n].needs_app and not args.app]
     if missing_app:
         print(f"error: {', '.join(missing_app)} needs --app (the server app whose replicas to compare)",
               file=sys.stderr)
@@ -132,37 +152,67 @@ def run_report(args: argparse.Namespace) -> int:
         window = ReportWindow(
             since, until, conn.database, args.table, args.namespace, args.app, args.limit, args.step
         )
-        results = [run_query(conn.client, QUERIES[n], window) for n in names]
+        priced = cost_parameters(prices)
+        page = ""
+        if args.format == "html":
+            from kubenetmon.report.html import collect, render_html
+
+            page = render_html(collect(conn.client, window, prices), window, prices)
+        results = [
+            run_query(conn.client, COST_QUERIES[n], window, priced) if n in COST_QUERIES
+            else run_query(conn.client, QUERIES[n], window)
+            for n in names
+        ]
     except Exception as exc:
         print(f"error: query against {config.endpoint} failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         conn.close()
     out = sys.stdout
-    if args.format == "json":
+    costs = any(r.name in COST_QUERIES for r in results)
+    if args.format == "html":
+        try:
+            Path(args.out).write_text(page, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"wrote {args.out} ({len(page.encode()) // 1024} KiB, opens offline in any browser)")
+    elif args.format == "json" and costs:
+        out.write(json.dumps({"prices": _price_summary(prices), **{r.name: r.records() for r in results}},
+                             indent=2, ensure_ascii=False) + "\n")
+    elif args.format == "json":
         out.write(render_json(results))
     elif args.format == "csv":
         out.write(render_csv(results[0]))
     else:
         out.write(f"window: {since:%Y-%m-%d %H:%M:%S}Z .. {until:%Y-%m-%d %H:%M:%S}Z"
                   + (f"  namespace={args.namespace}" if args.namespace else "")
-                  + (f"  app={args.app}" if args.app else "") + "\n\n")
+                  + (f"  app={args.app}" if args.app else "") + "\n"
+                  + (prices.caption() + "\n" if costs else "") + "\n")
         out.write("\n".join(render_table(r) for r in results))
     return EXIT_OK
 
 
+def _price_summary(prices: PriceTable) -> dict[str, Any]:
+    return {"currency": prices.currency, "read": prices.read.isoformat(), "caption": prices.caption(),
+            "sources": {name: cloud.source for name, cloud in prices.clouds.items()}}
+
+
 def add_report_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``kubenetmon report`` on the CLI's subparsers."""
-    questions = "\n".join(f"  {q.name:<16} {q.title}" for q in QUERIES.values())
+    questions = "\n".join(f"  {q.name:<24} {q.title}" for q in (*QUERIES.values(), *COST_QUERIES.values()))
     p = subparsers.add_parser(
         "report",
         help="answer the metering questions (cross-AZ, cloud services, initiators, balance, throughput)",
         description="Query the network_flows_0 table of a ClickHouse server or chDB path. Questions:\n"
-        + questions + "\n  all              every question (replica-balance only with --app)\n"
-        "The SQL is in docs/queries.md.",
+        + questions + "\n  cost                     the four cost-by-* answers, with the price table's date"
+        "\n  all                      every byte question (replica-balance only with --app); the default\n"
+        "Costs use kubenetmon/report/prices/default.yaml unless --prices overrides it. The SQL is in "
+        "docs/queries.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("question", choices=[*QUERIES, "all"], metavar="QUESTION", help="which question (see above)")
+    p.add_argument("question", nargs="?", default="all", choices=[*QUERIES, *COST_QUERIES, "cost", "all"],
+                   metavar="QUESTION", help="which question (see above; default all)")
     p.add_argument("--endpoint", default="", help=f"server DSN (https://user@host:8443/db) or chDB path; "
                    f"default ${_ENDPOINT_ENV}. Credentials: $CLICKHOUSE_USERNAME, $CLICKHOUSE_PASSWORD")
     p.add_argument("--database", default="", help="database of the table (default: from the DSN, else default)")
@@ -174,7 +224,11 @@ def add_report_command(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--limit", type=int, default=20, help="rows per question (where it applies)")
     p.add_argument("--step", type=int, default=60, help="time step of the throughput questions, seconds")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a query may take")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--format", choices=["table", "json", "csv", "html"], default="table",
+                   help="html: one offline page with every chart (needs --out)")
+    p.add_argument("--out", default="", help="file the html format writes")
+    p.add_argument("--prices", default="", help="YAML price overrides (a price table, or a config with a "
+                   "prices: section; e.g. 'discount: 0.2' or 'cross_zone_per_gb: 0.015')")
     p.set_defaults(func=run_report)
 
 

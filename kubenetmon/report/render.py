@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from ipaddress import IPv4Address
 from typing import Any
 
-__all__ = ["Result", "human_bytes", "render_csv", "render_json", "render_table"]
+__all__ = ["Result", "dollars", "human_bytes", "render_csv", "render_json", "render_table"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -49,7 +49,18 @@ def human_bytes(n: float) -> str:
     return f"{value:.1f} PiB"  # pragma: no cover - loop always returns
 
 
+def dollars(value: float) -> str:
+    """USD for people: cents from a dollar up, else enough digits to see small amounts (test clusters)."""
+    if value == 0:
+        return "$0"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.2g}" if abs(value) < 1e-4 else f"${value:.4f}"
+
+
 def _cell(column: str, value: Any) -> str:
+    if isinstance(value, int | float) and column.endswith("_usd"):
+        return dollars(value)
     if isinstance(value, int) and column.endswith("bytes"):
         return human_bytes(value)
     if isinstance(value, int):

@@ -41,6 +41,7 @@ class Connection:
     down: int  # bytes server → client
     minute: int
     klass: str = "INTRA_VPC"
+    flags: tuple[str, ...] = ()  # connectionFlags set true (NAT_GATEWAY: through a managed NAT gateway)
 
 
 CONNECTIONS = (
@@ -48,10 +49,10 @@ CONNECTIONS = (
     Connection(WEB1, 40002, API2, 8080, 3000, 2000, 0),
     Connection(WEB1, 40003, API1, 8080, 400, 600, 1),
     Connection(WEB1, 40005, API3, 8080, 9000, 100, 1),
-    Connection(API1, 50001, INTERNET, 443, 10, 20, 0, "PUBLIC_INTERNET"),
+    Connection(API1, 50001, INTERNET, 443, 10, 20, 0, "PUBLIC_INTERNET", ("NAT_GATEWAY",)),
     Connection(API2, 45000, DB1, 5432, 700, 9000, 1),
     Connection(WEB1, 40004, S3, 443, 700, 90000, 1, "INTRA_REGION"),
-    Connection(DB1, 41000, S3, 443, 123456, 10, 0, "INTRA_REGION"),
+    Connection(DB1, 41000, S3, 443, 123456, 10, 0, "INTRA_REGION", ("NAT_GATEWAY",)),
     Connection(API3, 42000, DYNAMO, 443, 50, 60, 1, "INTRA_REGION"),
     Connection(API1, 46000, CACHE1, 6379, 300, 4000, 0),
     Connection(API2, 46001, CACHE1, 6379, 200, 2500, 1),
@@ -74,7 +75,8 @@ def flows() -> list[Flow]:
             views.append((server, client, c.down, c.up))
         for local, remote, sent, received in views:
             for direction, n in (("out", sent), ("in", received)):
-                out.append(Flow(direction, "tcp", "ipv4", local, remote, n, 1, c.klass, {}, local.node,
+                out.append(Flow(direction, "tcp", "ipv4", local, remote, n, 1, c.klass,
+                                dict.fromkeys(c.flags, True), local.node,
                                 end - 5 * SECOND, end))
     return out
 
