@@ -88,12 +88,27 @@ def http_get(url: str, timeout: float, max_bytes: int = MAX_DOCUMENT_BYTES, meth
         raise FetchError("network_error", f"{url}: {exc!r}") from None
 
 
+# No number in a range document has more digits than this (they are sync tokens and dates at most);
+# Python refuses to convert more than 4,300 digits with a bare ValueError.
+MAX_NUMBER_DIGITS = 40
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"holds a number of {len(text.lstrip('-'))} digits (at most {MAX_NUMBER_DIGITS} expected)")
+    return int(text)
+
+
 def decode_document(source: str, body: bytes) -> list[RangeEntry]:
     """Parse a downloaded or cached document; FetchError(invalid_json|invalid_schema) when it is not one."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FetchError("invalid_json", f"{source}: not JSON ({exc})") from None
+        doc = json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit; a real document nests 5 levels.
+        raise FetchError("invalid_json", f"{source}: not a range document (JSON nested thousands of levels deep)"
+                         ) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, _bounded_int
+        raise FetchError("invalid_json", f"{source}: not JSON we accept ({exc})") from None
     try:
         return parse_source(source, doc)
     except SourceFormatError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -331,3 +332,53 @@ def test_fetch_command_writes_checked_documents_that_an_air_gapped_gateway_loads
                               "--retries", "0", "--url", f"aws={range_server.url('/aws.json')}"])
     assert args.func(args) == 1
     assert not (tmp_path / "x" / STANDARD_FILE_NAMES["aws"]).exists()
+
+
+_DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+_HUGE_NUMBER = b'{"syncToken": ' + b"9" * 5000 + b', "prefixes": []}'
+
+
+@pytest.mark.parametrize(("body", "said"), [(_DEEP_JSON, "nested thousands of levels deep"),
+                                            (_HUGE_NUMBER, "a number of 5000 digits")])
+def test_hostile_range_file_is_counted_and_the_last_good_table_kept(
+    tmp_path: Path, body: bytes, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 16 item 13: these were logged as a crash of the refresh, never counted in refreshes_total.
+    path = tmp_path / STANDARD_FILE_NAMES["aws"]
+    path.write_text(json.dumps(_aws_v("us-east-1")))
+    config = CloudPrefixConfig.model_validate({
+        "sources": {"aws": {"file": str(path)}, "gcp": {"enabled": False}, "google": {"enabled": False},
+                    "azure": {"enabled": False}},
+        "offline": True,
+    })
+    proc = _started(config)
+    try:
+        good = proc.table
+        assert good is not None
+        path.write_bytes(body)
+        os.utime(path, (time.time() + 5, time.time() + 5))  # a changed file is re-read
+        with caplog.at_level(logging.ERROR):
+            assert not proc.refresh_now()
+        assert proc.table is good
+        assert _region_of(proc, "52.0.1.1") == "us-east-1"
+        assert proc._m_refreshes.value(source="aws", result="invalid_json") == 1
+        assert any(str(path) in r.getMessage() and said in r.getMessage() for r in caplog.records)
+    finally:
+        proc.shutdown()
+
+
+def test_hostile_download_is_counted_and_the_cache_kept(range_server: RangeServer, tmp_path: Path) -> None:
+    range_server.serve_json("/aws.json", _aws_v("us-east-1"))
+    proc = _started(_aws_only(range_server, tmp_path))
+    try:
+        assert _wait(proc.is_ready)
+        good = proc.table
+        cached = (tmp_path / "cache" / STANDARD_FILE_NAMES["aws"]).read_bytes()
+        for body in (_DEEP_JSON, _HUGE_NUMBER):
+            range_server.routes["/aws.json"] = Route(body=body)
+            assert not proc.refresh_now()
+        assert proc.table is good
+        assert proc._m_refreshes.value(source="aws", result="invalid_json") == 2
+        assert (tmp_path / "cache" / STANDARD_FILE_NAMES["aws"]).read_bytes() == cached
+    finally:
+        proc.shutdown()
