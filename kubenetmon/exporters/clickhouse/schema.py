@@ -71,6 +71,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 _CREATE = re.compile(r"^\s*CREATE TABLE\s+default\.network_flows_0\b")
 _ENGINE = re.compile(r"^ENGINE\s*=\s*(\w+)", re.M)
 _SETTINGS = re.compile(r"^SETTINGS\s+.*$", re.M)
+_ORDER_BY = re.compile(r"^ORDER BY \((.*)\)\s*$", re.M)
+# Identifiers of an expression that are not function names (not followed by "(").
+_KEY_COLUMN = re.compile(r"\b([A-Za-z_]\w*)\b(?!\s*\()")
 _ENGINE_CLAUSE = re.compile(r"^ENGINE\s*=\s*(?P<engine>\w+)\((?P<args>.*)\)\s*$", re.M)
 
 
@@ -117,6 +120,15 @@ def render_cluster_ddl(database: str, table: str, cluster: ClusterConfig) -> lis
     on = f"ON CLUSTER {quote_identifier(cluster.name)}"
     local = cluster.local_table or f"{table}_local"
     ddl = render_ddl(database, local, deduplication_window=0)
+    order_by = _ORDER_BY.search(ddl)
+    sorting = set(re.findall(r"\w+", order_by.group(1))) if order_by else set()
+    outside = sorted(set(_KEY_COLUMN.findall(cluster.sharding_key)) - sorting)
+    if outside:
+        raise SchemaError(
+            f"sharding_key {cluster.sharding_key!r} uses {', '.join(outside)}, not in the table's ORDER BY: rows "
+            "that SummingMergeTree must merge could land on different shards; use sorting-key columns only, "
+            "e.g. cityHash64(localPod, remotePod)"
+        )
     ddl = ddl.replace(
         f"{quote_identifier(database)}.{quote_identifier(local)}",
         f"{quote_identifier(database)}.{quote_identifier(local)} {on}", 1,
