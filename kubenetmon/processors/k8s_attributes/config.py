@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from kubenetmon.component import ComponentConfig
 
-__all__ = ["K8sAttributesConfig", "KubernetesSourceConfig", "StaticSourceConfig"]
+__all__ = ["K8sAttributesConfig", "KubernetesSourceConfig", "PeerClusterConfig", "StaticSourceConfig"]
 
 
 class KubernetesSourceConfig(ComponentConfig):
@@ -70,6 +70,31 @@ class StaticSourceConfig(ComponentConfig):
     )
 
 
+class PeerClusterConfig(ComponentConfig):
+    """Another cluster of the fleet: its inventory, attributed with its name."""
+
+    name: str = Field(..., min_length=1, description="Cluster name written in local/remote cluster fields.")
+    source: Literal["kubernetes", "static"] = Field(
+        "kubernetes", description="Where this cluster's pods and nodes come from."
+    )
+    kubernetes: KubernetesSourceConfig = Field(
+        default_factory=KubernetesSourceConfig,
+        description="Settings of the kubernetes source (kubeconfig/context of that cluster).",
+    )
+    static: StaticSourceConfig = Field(
+        default_factory=StaticSourceConfig, description="Settings of the static source."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PeerClusterConfig:
+        if self.source == "static" and not self.static.path:
+            raise ValueError(f"clusters: {self.name}: static::path is required when source is 'static'")
+        if self.source == "kubernetes" and not self.kubernetes.kubeconfig:
+            raise ValueError(f"clusters: {self.name}: kubernetes::kubeconfig is required for another cluster "
+                             "(the in-cluster account reaches only the own cluster)")
+        return self
+
+
 class K8sAttributesConfig(ComponentConfig):
     """Attributes conntrack records to pods, nodes and zones (see README.md)."""
 
@@ -117,6 +142,22 @@ class K8sAttributesConfig(ComponentConfig):
     drop_log_interval: float = Field(
         10.0, ge=0, description="At most one log line per drop reason per this many seconds."
     )
+    deleted_retention: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds a deleted (or finished) pod is remembered with its IPs, node zone and owner, "
+        "so that records arriving late (an agent's queue after a gateway outage) are attributed to the pod "
+        "that held the address during their interval. At least the senders' retry/queue window.",
+    )
+    deleted_max: int = Field(
+        100_000, ge=0, description="At most this many remembered (pod, IP) tenancies; the oldest are "
+        "forgotten first (counted in k8s_attributes_deleted_evicted_total).",
+    )
+    clusters: list[PeerClusterConfig] = Field(
+        default_factory=list,
+        description="Other clusters of the fleet, each with its name and inventory: their pods and nodes "
+        "are attributed with their cluster name (remote or local), after the own cluster's.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> K8sAttributesConfig:
@@ -125,4 +166,10 @@ class K8sAttributesConfig(ComponentConfig):
         for name in ("app_labels", "instance_id_labels", "zone_labels"):
             if any(not label for label in getattr(self, name)):
                 raise ValueError(f"{name} must not contain empty label names")
+        names = [c.name for c in self.clusters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"clusters: names must be unique; repeated: {', '.join(duplicates)}")
+        if "UNKNOWN" in names:
+            raise ValueError("clusters: 'UNKNOWN' is reserved for remotes outside every known cluster")
         return self

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from kubenetmon.component import Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import ConntrackRecord, Flow, FlowBatch
-from kubenetmon.processors.k8s_attributes.config import K8sAttributesConfig
+from kubenetmon.processors.k8s_attributes.config import (
+    K8sAttributesConfig,
+    KubernetesSourceConfig,
+    StaticSourceConfig,
+)
 from kubenetmon.processors.k8s_attributes.decision import Attributor, BatchOutcome
 from kubenetmon.processors.k8s_attributes.index import ClusterIndex, ObjectParser
 from kubenetmon.processors.k8s_attributes.kube_source import KubernetesSource
 from kubenetmon.processors.k8s_attributes.static_source import StaticSource
+from kubenetmon.telemetry.metrics import ComponentMetrics
 
 __all__ = ["K8sAttributesProcessor"]
+
+Source = KubernetesSource | StaticSource
+
+
+def _make_source(
+    kind: str,
+    kubernetes: KubernetesSourceConfig,
+    static: StaticSourceConfig,
+    index: ClusterIndex,
+    *,
+    parser: ObjectParser,
+    logger: logging.Logger,
+    metrics: ComponentMetrics,
+    owners: bool,
+) -> Source:
+    if kind == "static":
+        return StaticSource(
+            path=static.path, poll_interval=static.poll_interval, index=index,
+            parser=parser, logger=logger, metrics=metrics,
+        )
+    return KubernetesSource(kubernetes, index, parser, logger, metrics, owners=owners)
 
 
 def _describe(r: ConntrackRecord) -> str:
@@ -35,29 +62,49 @@ class K8sAttributesProcessor:
         self._config = config
         self._next = consumer
         self._log = settings.logger
-        self.index = ClusterIndex()
-        parser = ObjectParser(
-            app_labels=config.app_labels,
-            instance_id_labels=config.instance_id_labels,
-            zone_labels=config.zone_labels,
-            address_types=config.kubernetes.address_types,
+        retention_ns = int(config.deleted_retention * 1_000_000_000)
+        identity_cluster = settings.identity.cluster
+        if any(peer.name == identity_cluster for peer in config.clusters):
+            raise ValueError(f"k8s_attributes: clusters: {identity_cluster!r} is this gateway's own cluster "
+                             "(service::identity::cluster); list only the other clusters")
+
+        def new_index() -> ClusterIndex:
+            return ClusterIndex(retention_ns=retention_ns, max_retired=config.deleted_max)
+
+        def new_parser(cluster: str) -> ObjectParser:
+            return ObjectParser(
+                app_labels=config.app_labels,
+                instance_id_labels=config.instance_id_labels,
+                zone_labels=config.zone_labels,
+                address_types=config.kubernetes.address_types,
+                cluster=cluster,
+            )
+
+        # The own cluster's endpoints carry cluster "" in the index: the attributor writes
+        # service::identity::cluster for them, as before several inventories existed.
+        self.index = new_index()
+        self.source: Source = _make_source(
+            config.source, config.kubernetes, config.static, self.index, parser=new_parser(""),
+            logger=self._log, metrics=settings.metrics, owners=config.owners,
         )
-        self.source: KubernetesSource | StaticSource
-        if config.source == "static":
-            self.source = StaticSource(
-                path=config.static.path, poll_interval=config.static.poll_interval, index=self.index,
-                parser=parser, logger=self._log, metrics=settings.metrics,
+        self.peers: list[tuple[str, ClusterIndex, Source]] = []
+        for peer in config.clusters:
+            index = new_index()
+            # Metrics and logs of a peer's source are told apart by component "<id>/<cluster>".
+            source = _make_source(
+                peer.source, peer.kubernetes, peer.static, index, parser=new_parser(peer.name),
+                logger=self._log.getChild(peer.name),
+                metrics=settings.metrics.for_component(f"{settings.metrics.component}/{peer.name}"),
+                owners=config.owners,
             )
-        else:
-            self.source = KubernetesSource(
-                config.kubernetes, self.index, parser, self._log, settings.metrics, owners=config.owners
-            )
+            self.peers.append((peer.name, index, source))
         self._attributor = Attributor(
             self.index,
-            cluster=settings.identity.cluster,
+            cluster=identity_cluster,
             keep_node_flows=config.node_flows == "keep",
             keep_unknown_direction=config.unknown_direction == "keep",
             owners=config.owners,
+            peers=[(name, index) for name, index, _ in self.peers],
         )
         m = settings.metrics
         self._m_records = m.counter("k8s_attributes_records_total", "Conntrack records attributed into flows.")
@@ -82,8 +129,16 @@ class K8sAttributesProcessor:
             ("k8s_attributes_nodes_indexed", "Nodes in the index.", lambda: self.index.node_count),
             ("k8s_attributes_shared_pod_ips", "IPs claimed by several live pods (newest running wins).",
              self.index.shared_ip_count),
+            ("k8s_attributes_deleted_pod_ips_retained",
+             "(pod, IP) tenancies of deleted or finished pods remembered for late records.",
+             lambda: self.index.retired_count),
         ):
             m.gauge(name, doc).labels().set_function(fn)
+        self._m_evicted = m.counter(
+            "k8s_attributes_deleted_evicted_total",
+            "Remembered (pod, IP) tenancies forgotten before deleted_retention because deleted_max was reached.",
+        )
+        self._evicted_seen = 0
         self._log_lock = threading.Lock()
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -92,22 +147,39 @@ class K8sAttributesProcessor:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _sources(self) -> list[Source]:
+        return [self.source, *(source for _, _, source in self.peers)]
+
     def start(self, host: Host) -> None:
         self._started = True
-        self.source.start()
+        started: list[Source] = []
+        try:
+            for source in self._sources():
+                source.start()
+                started.append(source)
+        except BaseException:
+            for source in started:  # a bad peer inventory must not leave the others' threads running
+                source.stop(5.0)
+            raise
 
     def shutdown(self, timeout: float = 30.0) -> None:
         if self._stopped:
             return
         self._stopped = True
         if self._started:
-            self.source.stop(timeout)
+            deadline = time.monotonic() + timeout
+            for source in self._sources():
+                source.stop(max(0.0, deadline - time.monotonic()))
 
     def is_ready(self) -> bool:
-        return self.source.is_ready()
+        return all(source.is_ready() for source in self._sources())
 
     def health(self) -> str | None:
-        return self.source.health()
+        for source in self._sources():
+            problem = source.health()
+            if problem is not None:
+                return problem
+        return None
 
     # ------------------------------------------------------------------ data path
 
@@ -118,6 +190,9 @@ class K8sAttributesProcessor:
         if self._config.wait_for_sync and not self.source.is_ready():
             raise BackpressureError("k8s_attributes: pods and nodes are not listed yet; retry shortly")
         flows: list[Flow] = list(batch.flows)
+        self.index.expire()
+        for _, index, _ in self.peers:
+            index.expire()
         outcome = self._attributor.attribute(batch.records, flows)
         self._account(outcome)
         # A new batch, so that a caller retrying after backpressure downstream
@@ -125,6 +200,10 @@ class K8sAttributesProcessor:
         self._next.consume(FlowBatch([], flows))
 
     def _account(self, o: BatchOutcome) -> None:
+        evicted = self.index.evicted + sum(index.evicted for _, index, _ in self.peers)
+        if evicted > self._evicted_seen:
+            self._m_evicted.inc(evicted - self._evicted_seen)
+            self._evicted_seen = evicted
         if o.attributed:
             self._m_records.inc(o.attributed)
         if o.lookup_hits:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kubenetmon.errors import KubenetmonError
-from kubenetmon.processors.k8s_attributes.index import ClusterIndex, NodeInfo, ObjectParser, PodInfo
+from kubenetmon.processors.k8s_attributes.index import ClusterIndex, InvalidObject, NodeInfo, ObjectParser, PodInfo
 from kubenetmon.telemetry.metrics import ComponentMetrics
 
 T = TypeVar("T")
@@ -28,10 +29,17 @@ __all__ = ["InventoryError", "StaticSource", "load_inventory"]
 _POD_KEYS = {"name", "namespace", "node", "ip", "ips", "labels", "phase", "host_network", "created", "owner"}
 _NODE_KEYS = {"name", "addresses", "zone", "labels"}
 _RS_KEYS = {"name", "namespace", "owner"}
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 80, 80, 4, 4
 
 
 class InventoryError(KubenetmonError):
     """The inventory file cannot be read or is malformed; the message says where."""
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a hostile inventory must not make a huge log line."""
+    return _REPR.repr(value)
 
 
 def _owner_refs(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -39,15 +47,17 @@ def _owner_refs(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if owner is None:
         return []
     if not isinstance(owner, dict) or not owner.get("kind") or not owner.get("name"):
-        raise InventoryError(f"{where}: owner must be a mapping with 'kind' and 'name', got {owner!r}")
-    return [{"kind": str(owner["kind"]), "name": str(owner["name"]), "controller": True}]
+        raise InventoryError(f"{where}: owner must be a mapping with 'kind' and 'name', got {_short(owner)}")
+    return [{"kind": owner["kind"], "name": owner["name"], "controller": True}]
 
 
 def _check_short(entry: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(entry) - allowed)
+    unknown = sorted(set(map(str, entry)) - allowed)
     if unknown:
-        raise InventoryError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    if not entry.get("name"):
+        raise InventoryError(
+            f"{where}: unknown key(s) {', '.join(unknown)[:200]}; allowed: {', '.join(sorted(allowed))}"
+        )
+    if entry.get("name") in (None, ""):
         raise InventoryError(f"{where}: 'name' is required")
 
 
@@ -56,9 +66,18 @@ def _str_list(value: Any, where: str) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, list):
-        raise InventoryError(f"{where}: expected a list of addresses, got {value!r}")
-    return [str(v) for v in value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InventoryError(f"{where}: expected a list of addresses, got {_short(value)}")
+    return value
+
+
+def _labels(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    labels = entry.get("labels")
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise InventoryError(f"{where}.labels: expected a mapping of label: value, got {_short(labels)}")
+    return dict(labels)
 
 
 def _pod_object(entry: dict[str, Any], where: str) -> dict[str, Any]:
@@ -66,14 +85,15 @@ def _pod_object(entry: dict[str, Any], where: str) -> dict[str, Any]:
         return entry
     _check_short(entry, _POD_KEYS, where)
     ips = _str_list(entry.get("ip"), where + ".ip") + _str_list(entry.get("ips"), where + ".ips")
-    status: dict[str, Any] = {"phase": str(entry.get("phase") or "Running"), "podIPs": [{"ip": i} for i in ips]}
+    status: dict[str, Any] = {"phase": entry.get("phase") or "Running", "podIPs": [{"ip": i} for i in ips]}
+    # Values go to the parser as written: it coerces numbers to text and rejects the rest.
     return {
         "metadata": {
-            "name": str(entry["name"]), "namespace": str(entry.get("namespace") or "default"),
-            "labels": dict(entry.get("labels") or {}), "creationTimestamp": str(entry.get("created") or ""),
+            "name": entry["name"], "namespace": entry.get("namespace") or "default",
+            "labels": _labels(entry, where), "creationTimestamp": entry.get("created") or "",
             "ownerReferences": _owner_refs(entry, where),
         },
-        "spec": {"nodeName": str(entry.get("node") or ""), "hostNetwork": bool(entry.get("host_network"))},
+        "spec": {"nodeName": entry.get("node") or "", "hostNetwork": bool(entry.get("host_network"))},
         "status": status,
     }
 
@@ -82,43 +102,74 @@ def _node_object(entry: dict[str, Any], where: str) -> dict[str, Any]:
     if "metadata" in entry:
         return entry
     _check_short(entry, _NODE_KEYS, where)
-    labels = dict(entry.get("labels") or {})
-    if entry.get("zone"):
-        labels["topology.kubernetes.io/zone"] = str(entry["zone"])
+    labels = _labels(entry, where)
+    if entry.get("zone") not in (None, ""):
+        labels["topology.kubernetes.io/zone"] = entry["zone"]
     addresses = [{"type": "InternalIP", "address": a} for a in _str_list(entry.get("addresses"), where)]
-    return {"metadata": {"name": str(entry["name"]), "labels": labels}, "status": {"addresses": addresses}}
+    return {"metadata": {"name": entry["name"], "labels": labels}, "status": {"addresses": addresses}}
 
 
-def load_inventory(
-    path: str | Path, parser: ObjectParser
-) -> tuple[list[PodInfo], list[NodeInfo], list[tuple[str, tuple[str, str] | None]]]:
-    """Parse an inventory file; raise :class:`InventoryError` naming the entry at fault."""
+Inventory = tuple[list[PodInfo], list[NodeInfo], list[tuple[str, tuple[str, str] | None]]]
+
+
+def load_inventory(path: str | Path, parser: ObjectParser) -> Inventory:
+    """Parse an inventory file; raise :class:`InventoryError` naming the file and the entry at fault.
+
+    Whatever the bytes (not UTF-8, too deeply nested, wrong types anywhere), the
+    only exception is :class:`InventoryError`. A file with no YAML document at
+    all (empty, or only comments) is refused: it is what a writer truncating the
+    file leaves behind. An inventory that is empty on purpose says so, e.g.
+    ``pods: []``.
+    """
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        return _load(path, parser)
+    except InventoryError:
+        raise
+    except RecursionError as exc:
+        raise InventoryError(f"static inventory {path}: nested too deeply to be an inventory") from exc
+    except Exception as exc:  # any other shape problem: named, never a traceback
+        raise InventoryError(f"static inventory {path}: malformed ({_short(exc)})") from exc
+
+
+def _load(path: str | Path, parser: ObjectParser) -> Inventory:
+    try:
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise InventoryError(f"cannot read static inventory {path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InventoryError(f"static inventory {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InventoryError(f"static inventory {path} is not valid YAML: {exc}") from exc
-    doc = doc or {}
+    if doc is None:
+        raise InventoryError(
+            f"static inventory {path} is empty (no YAML document); write 'pods: []' for an inventory "
+            "that is empty on purpose"
+        )
     if not isinstance(doc, dict):
         raise InventoryError(f"static inventory {path}: the top level must be a mapping with nodes: and pods:")
-    unknown = sorted(set(doc) - {"nodes", "pods", "replicasets", "items", "apiVersion", "kind", "metadata"})
+    unknown = sorted(set(map(str, doc)) - {"nodes", "pods", "replicasets", "items", "apiVersion", "kind",
+                                           "metadata"})
     if unknown:
-        raise InventoryError(f"static inventory {path}: unknown top-level key(s) {', '.join(unknown)}; "
+        raise InventoryError(f"static inventory {path}: unknown top-level key(s) {', '.join(unknown)[:200]}; "
                              "expected nodes, pods, replicasets or items")
     sections: dict[str, list[tuple[str, Any]]] = {"nodes": [], "pods": [], "replicasets": []}
+    for name in (*sections, "items"):
+        if not isinstance(doc.get(name) or [], list):
+            raise InventoryError(f"static inventory {path}: {name} must be a list, got {_short(doc[name])}")
     for name in sections:
-        entries = doc.get(name) or []
-        if not isinstance(entries, list):
-            raise InventoryError(f"static inventory {path}: {name} must be a list")
-        sections[name] += [(f"{name}[{i}]", e) for i, e in enumerate(entries)]
+        sections[name] += [(f"{name}[{i}]", e) for i, e in enumerate(doc.get(name) or [])]
     kinds = {"Pod": "pods", "Node": "nodes", "ReplicaSet": "replicasets"}
     for i, item in enumerate(doc.get("items") or []):  # a kubectl List
         kind = item.get("kind") if isinstance(item, dict) else None
-        if kind not in kinds:
-            raise InventoryError(f"static inventory {path}: items[{i}] has kind {kind!r}; "
+        if not isinstance(kind, str) or kind not in kinds:
+            raise InventoryError(f"static inventory {path}: items[{i}] has kind {_short(kind)}; "
                                  "only Pod, Node and ReplicaSet are understood")
         sections[kinds[kind]].append((f"items[{i}]", item))
+
     def replicaset(entry: dict[str, Any], where: str) -> tuple[str, tuple[str, str] | None]:
         rs = entry
         if "metadata" not in entry:
@@ -141,11 +192,13 @@ def _parse_each(
     for place, entry in entries:
         where = f"static inventory {path}: {place}"
         if not isinstance(entry, dict):
-            raise InventoryError(f"{where}: expected a mapping, got {entry!r}")
+            raise InventoryError(f"{where}: expected a mapping, got {_short(entry)}")
         try:
             parsed.append(parse(entry, where))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise InventoryError(f"{where}: malformed {what} ({exc!r})") from exc
+        except InvalidObject as exc:
+            raise InventoryError(f"{where}: {exc}") from exc
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise InventoryError(f"{where}: malformed {what} ({_short(exc)})") from exc
     return parsed
 
 
@@ -174,6 +227,7 @@ class StaticSource:
         self._thread: threading.Thread | None = None
         self._stamp: tuple[int, int] | None = None
         self._ready = False
+        self._died: str | None = None
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -205,14 +259,23 @@ class StaticSource:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll):
-            stamp = self._stat()
-            if stamp is None or stamp == self._stamp:
-                continue
-            try:
-                self.load()
-            except InventoryError as exc:
-                self._log.error("%s; keeping the previous inventory", exc)
+        try:
+            while not self._stop.wait(self._poll):
+                stamp = self._stat()
+                if stamp is None or stamp == self._stamp:
+                    continue
+                try:
+                    self.load()
+                except InventoryError as exc:
+                    self._log.error("%s; keeping the previous inventory", exc)
+                except Exception:  # a bug, not a bad file: still keep the last good inventory and polling
+                    self._reloads.labels(result="failed").inc()
+                    self._stamp = stamp
+                    self._log.exception("static inventory %s: reload failed; keeping the previous inventory",
+                                        self._path)
+        except BaseException as exc:  # reported through health() (/live) rather than dying silently
+            self._died = f"static inventory poller died: {type(exc).__name__}: {exc}"
+            raise
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
@@ -223,6 +286,8 @@ class StaticSource:
         return self._ready
 
     def health(self) -> str | None:
+        if self._died is not None:
+            return self._died
         if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
             return "static inventory poller stopped unexpectedly"
         return None
