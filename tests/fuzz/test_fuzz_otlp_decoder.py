@@ -153,14 +153,16 @@ CANONICAL = encode_records_bytes(make_records(6, start=NOW - 10 * SECOND, nat_ev
 def test_byte_mutations_of_a_canonical_request_decode_the_same_on_both_paths(edits: list[Any]) -> None:
     data = bytearray(CANONICAL)
     for op, where, byte in edits:
-        at = where % max(len(data), 1)
+        if not data:
+            break
+        at = where % len(data)
         if op == "flip":
             data[at] ^= 1 << (byte % 8)
         elif op == "set":
             data[at] = byte
         elif op == "insert":
             data.insert(at, byte)
-        elif op == "delete" and data:
+        elif op == "delete":
             del data[at]
         elif op == "truncate":
             del data[at:]
