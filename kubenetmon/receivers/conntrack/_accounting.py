@@ -6,8 +6,9 @@ buffer fills after zeroing, and breaks the counters for every other tool).
 Instead we remember the last counters seen per entry and subtract:
 
 * ``state``: key → raw counters seen by the latest dump. The key is the raw
-  original-tuple attribute plus ``CTA_ID`` (see :mod:`._layout`), so a new
-  connection reusing a tuple is a new key.
+  original-tuple attribute, ``CTA_ID`` and the entry's start time (see
+  :mod:`._layout`), so a new connection reusing a tuple is a new key, even
+  when the kernel gives it the id of the entry it replaced.
 * An entry seen in the previous dump but not in this one *vanished*: it
   moves to ``limbo`` (with its last counters) until its DESTROY event
   supplies the final remainder, or until ``vanished_ttl`` passes (then the
@@ -16,11 +17,19 @@ Instead we remember the last counters seen per entry and subtract:
   (state or limbo): final − last. An event for an unknown key is a
   connection that started and ended between dumps: all of it counts. The
   key then stays in ``graves`` (a tombstone) for a short while, so that a dump
-  racing with the destroy can never count it again.
+  racing with the destroy can never count it again; since the key holds the
+  start time, a tombstone never hides a new entry of the same tuple and id.
 
-Events are applied after the dump that runs in the same cycle, in the same
-thread, so dump and events never race on the state; the DESTROY listener
-thread only queues raw buffers.
+Events received before a dump are applied before it (against the previous
+dump's counters), so an entry's final counters are settled before a dump
+can show its successor; events received during the dump are applied after
+it. Both run in the dump thread, so dump and events never race on the
+state; the DESTROY listener thread only queues raw buffers.
+
+Counters that go down for the same key are not two connections mixed any
+more (the key tells them apart): only someone zeroing them (``conntrack -L
+-z``) does that. What accumulated since is counted, and the entry is
+counted in ``counter_resets`` (the receiver logs it).
 """
 
 from __future__ import annotations
@@ -135,6 +144,7 @@ class DeltaTracker:
         self._old: dict[bytes, bytes] = {}
         self._new: dict[bytes, bytes] = {}
         self._counting = False  # whether this cycle's deltas are reported (False for a baseline)
+        self._dumping = False  # between begin_dump and end_dump: events apply against the previous dump
         self._ntop: dict[bytes, str] = {}
 
     # --- dumps ------------------------------------------------------------------
@@ -144,6 +154,7 @@ class DeltaTracker:
         self._counting = self.has_baseline or self.zero_on_dump
         self.stats = CycleStats()
         self._old, self._new = self.state, {}
+        self._dumping = True
 
     def feed(self, buf: bytes) -> None:
         """Account every entry of one dump buffer (the hot path; see :mod:`._layout`)."""
@@ -159,7 +170,7 @@ class DeltaTracker:
         cur_length, check = -1, _NO_CHECK
         expected: tuple[int, ...] = ()
         layout: Layout | None = None
-        k0 = k1 = i0 = i1 = c0 = c1 = c2 = c3 = 0
+        k0 = k1 = i0 = i1 = t0 = t1 = c0 = c1 = c2 = c3 = 0
         while off < n:
             length, mtype = unpack(buf, off)
             if length < 16:
@@ -176,10 +187,11 @@ class DeltaTracker:
                     off += step
                     continue
                 cur_length, check, expected = length, layout.check.unpack_from, layout.expected
-                k0, k1, i0, i1, c0, c1, c2, c3 = (
-                    layout.k0, layout.k1, layout.i0, layout.i1, layout.c0, layout.c1, layout.c2, layout.c3
+                k0, k1, i0, i1, t0, t1, c0, c1, c2, c3 = (
+                    layout.k0, layout.k1, layout.i0, layout.i1, layout.t0, layout.t1,
+                    layout.c0, layout.c1, layout.c2, layout.c3,
                 )
-            key = buf[off + k0 : off + k1] + buf[off + i0 : off + i1]
+            key = buf[off + k0 : off + k1] + buf[off + i0 : off + i1] + buf[off + t0 : off + t1]
             ctr = buf[off + c0 : off + c1]
             if c3:
                 ctr += buf[off + c2 : off + c3]
@@ -201,6 +213,7 @@ class DeltaTracker:
         in ``unsent``), the others keep the previous ones."""
         self._old.update(self._new)
         self.state, self._old, self._new = self._old, {}, {}
+        self._dumping = False
 
     def _find(self, buf: bytes, off: int, length: int) -> Layout | None:
         """The layout of this message (known or learned); None, counted, when it is malformed."""
@@ -232,6 +245,7 @@ class DeltaTracker:
         for key, ctr in self._old.items():
             limbo[key] = (ctr, expires)
         self.state, self._old, self._new = self._new, {}, {}
+        self._dumping = False
         now = self.dump_ns
         if limbo:
             expired = [k for k, (_, t) in limbo.items() if t <= now]
@@ -245,8 +259,15 @@ class DeltaTracker:
     # --- events -----------------------------------------------------------------
 
     def apply_events(self, buffers: list[bytes]) -> None:
-        """Apply queued DESTROY events: each adds its connection's final remainder."""
-        state = self.state
+        """Apply queued DESTROY events: each adds its connection's final remainder.
+
+        Called after :meth:`begin_dump` and before the first :meth:`feed` (events received
+        before the dump: against the previous dump's counters), or after :meth:`end_dump`
+        (events received during it: against this dump's).
+        """
+        if self._dumping and self._new:
+            raise RuntimeError("apply_events between feed() calls: apply them before or after the dump")
+        state = self._old if self._dumping else self.state
         tombstone_until = self.dump_ns + self.tombstone_ttl_ns
         for buf in buffers:
             off, n = 0, len(buf)

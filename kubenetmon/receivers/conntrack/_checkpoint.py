@@ -35,7 +35,8 @@ from kubenetmon.flows import ConntrackRecord
 __all__ = ["Checkpoint", "CheckpointError", "PendingBatch", "load", "mark_delivered", "save"]
 
 _MAGIC = b"KNMCT1\n"
-_VERSION = 1
+_VERSION = 2  # 2: keys hold the entry's start time
+_OLD_KEYS = 1  # same layout, keys without the start time: batches kept, baselines dropped
 
 
 class CheckpointError(ValueError):
@@ -57,6 +58,7 @@ class Checkpoint:
     state: dict[bytes, bytes]
     limbo: dict[bytes, tuple[bytes, int]]
     batches: list[PendingBatch] = field(default_factory=list)
+    stale_state: bool = False  # written by an older version whose keys we cannot match: no baselines
 
 
 def _delivered_path(path: Path) -> Path:
@@ -117,7 +119,7 @@ def load(path: Path) -> Checkpoint | None:
     if zlib.crc32(payload) != int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "big"):
         raise CheckpointError(f"{path} is corrupt (checksum mismatch); delete it to start from a new baseline")
     raw: dict[str, Any] = marshal.loads(payload)
-    if raw.get("version") != _VERSION:
+    if raw.get("version") not in (_VERSION, _OLD_KEYS):
         raise CheckpointError(f"{path} has version {raw.get('version')!r}, expected {_VERSION}; delete it")
     try:
         delivered = set(_delivered_path(path).read_text(encoding="ascii").split())
@@ -128,4 +130,6 @@ def load(path: Path) -> Checkpoint | None:
         for batch_id, records in raw["batches"]
         if batch_id not in delivered
     ]
+    if raw["version"] == _OLD_KEYS:
+        return Checkpoint(raw["node"], raw["dump_ns"], {}, {}, batches, stale_state=True)
     return Checkpoint(raw["node"], raw["dump_ns"], raw["state"], raw["limbo"], batches)

@@ -15,9 +15,16 @@ still parsed correctly, just slowly.
 
 What the accounting needs from an entry:
 
-* ``key``: the raw bytes of the original-tuple attribute plus the raw
-  ``CTA_ID`` attribute. Equal bytes mean the same connection (tuple, zone
-  and the kernel's per-entry id), so the key is never decoded.
+* ``key``: the raw bytes of the original-tuple attribute, the raw
+  ``CTA_ID`` attribute and the entry's start time (the value of
+  ``CTA_TIMESTAMP_START``, present when ``nf_conntrack_timestamp=1``).
+  Equal bytes mean the same connection, so the key is never decoded. Tuple
+  and id alone do not identify an entry: when a client reuses a source port
+  while the old entry is in TIME_WAIT or CLOSE, the kernel replaces it by
+  a new one that very often gets the same id (derived from the entry's
+  address, which the freed slot gives to the new one). The start time
+  differs. In DESTROY events ``CTA_TIMESTAMP`` also carries the stop time,
+  so only the start value is part of the key.
 * ``counters``: the raw bytes of the two counter attributes. Unchanged
   bytes mean an idle entry, again without decoding.
 * ``fields``: the decoded tuples, only for entries whose counters changed.
@@ -34,6 +41,7 @@ __all__ = ["MAX_LAYOUTS", "Layout", "LayoutCache", "MalformedMessage", "decode_c
 
 # linux/netfilter/nfnetlink_conntrack.h
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID = 1, 2, 9, 10, 12
+CTA_TIMESTAMP, CTA_TIMESTAMP_START = 20, 1
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -92,6 +100,8 @@ class Layout:
     k1: int = 0
     i0: int = 0  # CTA_ID attribute (i0 == i1 when absent)
     i1: int = 0
+    t0: int = 0  # value of CTA_TIMESTAMP_START (t0 == t1 when absent)
+    t1: int = 0
     c0: int = 0  # counters: one span when the two attributes are adjacent,
     c1: int = 0
     c2: int = 0  # else a second span (c2 == c3 when unused)
@@ -106,7 +116,9 @@ class Layout:
         return self.check.unpack_from(buf, off) == self.expected
 
     def key(self, buf: bytes, off: int) -> bytes:
-        return buf[off + self.k0 : off + self.k1] + buf[off + self.i0 : off + self.i1]
+        return (
+            buf[off + self.k0 : off + self.k1] + buf[off + self.i0 : off + self.i1] + buf[off + self.t0 : off + self.t1]
+        )
 
     def counters(self, buf: bytes, off: int) -> bytes:
         return buf[off + self.c0 : off + self.c1] + buf[off + self.c2 : off + self.c3]
@@ -165,10 +177,16 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
     inner: list[int] = []  # headers inside the tuples and the counters
     tuples: dict[int, _Tuple] = {}
     counters: dict[int, tuple[int, int]] = {}
-    id_span = (0, 0)
+    id_span = start_span = (0, 0)
     for type_, pos, ln in _attrs(buf, off + NLMSG_HEADER_BYTES, off + length):
         headers.append(pos - off)
-        if type_ in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+        if type_ == CTA_TIMESTAMP:
+            for ts_type, ts_pos, ts_len in _attrs(buf, pos + 4, pos + ln):
+                if ts_type == CTA_TIMESTAMP_START and ts_len == 12:
+                    # Its header joins the per-entry check: it proves where the start time is.
+                    headers.append(ts_pos - off)
+                    start_span = (ts_pos + 4 - off, ts_pos + 12 - off)
+        elif type_ in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
             tuples[type_] = _walk_tuple(buf, pos, ln, off, inner)
         elif type_ in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             counters[type_] = (pos - off, pos - off + ((ln + 3) & ~3))
@@ -178,9 +196,9 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
     orig, reply = tuples.get(CTA_TUPLE_ORIG), tuples.get(CTA_TUPLE_REPLY)
     if orig is None or reply is None or orig.proto_at < 0 or reply.proto_at < 0:
         raise MalformedMessage("conntrack entry without an original or reply tuple")
-    # The per-entry check reads every top-level header plus both protocol
-    # numbers: a message of the same length with equal values has its
-    # tuples, id and counters at the same places. The raw key and counter
+    # The per-entry check reads every top-level header (and the start
+    # time's) plus both protocol numbers: a message of the same length with
+    # equal values has its tuples, id, start time and counters at the same places. The raw key and counter
     # bytes need no more; the headers inside the tuples are checked when an
     # entry is decoded (``tuples``), those inside the counters by
     # ``decode_counters``.
@@ -207,7 +225,7 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
         length, check, expected,
         transport=transport,
         network_type="ipv4" if orig.addr_len == 4 else "ipv6",
-        k0=orig.span[0], k1=orig.span[1], i0=id_span[0], i1=id_span[1],
+        k0=orig.span[0], k1=orig.span[1], i0=id_span[0], i1=id_span[1], t0=start_span[0], t1=start_span[1],
         c0=spans[0], c1=spans[1], c2=spans[2], c3=spans[3],
         fields=_probe_struct(wanted, ">"),
         order=() if order == tuple(range(len(wanted))) else order,

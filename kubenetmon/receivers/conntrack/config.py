@@ -57,8 +57,8 @@ class ConntrackConfig(ComponentConfig):
     )
     configure_sysctls: bool = Field(
         True,
-        description="Set net.netfilter.nf_conntrack_acct=1 and nf_conntrack_events=1 at start; when false, "
-        "a wrong value is an error that says what to run.",
+        description="Set net.netfilter.nf_conntrack_acct=1, nf_conntrack_events=1 and (accounting: delta) "
+        "nf_conntrack_timestamp=1 at start; when false, a wrong value is an error that says what to run.",
     )
     skip_sanity_check: bool = Field(
         False, description="Skip the start-up check that conntrack reports non-zero counters."

@@ -23,7 +23,12 @@ from kubenetmon.receivers.conntrack.config import ConntrackConfig
 
 __all__ = ["ConntrackReceiver", "KernelSettingsError"]
 
+# Accounting gives counters, events the final counters of ended entries, and
+# timestamps each entry's start time, which tells apart two entries with the
+# same tuple and CTA_ID (a reused source port: see _layout). New namespaces
+# start with all three off (events: 2, "auto").
 _SYSCTLS = ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_events")
+_TIMESTAMP_SYSCTL = "net.netfilter.nf_conntrack_timestamp"
 SANITY_RETRY_SECONDS = 10.0
 
 
@@ -168,9 +173,12 @@ class ConntrackReceiver(BaseComponent):
     def _check_kernel_settings(self) -> None:
         name = self._config.netns
 
+        # zero_on_dump keeps no state, so it needs no entry identity beyond one dump.
+        sysctls = _SYSCTLS if self._zero else (*_SYSCTLS, _TIMESTAMP_SYSCTL)
+
         def read_write() -> list[str]:
             wrong = []
-            for key in _SYSCTLS:
+            for key in sysctls:
                 path = Path("/proc/sys") / key.replace(".", "/")
                 try:
                     value = path.read_text().strip()
@@ -198,10 +206,11 @@ class ConntrackReceiver(BaseComponent):
         if wrong:
             prefix = f"ip netns exec {name} " if name else ""
             raise KernelSettingsError(
-                f"conntrack accounting/events are off ({', '.join(wrong)}): run "
-                f"`{prefix}sysctl -w {'=1 '.join(_SYSCTLS)}=1` on the node"
+                f"conntrack accounting/events/timestamps are off ({', '.join(wrong)}): run "
+                f"`{prefix}sysctl -w {'=1 '.join(sysctls)}=1` on the node"
                 + ("" if self._config.configure_sysctls else ", or set configure_sysctls: true")
-                + ". Without them byte counters stay zero and connections ending between dumps are lost."
+                + ". Without them byte counters stay zero, connections ending between dumps are lost, and "
+                "connections reusing a source port are mixed up."
             )
 
     def sanity_check(self) -> bool:
@@ -321,6 +330,10 @@ class ConntrackReceiver(BaseComponent):
         tracker = self._tracker
         tracker.begin_dump(time.time_ns())
         baseline = not tracker.has_baseline and not self._zero
+        if self._event_sock is not None:
+            # Ended before this dump: settle their final counters first, so that the
+            # dump never compares an entry with its predecessor's counters.
+            tracker.apply_events(self._take_events())
         try:
             for buf in self._dump():
                 tracker.feed(buf)
@@ -334,7 +347,7 @@ class ConntrackReceiver(BaseComponent):
         tracker.end_dump()
         dumped = time.monotonic()
         if self._event_sock is not None:
-            tracker.apply_events(self._take_events())
+            tracker.apply_events(self._take_events())  # ended during the dump
         stats = tracker.stats
         if baseline:
             self._log.info(
@@ -349,6 +362,11 @@ class ConntrackReceiver(BaseComponent):
             self._m_ignored.labels(reason=reason).inc(n)
         if stats.counter_resets:
             self._m_resets.inc(stats.counter_resets)
+            self._log.warning(
+                "%d conntrack entries' counters went down since the last dump (zeroed by another tool, e.g. "
+                "`conntrack -L -z`?); counted what accumulated since the reset, earlier traffic may be lost",
+                stats.counter_resets,
+            )
         if stats.expired:
             self._m_expired.inc(stats.expired)
         self._deliver()
@@ -419,7 +437,12 @@ class ConntrackReceiver(BaseComponent):
                 self._checkpoint_path, saved.node, self._config.node_name,
             )
         tracker = self._tracker
-        if not self._zero:
+        if saved.stale_state:
+            self._log.warning(
+                "checkpoint %s was written by an older version whose entry keys lack the start time: its "
+                "undelivered batches are re-sent, but the first dump sets a new baseline", self._checkpoint_path,
+            )
+        elif not self._zero:
             tracker.state, tracker.limbo = saved.state, saved.limbo
             tracker.has_baseline = True
         tracker.dump_ns = saved.dump_ns

@@ -47,9 +47,12 @@ def entry(
     counters: tuple[int, int, int, int] = (0, 0, 0, 0),  # orig packets, orig bytes, reply packets, reply bytes
     *, proto: int = 6, ct_id: int = 1, reply: tuple[str, int, str, int] | None = None,
     msg_type: int = CT_NEW, order: str = "kernel", counter_bits: int = 64, zone: int | None = None,
-    extra: bytes = b"", with_counters: bool = True,
+    extra: bytes = b"", with_counters: bool = True, start: int | None = None, stop: int | None = None,
 ) -> bytes:
-    """One conntrack message; ``order``: ``kernel``, ``reply_counters_first`` or ``counters_apart``."""
+    """One conntrack message; ``order``: ``kernel``, ``reply_counters_first`` or ``counters_apart``.
+
+    ``start``/``stop``: ``CTA_TIMESTAMP`` (``nf_conntrack_timestamp=1``); DESTROY events carry both.
+    """
     rsrc, rsport, rdst, rdport = reply or (dst, dport, src, sport)
     orig_t = tuple_attr(1, src, dst, proto, sport, dport, zone)
     reply_t = tuple_attr(2, rsrc, rdst, proto, rsport, rdport, zone)
@@ -60,6 +63,9 @@ def entry(
     c_reply = counters_attr(10, counters[2], counters[3], counter_bits)
     if not with_counters:
         c_orig = c_reply = b""
+    if start is not None:
+        times = nla(1, struct.pack(">Q", start)) + (b"" if stop is None else nla(2, struct.pack(">Q", stop)))
+        c_reply += nla(20, times, nested=True)
     if order == "kernel":
         body = orig_t + reply_t + status + nla(8, bytes(4)) + ident + nla(11, struct.pack(">I", 1)) + timeout
         body += extra + c_orig + c_reply

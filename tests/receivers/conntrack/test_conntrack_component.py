@@ -127,3 +127,19 @@ def test_agent_config_validates_and_reports_every_conntrack_problem() -> None:
     assert "receivers::conntrack::interval" in text
     assert "receivers::conntrack::accounting" in text
     assert "intervall" in text
+
+
+def test_a_checkpoint_with_keys_of_the_older_format_keeps_its_batches_but_not_its_baselines(tmp_path: Path) -> None:
+    import marshal
+    import zlib
+
+    path = tmp_path / "ct.state"
+    payload = marshal.dumps({
+        "version": 1, "node": "n", "dump_ns": 5, "state": {b"k": b"v"}, "limbo": {},
+        "batches": [("c" * 32, [(*(getattr(_record(9), f) for f in _record(9).__slots__),)])],
+    })
+    path.write_bytes(b"KNMCT1\n" + zlib.crc32(payload).to_bytes(4, "big") + payload)
+    loaded = load(path)
+    assert loaded is not None and loaded.stale_state
+    assert (loaded.state, loaded.limbo) == ({}, {})
+    assert [(b.id, b.records) for b in loaded.batches] == [("c" * 32, [_record(9)])]

@@ -279,3 +279,23 @@ def test_sanity_check_never_resets_counters_even_with_zero_on_dump(pair: Pair, m
     assert receiver.sanity_check() is True
     assert kernel_counters(pair, conn.client_port) == before
     conn.close()
+
+
+def test_timestamps_are_switched_on_or_explained(registry: NamespaceRegistry, make_receiver: MakeReceiver) -> None:
+    ns = registry.create("ts")
+    ns.set_sysctls({"net.netfilter.nf_conntrack_acct": 1, "net.netfilter.nf_conntrack_events": 1})
+    assert ns.get_sysctl("net.netfilter.nf_conntrack_timestamp") == "0"  # what a new namespace starts with
+    receiver, _ = make_receiver(ns.name, configure_sysctls=False, open_=False)
+    with pytest.raises(RuntimeError, match=r"nf_conntrack_timestamp=0\).*sysctl -w .*nf_conntrack_timestamp=1"):
+        receiver.open()
+    make_receiver(ns.name)
+    assert ns.get_sysctl("net.netfilter.nf_conntrack_timestamp") == "1"
+
+
+def test_dumped_entries_are_keyed_by_their_start_time(pair: Pair, make_receiver: MakeReceiver) -> None:
+    receiver, _ = make_receiver(pair.server.name)
+    receiver.cycle()
+    udp_exchange(pair.client, pair.server, V4_SERVER, 10, 10)
+    receiver.cycle()
+    [layout] = [lay for lays in receiver._tracker.layouts.by_length.values() for lay in lays if not lay.ignore]
+    assert layout.t1 - layout.t0 == 8  # CTA_TIMESTAMP_START's value is part of the key

@@ -277,3 +277,36 @@ def test_an_entry_whose_tuples_do_not_parse_is_skipped_not_fatal() -> None:
     records = _cycle(tracker, entry(ct_id=1, counters=(1, 1, 1, 1)), bytes(broken))
     assert [r.sport for r in records] == [40000]
     assert tracker.stats.ignored == {"malformed": 1}
+
+
+def test_a_replaced_entry_with_the_same_tuple_and_id_is_told_apart_by_its_start_time() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(ct_id=7, start=1_000, counters=(10, 1000, 10, 1000)))
+    # The source port was reused: the kernel replaced the entry, and the new one got the same id.
+    old_end = entry(ct_id=7, start=1_000, stop=2_000, counters=(12, 1200, 11, 1100), msg_type=CT_DELETE)
+    records = _cycle(tracker, entry(ct_id=7, start=3_000, counters=(1, 60, 1, 60)), events=(old_end,))
+    assert sorted(_counts(r) for r in records) == [(1, 60, 1, 60), (2, 200, 1, 100)]
+    assert tracker.stats.counter_resets == 0
+
+
+def test_destroy_events_received_before_a_dump_are_applied_before_it() -> None:
+    tracker = DeltaTracker("n", tombstone_ttl_ns=60 * SECOND)
+    _cycle(tracker, entry(ct_id=7, start=1_000, counters=(10, 1000, 10, 1000)))
+    tracker.begin_dump(tracker.dump_ns + 5 * SECOND)
+    tracker.apply_events([entry(ct_id=7, start=1_000, stop=2_000, counters=(12, 1200, 11, 1100), msg_type=CT_DELETE)])
+    # The dump still lists the dying entry (a race), and already its successor on the same tuple and id.
+    tracker.feed(entry(ct_id=7, start=1_000, counters=(12, 1200, 11, 1100))
+                 + entry(ct_id=7, start=3_000, counters=(1, 60, 1, 60)))
+    tracker.end_dump()
+    records = tracker.take_unsent()
+    assert sorted(_counts(r) for r in records) == [(1, 60, 1, 60), (2, 200, 1, 100)]
+    assert tracker.stats.counter_resets == 0
+
+
+def test_events_cannot_be_applied_in_the_middle_of_a_dump() -> None:
+    tracker = DeltaTracker("n")
+    _cycle(tracker)
+    tracker.begin_dump(tracker.dump_ns + SECOND)
+    tracker.feed(entry(counters=(1, 1, 1, 1)))
+    with pytest.raises(RuntimeError, match="before or after the dump"):
+        tracker.apply_events([entry(counters=(2, 2, 2, 2), msg_type=CT_DELETE)])
