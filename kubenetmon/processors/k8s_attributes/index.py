@@ -84,6 +84,13 @@ def _labels(value: Any, where: str) -> dict[str, str]:
     return {_text(k, where): _text(v, f"{where}.{k}") for k, v in _mapping(value, where).items()}
 
 
+def _address(value: Any, where: str) -> str:
+    try:
+        return canonical_ip(_text(value, where))
+    except InvalidObject as exc:
+        raise InvalidObject(f"{where}: {exc}") from None
+
+
 def _timestamp_ns(text: str) -> int:
     """``metadata.creationTimestamp`` (RFC 3339) in ns since the epoch; 0 when absent or unparsable."""
     if not text:
@@ -118,14 +125,16 @@ def canonical_ip(text: str) -> str:
     """The ``inet_ntop`` form of an address, the form conntrack records use.
 
     IPv4 text from the API is already canonical; IPv6 may not be (leading
-    zeros, upper case), so it goes through the kernel's formatter.
+    zeros, upper case), so it goes through the kernel's formatter. Text that
+    is no address raises :class:`InvalidObject` (it could never match a record).
     """
-    if ":" not in text:
-        return text
     try:
+        if ":" not in text:
+            socket.inet_pton(socket.AF_INET, text)
+            return text
         return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
-    except OSError:
-        return text
+    except (OSError, ValueError) as exc:
+        raise InvalidObject(f"{text[:64]!r} is not an IP address") from exc
 
 
 class Attrs:
@@ -253,12 +262,12 @@ class ObjectParser:
         status = _mapping(obj.get("status"), "status")
         labels = _labels(md.get("labels"), "metadata.labels")
         ips = tuple(
-            canonical_ip(ip)
+            _address(ip, f"status.podIPs[{i}].ip")
             for i, p in enumerate(_sequence(status.get("podIPs"), "status.podIPs"))
-            if (ip := _text(_mapping(p, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
+            if (ip := _mapping(p, f"status.podIPs[{i}]").get("ip"))
         )
         if not ips and status.get("podIP"):
-            ips = (canonical_ip(_text(status["podIP"], "status.podIP")),)
+            ips = (_address(status["podIP"], "status.podIP"),)
         owner_kind = owner_name = rs_key = ""
         ref = self._controller(md)
         if ref is not None:
@@ -285,9 +294,9 @@ class ObjectParser:
         status = _mapping(obj.get("status"), "status")
         for i, item in enumerate(_sequence(status.get("addresses"), "status.addresses")):
             a = _mapping(item, f"status.addresses[{i}]")
-            address = _text(a.get("address"), f"status.addresses[{i}].address")
+            address = a.get("address")
             if _text(a.get("type"), f"status.addresses[{i}].type") in self._address_types and address:
-                addresses.append(canonical_ip(address))
+                addresses.append(_address(address, f"status.addresses[{i}].address"))
         zone = _first_label(_labels(md.get("labels"), "metadata.labels"), self._zone_labels)
         return NodeInfo(name, zone, tuple(addresses), self._cluster)
 
