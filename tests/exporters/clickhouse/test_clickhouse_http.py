@@ -1,0 +1,192 @@
+"""The exporter's HTTP(S) path, for real: clickhouse-connect's HTTP client against an
+endpoint speaking ClickHouse's HTTP interface and executing on chDB
+(tests/fixtures/clickhouse_http.py), with faults made by that endpoint.
+
+What the exporter must do: retry 5xx answers and dropped connections; count a
+retried insert whose answer was lost once (the dedup token); refuse to start
+on a table that does not match; keep (not drop) blocks while credentials are
+wrong; fail over to the next endpoint. Nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubenetmon.exporters.clickhouse import ClickHouseExporter
+from kubenetmon.exporters.clickhouse.schema import SchemaError
+from kubenetmon.flows import FlowBatch
+from tests.exporters.clickhouse.clickhouse_testkit import SECOND, T0_NS, make_flow, wait_until
+from tests.fixtures.clickhouse_http import ClickHouseHTTP, clickhouse_http
+from tests.otlp.otlp_testkit import free_port, make_tls
+
+PASSWORD = "s3cret pass"  # a space: basic auth must carry it intact
+
+
+@pytest.fixture
+def ch(tmp_path: Path) -> Iterator[ClickHouseHTTP]:
+    with clickhouse_http(tmp_path / "server", password=PASSWORD) as endpoint:
+        yield endpoint
+
+
+def http_exporter(make_exporter: Any, ch: ClickHouseHTTP, **overrides: Any) -> ClickHouseExporter:
+    fields: dict[str, Any] = {"endpoint": ch.dsn(), "password": PASSWORD, "create_schema": True, "timeout": 10}
+    fields.update(overrides)
+    exporter: ClickHouseExporter = make_exporter(**fields)
+    return exporter
+
+
+def minute_batch(minute: int, *sizes: int) -> FlowBatch:
+    return FlowBatch(flows=[
+        make_flow("out", nbytes=n, end_ns=T0_NS + (minute * 60 + i + 1) * SECOND) for i, n in enumerate(sizes)
+    ])
+
+
+def totals(ch: ClickHouseHTTP) -> tuple[int, int]:
+    ((nbytes, rows),) = ch.query("SELECT sum(bytes), count() FROM default.network_flows_0 FINAL")
+    return int(nbytes or 0), int(rows)
+
+
+def test_rows_go_in_over_http_with_every_compression(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    expected = 0
+    for minute, compression in enumerate(("lz4", "zstd", "gzip", "none")):
+        exporter = http_exporter(make_exporter, ch, compression=compression)
+        batch = minute_batch(minute, 1000 + minute, 7)
+        exporter.consume(batch)
+        assert wait_until(lambda e=exporter: e.m_blocks.value() == 1), compression
+        expected += sum(f.bytes for f in batch.flows)
+    assert totals(ch) == (expected, 4)
+    rows = ch.query("SELECT localPod, remotePod, direction, toString(localIPv4), intervalSeconds "
+                    "FROM default.network_flows_0 FINAL LIMIT 1")
+    assert rows == [["api-1", "web-1", "out", "10.0.0.1", 60]]
+    stats = ch.stats()
+    assert stats["inserts"] == 4
+    assert all(stats["insert_tokens"]), "every insert carries insert_deduplication_token in the URL"
+
+
+def test_5xx_answers_are_retried_and_the_block_stored_once(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    ch.fault("status", count=4, match="INSERT", status=503, code=202, message="Too many simultaneous queries")
+    ch.fault("status", count=2, match="INSERT", status=500, code=252, message="Too many parts (TOO_MANY_PARTS)")
+    exporter = http_exporter(make_exporter, ch)
+    exporter.consume(minute_batch(0, 100, 20, 3))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    assert totals(ch) == (123, 1)
+    assert ch.stats()["faults_applied"] == 6
+    assert exporter.m_failures.value(kind="retryable") >= 2  # the driver retries 503 itself, once
+    assert exporter.m_failures.value(kind="permanent") == 0
+    assert exporter.m_dropped.value(reason="permanent_error") == 0
+
+
+def test_a_connection_dropped_before_the_insert_is_retried(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    ch.fault("drop", count=3, match="INSERT")
+    exporter = http_exporter(make_exporter, ch)
+    exporter.consume(minute_batch(0, 5, 6))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    assert totals(ch) == (11, 1)
+    assert ch.stats()["faults_applied"] == 3
+
+
+@pytest.mark.parametrize(("window", "stored"), [(1000, 123), (0, 246)])
+def test_an_insert_whose_answer_was_lost_counts_once_by_its_token(
+    ch: ClickHouseHTTP, make_exporter: Any, window: int, stored: int
+) -> None:
+    # The server executes the insert, then the connection is reset: the client
+    # cannot know it worked and sends it again. window=0 is the control: without
+    # the table's deduplication window the same fault doubles the bytes.
+    ch.fault("drop_after", count=1, match="INSERT")
+    exporter = http_exporter(make_exporter, ch, deduplication_window=window)
+    exporter.consume(minute_batch(0, 100, 20, 3))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    tokens = ch.stats()["insert_tokens"]
+    assert len(tokens) == 2 and tokens[0] == tokens[1], tokens
+    assert totals(ch)[0] == stored
+
+
+def test_wrong_credentials_keep_the_block_until_they_are_fixed(
+    ch: ClickHouseHTTP, make_exporter: Any, tmp_path: Path
+) -> None:
+    # AUTHENTICATION_FAILED is retried, not dropped: a rotated Secret is mounted
+    # again within minutes, and dropping would lose what the agents sent meanwhile.
+    secret = tmp_path / "password"
+    secret.write_text("wrong\n")
+    exporter = http_exporter(make_exporter, ch, password="", password_file=str(secret))
+    exporter.consume(minute_batch(0, 40, 2))
+    assert wait_until(lambda: exporter.m_failures.value(kind="retryable") >= 2)
+    assert exporter.m_blocks.value() == 0
+    assert exporter.m_dropped.value(reason="permanent_error") == 0
+    secret.write_text(PASSWORD + "\n")  # the Secret is fixed; read again on the next connect
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    assert totals(ch) == (42, 1)
+
+
+def test_a_table_that_does_not_match_refuses_the_start(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    ch.query("CREATE TABLE default.network_flows_0 (date Date, bytes String) ENGINE = MergeTree ORDER BY date")
+    with pytest.raises(SchemaError, match="column bytes is String, expected UInt64"):
+        http_exporter(make_exporter, ch, create_schema=False)
+
+
+def test_a_table_changed_under_a_running_exporter_is_a_permanent_error(
+    ch: ClickHouseHTTP, make_exporter: Any
+) -> None:
+    exporter = http_exporter(make_exporter, ch)
+    exporter.consume(minute_batch(0, 1))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    # Someone replaces the table with one that lacks most columns.
+    ch.query("DROP TABLE default.network_flows_0")
+    ch.query("CREATE TABLE default.network_flows_0 (date Date, bytes UInt64) ENGINE = MergeTree ORDER BY date")
+    exporter.consume(minute_batch(1, 2, 3))
+    assert wait_until(lambda: exporter.m_dropped.value(reason="permanent_error") == 2)
+    # >= 1: a block that fails permanently may be split to find the rows at fault.
+    assert exporter.m_failures.value(kind="permanent") >= 1
+    assert ch.query("SELECT count() FROM default.network_flows_0") == [[0]]  # nothing half-written
+
+
+def test_https_with_a_private_ca(tmp_path: Path, make_exporter: Any) -> None:
+    tls = make_tls(tmp_path / "tls")
+    with clickhouse_http(tmp_path / "server", password=PASSWORD, tls=(tls.server_cert, tls.server_key),
+                         ca_file=tls.ca) as ch:
+        assert ch.dsn().startswith("https://")
+        exporter = http_exporter(make_exporter, ch, tls={"ca_file": str(tls.ca)})
+        exporter.consume(minute_batch(0, 9, 1))
+        assert wait_until(lambda: exporter.m_blocks.value() == 1)
+        assert totals(ch) == (10, 1)
+
+
+def test_https_with_an_unknown_ca_is_not_trusted(tmp_path: Path, make_exporter: Any) -> None:
+    tls = make_tls(tmp_path / "tls")
+    with clickhouse_http(tmp_path / "server", password=PASSWORD, tls=(tls.server_cert, tls.server_key),
+                         ca_file=tls.ca) as ch:
+        exporter = http_exporter(make_exporter, ch, tls={"ca_file": str(tls.other_ca)})
+        exporter.consume(minute_batch(0, 9))
+        assert wait_until(lambda: exporter.m_failures.value(kind="retryable") >= 1)
+        assert ch.stats()["inserts"] == 0
+        assert exporter.m_blocks.value() == 0
+
+
+def test_failover_to_the_next_endpoint_when_the_first_is_down(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/default"  # nothing listens there
+    exporter = http_exporter(make_exporter, ch, endpoint=dead, failover_endpoints=[ch.dsn()], connect_timeout=2)
+    exporter.consume(minute_batch(0, 30, 12))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    assert totals(ch) == (42, 1)
+
+
+def test_failover_mid_run_loses_and_doubles_nothing(tmp_path: Path, make_exporter: Any) -> None:
+    # Two servers (own data each, so each one's share is visible); the primary
+    # dies after the first block, the rest goes to the second.
+    with clickhouse_http(tmp_path / "a", password=PASSWORD) as a, \
+            clickhouse_http(tmp_path / "b", password=PASSWORD) as b:
+        exporter = http_exporter(make_exporter, a, failover_endpoints=[b.dsn()], connect_timeout=2)
+        # The second server needs the table too: create it there the same way.
+        http_exporter(make_exporter, b)
+        exporter.consume(minute_batch(0, 1, 2))
+        assert wait_until(lambda: exporter.m_blocks.value() == 1)
+        a.stop()
+        exporter.consume(minute_batch(1, 10, 20))
+        exporter.consume(minute_batch(2, 100, 200))
+        assert wait_until(lambda: exporter.m_blocks.value() == 3)
+        assert totals(b) == (330, 2)
+        assert exporter.m_dropped.value(reason="permanent_error") == 0
