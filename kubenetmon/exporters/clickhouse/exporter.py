@@ -3,9 +3,16 @@
 Queueing, batching, retry and shutdown flushing come from
 :class:`~kubenetmon.exporterhelper.QueuedExporter`; this class only turns a
 block into columns and inserts them with ``insert_deduplication_token`` set
-to the block id, which the helper keeps stable across retries and restarts.
-So a block is counted once even when an insert succeeded but its
-acknowledgement was lost.
+to the block's idempotency key (:attr:`~kubenetmon.exporterhelper.Block.key`),
+which stays the same across retries, restarts and a producer's re-delivery of
+a named batch. So a block is counted once even when an insert succeeded but
+its acknowledgement was lost.
+
+A block that ClickHouse (or the driver) refuses because of its *data* is never
+retried as a whole and never dropped as a whole: it is bisected, each part
+inserted with a token derived from the key and the part's row range (stable,
+because the mapping is deterministic), until the rows that cannot be written
+are isolated; only those are dropped, counted and logged.
 """
 
 from __future__ import annotations
@@ -24,33 +31,65 @@ from kubenetmon.exporters.clickhouse.connection import Connection, connect
 from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES, COLUMN_TYPES, PreparedRows, RowMapper
 from kubenetmon.exporters.clickhouse.schema import SchemaError, check_table, create_table
 
-__all__ = ["ClickHouseExporter", "classify_error"]
+__all__ = ["ClickHouseExporter", "classify_error", "is_data_error"]
 
 # ClickHouse error codes that retrying the same block cannot fix: the data or
 # the schema is wrong. Everything else (network, timeouts, TOO_MANY_PARTS,
 # MEMORY_LIMIT_EXCEEDED, a read-only replica, auth being rotated…) is retried.
-_PERMANENT_CODES = frozenset(
+# Of those, the codes that name a problem with some rows' values: the block is
+# bisected to isolate them. The others (schema, settings) fail every row alike.
+_DATA_CODES = frozenset(
     {
         6,  # CANNOT_PARSE_TEXT
-        8,  # THERE_IS_NO_COLUMN
-        16,  # NO_SUCH_COLUMN_IN_TABLE
         27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
         38,  # CANNOT_PARSE_DATE
         41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    }
+)
+_PERMANENT_CODES = _DATA_CODES | frozenset(
+    {
+        8,  # THERE_IS_NO_COLUMN
+        16,  # NO_SUCH_COLUMN_IN_TABLE
         43,  # ILLEGAL_TYPE_OF_ARGUMENT
         44,  # ILLEGAL_COLUMN
         47,  # UNKNOWN_IDENTIFIER
-        53,  # TYPE_MISMATCH
         60,  # UNKNOWN_TABLE
         62,  # SYNTAX_ERROR
-        69,  # ARGUMENT_OUT_OF_BOUND
-        70,  # CANNOT_CONVERT_TYPE
         81,  # UNKNOWN_DATABASE
         115,  # UNKNOWN_SETTING
-        117,  # INCORRECT_DATA
-        131,  # TOO_LARGE_STRING_SIZE
     }
 )
+# Inserts one block may use to isolate bad rows: k bad rows among n take about
+# 2·k·log2(n/k); past this, the parts still failing are dropped (and counted).
+_SPLIT_BUDGET = 256
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when ``exc`` says that some rows' values cannot be written (so bisecting can isolate them).
+
+    Besides the driver's DataError and ClickHouse's data codes, any exception
+    that is not a transport or server error counts: an unexpected exception while
+    serialising (e.g. ``AttributeError`` for an int in a String column) is a
+    property of the data, and retrying it for the whole retry window would only
+    delay the drop of every row of the block.
+    """
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
+
+    if isinstance(exc, DataError):
+        return True
+    if isinstance(exc, OperationalError | OSError | TimeoutError | RetryableError | SchemaError):
+        return False
+    if isinstance(exc, DatabaseError):
+        return getattr(exc, "code", None) in _DATA_CODES
+    if isinstance(exc, PermanentError | KubenetmonError):
+        return False
+    return isinstance(exc, Exception)
 
 
 def classify_error(exc: BaseException) -> KubenetmonError:
@@ -74,7 +113,8 @@ def classify_error(exc: BaseException) -> KubenetmonError:
         return PermanentError(f"rows could not be encoded: {exc!r}")
     if isinstance(exc, OSError | TimeoutError):
         return RetryableError(f"ClickHouse unreachable: {exc!r}")
-    return RetryableError(f"insert failed: {exc!r}")
+    # Unexpected (a serialisation bug, a value of the wrong type): retrying cannot fix it.
+    return PermanentError(f"rows could not be written: {exc!r}")
 
 
 class ClickHouseExporter(QueuedExporter):
@@ -105,7 +145,13 @@ class ClickHouseExporter(QueuedExporter):
             ["reason"],
         )
         self.m_failures = m.counter(
-            "clickhouse_insert_failures_total", "Failed insert attempts, by kind (retryable, permanent).", ["kind"]
+            "clickhouse_insert_failures_total",
+            "Failed insert attempts, by kind (retryable, permanent; data: a part refused for its values, bisected).",
+            ["kind"],
+        )
+        self.m_overflow = m.counter(
+            "clickhouse_aggregate_overflow_splits_total",
+            "Keys whose byte or packet sum would pass 2^64-1: written as separate rows instead of wrapping.",
         )
         self.m_engine_open_failures = m.counter(
             "clickhouse_engine_open_failures_total",
@@ -221,8 +267,8 @@ class ClickHouseExporter(QueuedExporter):
             prepared = self._prepared.get(block.id)
         if prepared is not None:
             return prepared
-        unattributed = sum(len(b.records) for b in block.batches)
-        prepared = self.mapper.prepare(block.flows())
+        unattributed = sum(b.num_records for b in block.batches)
+        prepared = self.mapper.prepare_batches(block.batches)
         if unattributed:
             prepared.rejected["unattributed"] += unattributed
         for reason, n in prepared.rejected.items():
@@ -235,6 +281,13 @@ class ClickHouseExporter(QueuedExporter):
                 if unattributed else "",
             )
         self.m_aggregated.inc(prepared.aggregated_away)
+        if prepared.overflow_splits:
+            self.m_overflow.inc(prepared.overflow_splits)
+            self.log.warning(
+                "block %s: the byte or packet sum of %d keys would pass 2^64-1; their flows are written as "
+                "separate rows instead of one sum (an agent is sending impossible counters?)",
+                block.id, prepared.overflow_splits,
+            )
         with self._prepared_lock:
             self._prepared[block.id] = prepared
             while len(self._prepared) > 8:
@@ -249,30 +302,69 @@ class ClickHouseExporter(QueuedExporter):
         started = time.monotonic()
         try:
             conn = self._connection()
-            self.insert(conn, prepared, block.id)
+            self._insert_isolating(conn, prepared, block)
         except Exception as exc:
             err = classify_error(exc)
             kind = "permanent" if isinstance(err, PermanentError) else "retryable"
             self.m_failures.labels(kind=kind).inc()
-            if kind == "retryable" and not self.config.is_embedded():
+            if kind == "permanent":
+                self._forget(block.id)
+            elif not self.config.is_embedded():
                 # Reconnect (and re-check the schema) next time. Not the embedded
                 # engine: it is not a connection, and re-opening it while its
                 # storage is faulty fails where the open engine recovers by itself.
                 self._drop_connection()
-            else:
-                self._forget(block.id)
             raise err from exc
         self.m_insert_latency.observe(time.monotonic() - started)
-        self.m_rows.inc(prepared.rows)
         self.m_blocks.inc()
         self._forget(block.id)
 
-    def insert(self, conn: Connection, prepared: PreparedRows, token: str) -> None:
-        """One typed, columnar insert; never SQL text."""
+    def _insert_isolating(self, conn: Connection, prepared: PreparedRows, block: Block) -> None:
+        """Insert every row; on a data error bisect until the offending rows are isolated, and drop only those.
+
+        Parts are tried left to right; each part's token is the block key plus its
+        row range, so a retry of the block (after a retryable error mid-way, or
+        after a restart) sends the same parts under the same tokens and
+        ClickHouse counts each once. ``prepared`` remembers finished parts so that
+        a retry in this process neither re-sends them nor counts drops twice.
+        """
+        key, rows = block.key, prepared.rows
+        stack = [(0, rows)]
+        attempts = 0
+        while stack:
+            lo, hi = stack.pop()
+            if (lo, hi) in prepared.done_parts or (lo, hi) in prepared.dropped_parts:
+                continue
+            attempts += 1
+            try:
+                self.insert(conn, prepared, key if (lo, hi) == (0, rows) else f"{key}:{lo}-{hi}", lo, hi)
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                self.m_failures.labels(kind="data").inc()
+                if hi - lo > 1 and attempts < _SPLIT_BUDGET:
+                    mid = (lo + hi) // 2
+                    stack += [(mid, hi), (lo, mid)]
+                    continue
+                prepared.dropped_parts.add((lo, hi))
+                self.m_rejected.labels(reason="insert_rejected").inc(hi - lo)
+                shown = repr(prepared.to_rows(lo, min(hi, lo + 3)))
+                self.log.error(
+                    "block %s: %d rows that ClickHouse cannot take dropped (the rest of the block is written): "
+                    "%s; rows: %s%s", block.id, hi - lo, exc,
+                    shown[:2000], "…" if len(shown) > 2000 or hi - lo > 3 else "",
+                )
+                continue
+            prepared.done_parts.add((lo, hi))
+            self.m_rows.inc(hi - lo)
+
+    def insert(self, conn: Connection, prepared: PreparedRows, token: str, lo: int = 0, hi: int | None = None) -> None:
+        """One typed, columnar insert of rows ``[lo, hi)``; never SQL text."""
+        whole = lo == 0 and (hi is None or hi == prepared.rows)
         conn.client.insert(
             table=self.config.table,
             database=conn.database,
-            data=prepared.columns,
+            data=prepared.columns if whole else prepared.part(lo, prepared.rows if hi is None else hi),
             column_names=list(COLUMN_NAMES),
             column_type_names=list(COLUMN_TYPES),
             column_oriented=True,

@@ -1,28 +1,35 @@
-"""Flows → typed columns of ``network_flows_0`` (reference §9.4 with DESIGN §4.3's rules).
+"""Flow tables → typed columns of ``network_flows_0`` (reference §9.4 with DESIGN §4.3's rules).
+
+The mapper works on the flows view as Arrow (:data:`~kubenetmon.flows.FLOW_SCHEMA`):
+checks, buckets and the pre-aggregation group-by run as vector operations on
+integer columns (string columns as dictionary codes), and Python values are
+made only for the rows that are inserted after aggregation, once per distinct
+string, bucket and flag set (DESIGN §4.2).
 
 * ``intervalStartTime`` is the UTC start of the ``interval_seconds`` bucket that
   holds the last instant of the flow's interval (``end_ns - 1``: intervals are
   half-open, so ``[12:00:55, 12:01:00)`` belongs to 12:00); ``date`` is its
   UTC day. Both are sent timezone-aware: clickhouse-connect reads naive
   datetimes as local time, which shifts buckets on non-UTC hosts (§12, 10).
-* ``direction`` must be ``out`` or ``in``: the driver does not check enum
-  names and would store garbage. Other bad values (ports, negative counters,
-  an unparsable IPv4 address, no timestamp) also reject the one flow, not the
-  block; rejections are counted by reason.
+* A row is rejected (not the block), counted by reason: ``direction`` not
+  ``out``/``in`` (the driver does not check enum names and would store
+  garbage), no timestamp, a time whose bucket a ``DateTime`` cannot hold
+  (after 2106: ClickHouse would refuse the whole insert), an IPv4 row whose
+  address is not IPv4, and, for rows given as Python objects, values that do
+  not fit the batch contract (ports, negative or too large counters,
+  unparsable addresses, non-string text).
 * ``connectionFlags`` keys are sorted: ``{a,b}`` and ``{b,a}`` would otherwise
   be two Map values, i.e. two keys that never sum.
 * Local identity columns come from the local endpoint, falling back to the
   configured :class:`~kubenetmon.identity.Identity`.
 * IPv6 flows are written with ``0.0.0.0`` in the IPv4 columns (the table has
   no IPv6 columns), or dropped with ``ipv6: drop``.
-* IPv4 columns are always given ``IPv4Address`` objects: clickhouse-connect
-  picks the conversion from the first value of a column, so a column must
-  never mix kinds; parsing each distinct address once is also faster than
-  letting the driver split strings row by row.
-* With ``aggregate`` on, rows with equal keys are summed before insert.
+* With ``aggregate`` on, rows with equal keys are summed before insert. A sum
+  that would pass 2^64-1 is never wrapped: that key's flows are written as
+  separate rows instead, counted in ``overflow_splits``.
 
-The mapping is deterministic (same flows → same columns), which a retry with
-the same ``insert_deduplication_token`` needs.
+The mapping is deterministic (same flows → same columns, same order), which a
+retry with the same ``insert_deduplication_token`` needs.
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from ipaddress import IPv4Address
-from operator import attrgetter
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from kubenetmon.exporters.clickhouse.schema import COLUMNS
-from kubenetmon.flows import Endpoint, Flow
+from kubenetmon.flows import FLOW_SCHEMA, Flow, FlowBatch, pack_addresses
 from kubenetmon.identity import Identity
 
 __all__ = ["COLUMN_NAMES", "COLUMN_TYPES", "PreparedRows", "RowMapper"]
@@ -44,30 +54,193 @@ __all__ = ["COLUMN_NAMES", "COLUMN_TYPES", "PreparedRows", "RowMapper"]
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 COLUMN_TYPES: tuple[str, ...] = tuple(type_ for _, type_ in COLUMNS)
 
-_UNSPECIFIED = IPv4Address(0)
-_CACHE_LIMIT = 200_000
-_KEY_WIDTH = 30  # fields of a row's key: everything but bytes and packets
-_DIRECTIONS = frozenset(("out", "in"))
-_get = attrgetter
+# Table column ← flow column, for every column copied as is (strings and ports).
+# The other columns (times, identity, flags, addresses, counters) are computed.
+_COPIED: dict[str, str] = {
+    "proto": "transport",
+    "connectionClass": "connection_class",
+    "direction": "direction",
+    "localCloud": "local_cloud",
+    "localRegion": "local_region",
+    "localCluster": "local_cluster",
+    "localCell": "local_cell",
+    "localAvailabilityZone": "local_availability_zone",
+    "localNode": "local_node",
+    "localInstanceID": "local_instance_id",
+    "localNamespace": "local_namespace",
+    "localPod": "local_pod",
+    "localPort": "local_port",
+    "localApp": "local_app",
+    "remoteCloud": "remote_cloud",
+    "remoteRegion": "remote_region",
+    "remoteCluster": "remote_cluster",
+    "remoteCell": "remote_cell",
+    "remoteAvailabilityZone": "remote_availability_zone",
+    "remoteNode": "remote_node",
+    "remoteInstanceID": "remote_instance_id",
+    "remoteNamespace": "remote_namespace",
+    "remotePod": "remote_pod",
+    "remotePort": "remote_port",
+    "remoteApp": "remote_app",
+    "remoteCloudService": "remote_cloud_service",
+}
+_PORTS = frozenset(("local_port", "remote_port"))
+_STRINGS = tuple(f for f in _COPIED.values() if f not in _PORTS)
+_MAX_U64 = 2**64 - 1
+_MAX_DATETIME = 2**32 - 1  # DateTime is seconds in a UInt32 (until 2106-02-07)
+_V4_MAPPED = np.frombuffer(bytes(10) + b"\xff\xff", dtype=np.uint8)
+_SECOND = 1_000_000_000
 
 
 @dataclass
 class PreparedRows:
-    """Columns ready for ``client.insert(..., column_oriented=True)``."""
+    """Columns ready for ``client.insert(..., column_oriented=True)``, in :data:`COLUMN_NAMES` order."""
 
     columns: list[Sequence[Any]]
     rows: int
     flows: int  # flows accepted (before aggregation)
     aggregated_away: int
     rejected: Counter[str] = field(default_factory=Counter)
+    overflow_splits: int = 0  # keys written as several rows because their sum would pass 2^64-1
+    # Set by the exporter while a block is split after a data error, so that a retry of the
+    # block neither re-sends parts already inserted nor counts dropped rows twice.
+    done_parts: set[tuple[int, int]] = field(default_factory=set)
+    dropped_parts: set[tuple[int, int]] = field(default_factory=set)
 
-    def to_rows(self) -> list[dict[str, Any]]:
-        """Row dicts, for tests and debugging."""
-        return [dict(zip(COLUMN_NAMES, values, strict=True)) for values in zip(*self.columns, strict=True)]
+    def part(self, lo: int, hi: int) -> list[Sequence[Any]]:
+        """Rows ``[lo, hi)`` of every column."""
+        return [c[lo:hi] for c in self.columns]
+
+    def to_rows(self, lo: int = 0, hi: int | None = None) -> list[dict[str, Any]]:
+        """Row dicts, for tests, debugging and logging rows that were dropped."""
+        values = zip(*self.part(lo, self.rows if hi is None else hi), strict=True)
+        return [dict(zip(COLUMN_NAMES, row, strict=True)) for row in values]
+
+
+def _rows_to_table(flows: Sequence[Flow], rejected: Counter[str]) -> pa.RecordBatch:
+    """Flows given as Python objects → a flow table; flows that do not fit the contract are counted and left out.
+
+    The whole list is converted at once; only when that fails is each flow
+    checked on its own (the slow path, for the row-wise helper's bad input).
+    """
+    try:
+        return FlowBatch(flows=flows).flow_table()
+    except (ValueError, TypeError, OverflowError, pa.ArrowException):
+        pass
+    good: list[Flow] = []
+    for f in flows:
+        reason = _row_problem(f)
+        if reason is None:
+            try:
+                FlowBatch(flows=[f]).flow_table()
+            except (ValueError, TypeError, OverflowError, pa.ArrowException):
+                reason = "invalid_value"
+        if reason is None:
+            good.append(f)
+        else:
+            rejected[reason] += 1
+    return FlowBatch(flows=good).flow_table()
+
+
+def _row_problem(f: Flow) -> str | None:
+    loc, rem = f.local, f.remote
+    for v in (loc.port, rem.port):
+        if not isinstance(v, int) or not 0 <= v <= 65535:
+            return "out_of_range"
+    for v in (f.bytes, f.packets):
+        if not isinstance(v, int) or not 0 <= v <= _MAX_U64:
+            return "out_of_range"
+    try:
+        pack_addresses([loc.address, rem.address])
+    except (ValueError, TypeError):
+        return "invalid_address"
+    return None
+
+
+class _Codes:
+    """A string column of several chunks as one int32 code array over one list of distinct values.
+
+    Python work is per distinct value per chunk, never per row.
+    """
+
+    def __init__(self, column: pa.ChunkedArray, fallback: str = "") -> None:
+        index: dict[str, int] = {}
+        self.values: list[str] = []
+        parts: list[np.ndarray[Any, Any]] = []
+        for plain in column.chunks:
+            chunk = plain if isinstance(plain, pa.DictionaryArray) else plain.dictionary_encode()
+            remap = np.empty(len(chunk.dictionary) + 1, dtype=np.int32)
+            for i, value in enumerate(chunk.dictionary.to_pylist()):
+                text = value or fallback
+                code = index.get(text)
+                if code is None:
+                    code = index[text] = len(self.values)
+                    self.values.append(text)
+                remap[i] = code
+            # Null means "not known", like "": it takes the code of the fallback (or of "").
+            text = fallback
+            code = index.get(text)
+            if code is None:
+                code = index[text] = len(self.values)
+                self.values.append(text)
+            remap[-1] = code
+            indices = chunk.indices.fill_null(len(chunk.dictionary)).to_numpy(zero_copy_only=False)
+            parts.append(remap[indices])
+        self.codes: np.ndarray[Any, Any] = (
+            np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+        )
+
+    def strings(self, codes: np.ndarray[Any, Any]) -> list[str]:
+        values = self.values
+        return [values[c] for c in codes.tolist()]
+
+
+def _flag_codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[dict[str, bool]]]:
+    """Each row's flags as a code of its sorted ``key=value`` set; the dicts per code (keys sorted)."""
+    flags = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(flags)
+    offsets = flags.offsets.to_numpy()  # a null row has no entries: its two offsets are equal
+    lengths = np.diff(offsets)
+    if n == 0 or not lengths.any():
+        return np.zeros(n, dtype=np.int32), [{}]
+    first, count = int(offsets[0]), int(offsets[-1] - offsets[0])
+    keys, items = flags.keys.slice(first, count), flags.items.slice(first, count)
+    # Entries as integers (rank of the key among the distinct keys, sorted; ×2 + value), so that
+    # a row's sorted entries join into a plain digit string whatever bytes the keys hold.
+    encoded_keys = keys.dictionary_encode()
+    names = encoded_keys.dictionary.to_pylist()
+    by_name = sorted(range(len(names)), key=names.__getitem__)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[by_name] = np.arange(len(names))
+    sorted_names = [names[i] for i in by_name]
+    entry = rank[encoded_keys.indices.to_numpy()] * 2 + pc.fill_null(items, False).to_numpy(zero_copy_only=False)
+    parent = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    entry = entry[np.lexsort((entry, parent))]
+    per_row = pa.ListArray.from_arrays(pa.array(offsets - offsets[0]), pc.cast(pa.array(entry), pa.utf8()))
+    encoded = pc.binary_join(per_row, ",").dictionary_encode()
+    dicts: list[dict[str, bool]] = []
+    for joined in encoded.dictionary.to_pylist():
+        entries = [int(e) for e in joined.split(",")] if joined else []
+        dicts.append({sorted_names[e // 2]: bool(e % 2) for e in entries})
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), dicts
+
+
+def _ipv4(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """(IPv4 as uint32, is IPv4-mapped) per row of an address column; null is 0.0.0.0 and IPv4."""
+    parts, mapped = [], []
+    for chunk in column.chunks:
+        raw = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)[chunk.offset * 16:(chunk.offset + len(chunk)) * 16]
+        raw = raw.reshape(-1, 16)
+        valid = ~chunk.is_null().to_numpy(zero_copy_only=False)
+        mapped.append(~valid | (raw[:, :12] == _V4_MAPPED).all(axis=1))
+        parts.append(np.where(valid, raw[:, 12:].copy().view(">u4").ravel(), 0).astype(np.uint32))
+    if not parts:
+        return np.empty(0, dtype=np.uint32), np.empty(0, dtype=bool)
+    return np.concatenate(parts), np.concatenate(mapped)
 
 
 class RowMapper:
-    """Turns flows into columns; keeps small caches of parsed addresses, buckets and flags."""
+    """Turns flow tables into the table's columns; keeps small caches of buckets and addresses."""
 
     def __init__(
         self, identity: Identity, interval_seconds: int = 60, aggregate: bool = True, ipv6: str = "write"
@@ -76,250 +249,194 @@ class RowMapper:
         self.interval_seconds = interval_seconds
         self.aggregate = aggregate
         self.write_ipv6 = ipv6 == "write"
-        # Parsed addresses by text; None marks text that is not an IPv4 address.
-        self._addresses: dict[str, IPv4Address | None] = {"": _UNSPECIFIED, "0.0.0.0": _UNSPECIFIED}
         self._buckets: dict[int, tuple[date, datetime]] = {}
-        self._flags: dict[tuple[tuple[str, bool], ...], dict[str, bool]] = {(): {}}
+        self._addresses: dict[int, IPv4Address] = {}
 
-    def _address(self, text: str) -> IPv4Address | None:
-        try:
-            parsed: IPv4Address | None = IPv4Address(text)
-        except ValueError:
-            parsed = None
-        self._addresses[text] = parsed
-        return parsed
+    def prepare(self, flows: Sequence[Flow] | pa.RecordBatch | Iterable[pa.RecordBatch]) -> PreparedRows:
+        """Map (and aggregate) flows: a list of :class:`Flow` rows, a flow table, or several.
+
+        Deterministic: same flows, same columns in the same order.
+        """
+        rejected: Counter[str] = Counter()
+        if isinstance(flows, pa.RecordBatch):
+            tables = [flows]
+        elif isinstance(flows, list | tuple) and (not flows or isinstance(flows[0], Flow)):
+            tables = [_rows_to_table(flows, rejected)]
+        else:
+            tables = list(flows)
+        tables = [t for t in tables if t.num_rows]
+        table = pa.Table.from_batches(tables, schema=FLOW_SCHEMA) if tables else FLOW_SCHEMA.empty_table()
+        return self._prepare_table(table, rejected)
+
+    def prepare_batches(self, batches: Iterable[FlowBatch]) -> PreparedRows:
+        """Map the flows views of ``batches`` (the exporter's entry point).
+
+        A batch whose rows do not fit the contract (the row-wise helper given an
+        int where a string belongs, a port of 70000…) loses only those rows,
+        counted by reason; the others are written.
+        """
+        rejected: Counter[str] = Counter()
+        tables: list[pa.RecordBatch] = []
+        for batch in batches:
+            if not batch.num_flows:
+                continue
+            try:
+                tables.append(batch.flow_table())
+            except (ValueError, TypeError, OverflowError, pa.ArrowException):
+                tables.append(_rows_to_table(batch.flows, rejected))
+        tables = [t for t in tables if t.num_rows]
+        table = pa.Table.from_batches(tables, schema=FLOW_SCHEMA) if tables else FLOW_SCHEMA.empty_table()
+        return self._prepare_table(table, rejected)
+
+    def _prepare_table(self, table: pa.Table, rejected: Counter[str]) -> PreparedRows:
+        n = table.num_rows
+        ident = self.identity
+        direction = _Codes(table.column("direction"))
+        network = _Codes(table.column("network_type"))
+        end = table.column("end_ns").to_numpy()
+        start = table.column("start_ns").to_numpy()
+        end = np.where(end > 0, end, start)
+        step = self.interval_seconds
+        bucket = (end - 1) // (step * _SECOND) * step
+        is_v6 = np.isin(network.codes, [i for i, v in enumerate(network.values) if v == "ipv6"])
+        lip, l_mapped = _ipv4(table.column("local_address"))
+        rip, r_mapped = _ipv4(table.column("remote_address"))
+
+        # Each check is one vector op; a row failing several is counted under the first.
+        keep = np.ones(n, dtype=bool)
+        valid_dirs = [i for i, v in enumerate(direction.values) if v in ("out", "in")]
+        for reason, bad in (
+            ("invalid_direction", ~np.isin(direction.codes, valid_dirs)),
+            ("no_timestamp", end <= 0),
+            ("time_out_of_range", bucket > _MAX_DATETIME),
+            ("ipv6", is_v6 if not self.write_ipv6 else np.zeros(n, dtype=bool)),
+            ("invalid_address", ~is_v6 & ~(l_mapped & r_mapped)),
+        ):
+            hit = bad & keep
+            count = int(hit.sum())
+            if count:
+                rejected[reason] += count
+                keep &= ~hit
+        lip = np.where(is_v6, 0, lip).astype(np.uint32)
+        rip = np.where(is_v6, 0, rip).astype(np.uint32)
+
+        codes: dict[str, _Codes] = {"direction": direction}
+        for name in _STRINGS:
+            if name != "direction":
+                fallback = ""
+                if name in ("local_cloud", "local_region", "local_cluster", "local_cell"):
+                    fallback = getattr(ident, name.removeprefix("local_"))
+                codes[name] = _Codes(table.column(name), fallback)
+        flag_codes, flag_dicts = _flag_codes(table.column("connection_flags"))
+        keys: dict[str, np.ndarray[Any, Any]] = {
+            "bucket": bucket,
+            "flags": flag_codes,
+            "local_ip": lip,
+            "remote_ip": rip,
+            "local_port": table.column("local_port").to_numpy(),
+            "remote_port": table.column("remote_port").to_numpy(),
+            **{name: c.codes for name, c in codes.items()},
+        }
+        nbytes = table.column("bytes").to_numpy()
+        npackets = table.column("packets").to_numpy()
+        if not keep.all():
+            keys = {k: v[keep] for k, v in keys.items()}
+            nbytes, npackets = nbytes[keep], npackets[keep]
+        accepted = int(keep.sum())
+        overflow_splits = 0
+        if self.aggregate and accepted:
+            keys, nbytes, npackets, overflow_splits = self._aggregate(keys, nbytes, npackets)
+        rows = len(nbytes)
+        columns = self._columns(keys, codes, flag_dicts, nbytes, npackets)
+        return PreparedRows(columns, rows, accepted, accepted - rows, rejected, overflow_splits)
+
+    def _aggregate(
+        self, keys: dict[str, np.ndarray[Any, Any]], nbytes: np.ndarray[Any, Any], npackets: np.ndarray[Any, Any]
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], np.ndarray[Any, Any], np.ndarray[Any, Any], int]:
+        """Sum counters of equal keys (pyarrow group-by, first-seen order); never wrap past 2^64-1.
+
+        Arrow's uint64 sum wraps silently, so each counter is also summed as
+        high and low 32-bit halves (neither can overflow below 2^32 rows); a
+        group whose true sum does not fit keeps its flows as separate rows.
+        """
+        names = list(keys)
+        columns = {k: pa.array(v) for k, v in keys.items()}
+        for label, values in (("b", nbytes), ("p", npackets)):
+            columns[f"{label}"] = pa.array(values)
+            columns[f"{label}_hi"] = pa.array(values >> np.uint64(32))
+            columns[f"{label}_lo"] = pa.array(values & np.uint64(0xFFFFFFFF))
+        columns["row"] = pa.array(np.arange(len(nbytes), dtype=np.int64))
+        grouped = pa.table(columns).group_by(names, use_threads=False).aggregate(
+            [("b", "sum"), ("p", "sum"), ("b_hi", "sum"), ("b_lo", "sum"), ("p_hi", "sum"), ("p_lo", "sum"),
+             ("row", "min")]
+        )
+        # Order groups by their first row, so the result does not depend on hash table internals.
+        grouped = grouped.take(pc.sort_indices(grouped.column("row_min")))
+        over = np.zeros(grouped.num_rows, dtype=bool)
+        for label in ("b", "p"):
+            hi = grouped.column(f"{label}_hi_sum").to_numpy()
+            lo = grouped.column(f"{label}_lo_sum").to_numpy()
+            over |= (hi + (lo >> np.uint64(32))) >= np.uint64(2**32)
+        out_keys = {k: grouped.column(k).to_numpy() for k in names}
+        out_b = grouped.column("b_sum").to_numpy()
+        out_p = grouped.column("p_sum").to_numpy()
+        if not over.any():
+            return out_keys, out_b, out_p, 0
+        # Rare: keep the flows of overflowing keys as their own rows (each fits: uint64 by contract).
+        members = pa.table({**{k: pa.array(v) for k, v in keys.items()}, "row": pa.array(np.arange(len(nbytes)))})
+        members = members.group_by(names, use_threads=False).aggregate([("row", "min"), ("row", "list")])
+        members = members.take(pc.sort_indices(members.column("row_min")))
+        loose = np.sort(pc.list_flatten(members.column("row_list").filter(pa.array(over))).to_numpy())
+        fine = ~over
+        out_keys = {k: np.concatenate([out_keys[k][fine], keys[k][loose]]) for k in names}
+        return (
+            out_keys,
+            np.concatenate([out_b[fine], nbytes[loose]]),
+            np.concatenate([out_p[fine], npackets[loose]]),
+            int(over.sum()),
+        )
 
     def _bucket(self, start: int) -> tuple[date, datetime]:
         moment = datetime.fromtimestamp(start, UTC)
-        value = (moment.date(), moment)
         if len(self._buckets) > 10_000:
             self._buckets.clear()
-        self._buckets[start] = value
+        value = self._buckets[start] = (moment.date(), moment)
         return value
 
-    def prepare(self, flows: Iterable[Flow]) -> PreparedRows:
-        """Map (and aggregate) ``flows``. Deterministic: same flows, same columns."""
-        if len(self._addresses) > _CACHE_LIMIT:  # trimmed between blocks, never while one is mapped
-            self._addresses = {"": _UNSPECIFIED, "0.0.0.0": _UNSPECIFIED}
-        flows = flows if isinstance(flows, list) else list(flows)
-        by_column = self._prepare_by_column(flows)
-        return by_column if by_column is not None else self._prepare_by_flow(flows)
-
-    def _prepare_by_column(self, flows: list[Flow]) -> PreparedRows | None:
-        """The common case: each field read for all flows at once (``map`` + ``attrgetter``, C speed).
-
-        Checks run per column. Returns None when some flow must be rejected
-        (or IPv6 flows dropped); :meth:`_prepare_by_flow` then decides flow by
-        flow. Both give the same columns for the same flows.
-        """
-        if not flows:
-            return None
-        directions = list(map(_get("direction"), flows))
-        ends = list(map(_get("end_ns"), flows))
-        nbytes = list(map(_get("bytes"), flows))
-        npackets = list(map(_get("packets"), flows))
-        if not set(directions) <= _DIRECTIONS or min(ends) <= 0 or min(nbytes) < 0 or min(npackets) < 0:
-            return None
-        locals_ = list(map(_get("local"), flows))
-        remotes = list(map(_get("remote"), flows))
-        lports = list(map(_get("port"), locals_))
-        rports = list(map(_get("port"), remotes))
-        if min(lports) < 0 or max(lports) > 65535 or min(rports) < 0 or max(rports) > 65535:
-            return None
-        lips = list(map(_get("address"), locals_))
-        rips = list(map(_get("address"), remotes))
-        kinds = list(map(_get("network_type"), flows))
-        if "ipv6" in kinds:
-            if not self.write_ipv6:
-                return None
-            lips = [a if k != "ipv6" else "" for a, k in zip(lips, kinds, strict=True)]
-            rips = [a if k != "ipv6" else "" for a, k in zip(rips, kinds, strict=True)]
-        distinct = {*lips, *rips}
-        for text in distinct.difference(self._addresses):
-            self._address(text)
-        addresses = self._addresses
-        if any(addresses[text] is None for text in distinct):  # also text that failed in an earlier block
-            return None
-        ident = self.identity
-        step = self.interval_seconds
-        step_ns = step * 1_000_000_000
-
-        def local(field: str, fallback: str) -> list[str]:
-            column = list(map(_get(field), locals_))
-            return column if not fallback or all(column) else [v or fallback for v in column]
-
-        def of(endpoints: list[Endpoint], *fields: str) -> list[list[Any]]:
-            return [list(map(_get(f), endpoints)) for f in fields]
-
-        key_columns: list[Sequence[Any]] = [
-            [(e - 1) // step_ns * step for e in ends],
-            list(map(_get("transport"), flows)),
-            list(map(_get("connection_class"), flows)),
-            [tuple(sorted(f.items())) if f else () for f in map(_get("connection_flags"), flows)],
-            directions,
-            local("cloud", ident.cloud),
-            local("region", ident.region),
-            local("cluster", ident.cluster),
-            local("cell", ident.cell),
-            *of(locals_, "availability_zone", "node", "instance_id", "namespace", "pod"),
-            lips,
-            lports,
-            *of(locals_, "app"),
-            *of(remotes, "cloud", "region", "cluster", "cell", "availability_zone", "node", "instance_id",
-                "namespace", "pod"),
-            rips,
-            rports,
-            *of(remotes, "app", "cloud_service"),
-        ]
-        n = len(flows)
-        if not self.aggregate:
-            return PreparedRows(self._columns(key_columns, nbytes, npackets), n, n, 0)
-        sums: dict[tuple[Any, ...], list[int]] = {}
-        for key, b, p in zip(zip(*key_columns, strict=True), nbytes, npackets, strict=True):
-            acc = sums.get(key)
-            if acc is None:
-                sums[key] = [b, p]
-            else:
-                acc[0] += b
-                acc[1] += p
-        return self._finish_aggregated(sums, n, Counter())
-
-    def _finish_aggregated(
-        self, sums: dict[tuple[Any, ...], list[int]], accepted: int, rejected: Counter[str]
-    ) -> PreparedRows:
-        rows = len(sums)
-        key_columns = list(zip(*sums, strict=True)) if sums else [() for _ in range(_KEY_WIDTH)]
-        columns = self._columns(key_columns, [v[0] for v in sums.values()], [v[1] for v in sums.values()])
-        return PreparedRows(columns, rows, accepted, accepted - rows, rejected)
-
-    def _prepare_by_flow(self, flows: Iterable[Flow]) -> PreparedRows:
-        """Flow by flow: rejects (and counts) the flows that cannot be written."""
-        ident = self.identity
-        i_cloud, i_region, i_cluster, i_cell = ident.cloud, ident.region, ident.cluster, ident.cell
-        step = self.interval_seconds
-        step_ns = step * 1_000_000_000
-        addresses = self._addresses
-        address = self._address
-        write_ipv6 = self.write_ipv6
-        aggregate = self.aggregate
-        rejected: Counter[str] = Counter()
-        sums: dict[tuple[Any, ...], list[int]] = {}
-        keys: list[tuple[Any, ...]] = []
-        counts_bytes: list[int] = []
-        counts_packets: list[int] = []
-        accepted = 0
-        for f in flows:
-            direction = f.direction
-            if direction != "out" and direction != "in":  # noqa: PLR1714 - faster than a set lookup here
-                rejected["invalid_direction"] += 1
-                continue
-            end = f.end_ns or f.start_ns
-            if end <= 0:
-                rejected["no_timestamp"] += 1
-                continue
-            loc, rem = f.local, f.remote
-            nbytes, npackets = f.bytes, f.packets
-            if not (0 <= loc.port <= 65535 and 0 <= rem.port <= 65535 and nbytes >= 0 and npackets >= 0):
-                rejected["out_of_range"] += 1
-                continue
-            if f.network_type == "ipv6":
-                if not write_ipv6:
-                    rejected["ipv6"] += 1
-                    continue
-                lip = rip = ""
-            else:
-                # Keys hold the address text (its hash is cached by str); each
-                # distinct address is parsed once, here, to validate it.
-                lip, rip = loc.address, rem.address
-                if (addresses[lip] if lip in addresses else address(lip)) is None or (
-                    addresses[rip] if rip in addresses else address(rip)
-                ) is None:
-                    rejected["invalid_address"] += 1
-                    continue
-            flags = f.connection_flags
-            key = (
-                (end - 1) // step_ns * step,
-                f.transport,
-                f.connection_class,
-                tuple(sorted(flags.items())) if flags else (),
-                direction,
-                loc.cloud or i_cloud,
-                loc.region or i_region,
-                loc.cluster or i_cluster,
-                loc.cell or i_cell,
-                loc.availability_zone,
-                loc.node,
-                loc.instance_id,
-                loc.namespace,
-                loc.pod,
-                lip,
-                loc.port,
-                loc.app,
-                rem.cloud,
-                rem.region,
-                rem.cluster,
-                rem.cell,
-                rem.availability_zone,
-                rem.node,
-                rem.instance_id,
-                rem.namespace,
-                rem.pod,
-                rip,
-                rem.port,
-                rem.app,
-                rem.cloud_service,
-            )
-            accepted += 1
-            if aggregate:
-                acc = sums.get(key)
-                if acc is None:
-                    sums[key] = [nbytes, npackets]
-                else:
-                    acc[0] += nbytes
-                    acc[1] += npackets
-            else:
-                keys.append(key)
-                counts_bytes.append(nbytes)
-                counts_packets.append(npackets)
-        if aggregate:
-            return self._finish_aggregated(sums, accepted, rejected)
-        key_columns = list(zip(*keys, strict=True)) if keys else [() for _ in range(_KEY_WIDTH)]
-        return PreparedRows(
-            self._columns(key_columns, counts_bytes, counts_packets), len(keys), accepted, 0, rejected
-        )
+    def _address(self, value: int) -> IPv4Address:
+        if len(self._addresses) > 200_000:
+            self._addresses.clear()
+        address = self._addresses[value] = IPv4Address(value)
+        return address
 
     def _columns(
-        self, t: Sequence[Sequence[Any]], counts_bytes: Sequence[int], counts_packets: Sequence[int]
+        self,
+        keys: dict[str, np.ndarray[Any, Any]],
+        codes: dict[str, _Codes],
+        flag_dicts: list[dict[str, bool]],
+        nbytes: np.ndarray[Any, Any],
+        npackets: np.ndarray[Any, Any],
     ) -> list[Sequence[Any]]:
-        """Key columns (see the key in :meth:`_prepare_by_flow`) → the table's columns."""
-        n = len(counts_bytes)
-        addresses = self._addresses
-        if n == 0:
-            return [[] for _ in COLUMN_NAMES]
-        buckets = self._buckets
-        times = [buckets[b] if b in buckets else self._bucket(b) for b in t[0]]
-        flags_cache = self._flags
-        flags = []
-        for fk in t[3]:
-            d = flags_cache.get(fk)
-            if d is None:
-                d = flags_cache[fk] = dict(fk)
-            flags.append(d)
-        if len(flags_cache) > 10_000:
-            self._flags = {(): {}}
-        return [
-            [d for d, _ in times],  # date
-            [m for _, m in times],  # intervalStartTime
-            [self.interval_seconds] * n,
-            [self.identity.environment] * n,
-            t[1],  # proto
-            t[2],  # connectionClass
-            flags,
-            *t[4:14],  # direction, localCloud … localPod
-            [addresses[a] for a in t[14]],  # localIPv4
-            *t[15:26],  # localPort, localApp, remoteCloud … remotePod
-            [addresses[a] for a in t[26]],  # remoteIPv4
-            *t[27:],  # remotePort, remoteApp, remoteCloudService
-            counts_bytes,
-            counts_packets,
-        ]
+        """The inserted rows' values, built once per distinct bucket, address, flag set and string."""
+        n = len(nbytes)
+        buckets, addresses = self._buckets, self._addresses
+        times = [buckets[b] if b in buckets else self._bucket(b) for b in keys["bucket"].tolist()]
+
+        def ips(values: np.ndarray[Any, Any]) -> list[IPv4Address]:
+            # IPv4Address objects always: clickhouse-connect picks a column's conversion from its first value.
+            return [addresses[a] if a in addresses else self._address(a) for a in values.tolist()]
+
+        source: dict[str, Sequence[Any]] = {
+            "date": [d for d, _ in times],
+            "intervalStartTime": [m for _, m in times],
+            "intervalSeconds": [self.interval_seconds] * n,
+            "environment": [self.identity.environment] * n,
+            "connectionFlags": [flag_dicts[c] for c in keys["flags"].tolist()],
+            "localIPv4": ips(keys["local_ip"]),
+            "remoteIPv4": ips(keys["remote_ip"]),
+            "bytes": nbytes.tolist(),
+            "packets": npackets.tolist(),
+        }
+        for column, name in _COPIED.items():
+            source[column] = keys[name].tolist() if name in _PORTS else codes[name].strings(keys[name])
+        return [source[name] for name in COLUMN_NAMES]

@@ -269,22 +269,24 @@ def varied_flows() -> list[Flow]:
 
 @pytest.mark.parametrize("aggregate", [False, True])
 def test_column_path_gives_what_the_flow_by_flow_path_gives(aggregate: bool) -> None:
+    # The columnar path (a flow table, what converted stages hand on) and the row-wise
+    # helper (a list of Flow objects) must give the same rows.
     flows = varied_flows()
-    by_column = mapper(aggregate=aggregate)._prepare_by_column(flows)
-    assert by_column is not None  # nothing to reject: the column path takes it
-    by_flow = mapper(aggregate=aggregate)._prepare_by_flow(flows)
+    by_column = mapper(aggregate=aggregate).prepare(FlowBatch(flows=flows).flow_table())
+    by_flow = mapper(aggregate=aggregate).prepare(flows)
     assert by_column.to_rows() == by_flow.to_rows()
     assert (by_column.rows, by_column.flows, by_column.aggregated_away) == (
         by_flow.rows, by_flow.flows, by_flow.aggregated_away)
 
 
-def test_a_flow_to_reject_sends_the_block_down_the_flow_by_flow_path() -> None:
+def test_a_flow_to_reject_is_rejected_alone_on_both_paths() -> None:
     flows = [*varied_flows(), make_flow("sideways")]
-    assert mapper()._prepare_by_column(flows) is None
-    assert mapper(ipv6="drop")._prepare_by_column(varied_flows()) is None
-    prepared = mapper().prepare(flows)
-    assert prepared.rejected == {"invalid_direction": 1}
-    assert prepared.flows == len(flows) - 1
+    for given in (flows, FlowBatch(flows=flows).flow_table()):
+        prepared = mapper().prepare(given)
+        assert prepared.rejected == {"invalid_direction": 1}
+        assert prepared.flows == len(flows) - 1
+    dropped = mapper(ipv6="drop").prepare(FlowBatch(flows=varied_flows()).flow_table())
+    assert dropped.rejected == {"ipv6": sum(f.network_type == "ipv6" for f in varied_flows())}
 
 
 def test_an_unparsable_address_is_rejected_in_every_block_not_only_the_first() -> None:
