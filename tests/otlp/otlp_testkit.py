@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ from kubenetmon.flows import ConntrackRecord, FlowBatch
 from kubenetmon.receivers.otlp import OtlpReceiver, OtlpReceiverConfig
 from kubenetmon.testing import SinkConsumer, StaticHost, create_settings
 
-T0 = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000
+HOUR = 3600 * SECOND
+# Hour-aligned, an hour or two ago: inside the receiver's default window of
+# accepted times (limits.max_age 24 h), which a fixed date would leave.
+T0 = (time.time_ns() // HOUR - 1) * HOUR
 
 
 def make_records(
@@ -175,9 +179,9 @@ class LoseAcknowledgements(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or handler.stream_unary is None:  # the receiver serves Export as stream→unary
             return handler
-        inner = handler.unary_unary
+        inner = handler.stream_unary
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             response = inner(request, context)
@@ -190,7 +194,7 @@ class LoseAcknowledgements(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "acknowledgement lost (test)")
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

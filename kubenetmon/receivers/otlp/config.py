@@ -8,7 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kubenetmon.component import ComponentConfig
 
-__all__ = ["AuthConfig", "DedupConfig", "GrpcServerConfig", "KeepaliveConfig", "OtlpReceiverConfig", "ServerTLSConfig"]
+__all__ = [
+    "AuthConfig",
+    "DedupConfig",
+    "GrpcServerConfig",
+    "KeepaliveConfig",
+    "LimitsConfig",
+    "OtlpReceiverConfig",
+    "ServerTLSConfig",
+]
 
 
 class _Strict(BaseModel):
@@ -54,9 +62,22 @@ class GrpcServerConfig(_Strict):
     tls: ServerTLSConfig = Field(default_factory=ServerTLSConfig, description="TLS / mTLS of the server.")
     max_recv_msg_size_mib: int = Field(32, gt=0, description="Largest request accepted (after decompression).")
     max_concurrent_requests: int = Field(
-        16, gt=0, description="Requests handled at once; more are refused with RESOURCE_EXHAUSTED."
+        16, gt=0, description="Requests in progress at once (receiving, decoding or waiting to); more are "
+        "refused at once with RESOURCE_EXHAUSTED, counted and logged."
     )
-    workers: int = Field(4, gt=0, description="Threads that decode requests and call the next consumer.")
+    max_requests_per_peer: int = Field(
+        4, gt=0, description="Requests in progress at once from one client address; more are refused with "
+        "RESOURCE_EXHAUSTED, so one client (stalled or flooding) cannot take every slot. Agents behind one "
+        "NAT address share it."
+    )
+    read_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request may take from its headers to its complete message; a "
+        "client that stalls longer is cancelled (counted as read_timeout) and frees its slot."
+    )
+    workers: int = Field(
+        4, gt=0, description="Requests decoded and handed to the next consumer at once (CPU work); requests "
+        "still receiving their message do not hold a worker."
+    )
     keepalive: KeepaliveConfig = Field(
         default_factory=KeepaliveConfig, description="Keepalive pings and connection age (agents rebalance)."
     )
@@ -87,6 +108,32 @@ class DedupConfig(_Strict):
         600.0, gt=0, description="Seconds a batch id is remembered; cover the agents' retry window "
         "(retry_on_failure.max_elapsed_time) and a restart."
     )
+    path: str = Field(
+        "", description="File journaling delivered batch ids (appended and fsync'd before the "
+        "acknowledgement, compacted as ids expire), so the window survives a restart or kill -9; put it next "
+        "to the exporter's persistent queue. Empty: memory only (a batch re-sent after a restart is stored "
+        "twice)."
+    )
+
+
+class LimitsConfig(_Strict):
+    """What a data point may claim; a point beyond these is rejected alone (partial success)."""
+
+    max_age: float = Field(
+        86400.0, gt=0, description="Seconds a point's start and end may lie in the past: at least the agents' "
+        "retry window (retry_on_failure.max_elapsed_time) plus how long a persistent queue may hold data."
+    )
+    max_future: float = Field(
+        300.0, gt=0, description="Seconds a point's end may lie ahead of this gateway's clock (clock skew)."
+    )
+    max_bytes_per_second: int = Field(
+        50_000_000_000, gt=0, description="Largest byte rate one tuple and direction may claim (default "
+        "400 Gbit/s); a delta above it times the interval (at least 1 s) is rejected as impossible_delta."
+    )
+    max_packets_per_second: int = Field(
+        600_000_000, gt=0, description="Largest packet rate one tuple and direction may claim (400 Gbit/s of "
+        "minimum-size frames)."
+    )
 
 
 class OtlpReceiverConfig(ComponentConfig):
@@ -94,6 +141,9 @@ class OtlpReceiverConfig(ComponentConfig):
 
     grpc: GrpcServerConfig = Field(default_factory=GrpcServerConfig, description="The gRPC server.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Client authentication.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Times and counter deltas a data point may claim."
+    )
     dedup: DedupConfig = Field(
         default_factory=DedupConfig, description="Counting a batch retried after a lost acknowledgement once."
     )

@@ -9,14 +9,25 @@ more parallelism moot, and ``max_concurrent_requests`` bounds memory.
 Requests are read as raw bytes (no generated servicer), so a request that is
 not protobuf is answered INVALID_ARGUMENT and counted, instead of failing
 inside gRPC.
+
+Admission (issue 16 item 3: four calls that opened an Export and never sent
+their message took every worker). gRPC looks up a call's handler on its
+polling thread, before any pool thread or the body is involved; there this
+receiver checks the bearer token from the metadata and its own bound of
+requests in progress, and answers a refusal without reading the body. The
+Export method is served as stream→unary (the same bytes on the wire as a
+unary call) so that the handler reads the one message itself, under a
+deadline (``grpc.read_timeout``) and a per-client-address bound
+(``grpc.max_requests_per_peer``); only a request whose message arrived takes
+one of the ``grpc.workers`` decode slots.
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,14 +39,63 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
-from kubenetmon.otlp import contract, decode_records_bytes
+from kubenetmon.otlp import DecodeLimits, contract, decode_records_bytes
+from kubenetmon.otlp._limits import MAX_BATCH_ID_BYTES
 from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
 from kubenetmon.receivers.otlp.config import OtlpReceiverConfig
 from kubenetmon.receivers.otlp.dedup import BatchIdWindow
+from kubenetmon.receivers.otlp.watchdog import Watchdog
 
 __all__ = ["OtlpReceiver"]
 
 _SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+_EXPORT = f"/{_SERVICE}/Export"
+_SECOND_NS = 1_000_000_000
+# Refusals and rejections are logged at WARNING at most this often per kind
+# (a misbehaving client repeats itself every interval); the rest at DEBUG.
+_LOG_EVERY = 10.0
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:10.0.0.1:5555`` / ``ipv6:[fd00::1]:5555`` → the address without the port."""
+    host = peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
+    return host.split(":", 1)[-1].strip("[]")
+
+
+class _Admission(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Runs on gRPC's polling thread for every call: auth and the global bound, before the body is read."""
+
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self.receiver = receiver
+        self.export = grpc.stream_unary_rpc_method_handler(receiver._export_stream)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method != _EXPORT:
+            return None
+        r = self.receiver
+        metadata = handler_call_details.invocation_metadata or ()
+        if r._expected_auth is not None:
+            given = next((v for k, v in metadata if k == "authorization"), "")
+            given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+            if not hmac.compare_digest(given_bytes, r._expected_auth):
+                r._refused("unauthenticated", "missing or wrong bearer token")
+                return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if not r._admit():
+            limit = r.config.grpc.max_concurrent_requests
+            message = f"{limit} requests in progress (grpc.max_concurrent_requests); retry later"
+            r._refused("too_many_requests", message)
+            return _refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        return self.export
+
+
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler that answers ``code`` without reading the request (stream handlers read on demand)."""
+
+    def refuse(_requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 class _Abort(Exception):
@@ -71,14 +131,25 @@ class OtlpReceiver(BaseComponent):
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = False
         self.port = 0
-        self._last_reject_log = -1e9
-        self.dedup = BatchIdWindow(config.dedup.max_ids_per_node, config.dedup.ttl)
+        self._last_log: dict[str, float] = {}
+        self.dedup = BatchIdWindow(config.dedup.max_ids_per_node, config.dedup.ttl, config.dedup.path or None)
         token = config.auth.bearer_token
         self._expected_auth = f"Bearer {token}".encode() if token else None
+        lim = config.limits
+        self.limits = DecodeLimits(
+            max_age_ns=int(lim.max_age * _SECOND_NS), max_future_ns=int(lim.max_future * _SECOND_NS),
+            max_bytes_per_second=lim.max_bytes_per_second, max_packets_per_second=lim.max_packets_per_second,
+        )
+        self._admission_lock = threading.Lock()
+        self._in_progress = 0
+        self._per_peer: dict[str, int] = {}
+        self._decode_slots = threading.BoundedSemaphore(config.grpc.workers)
+        self._watchdog: Watchdog | None = None
         m = settings.metrics
         self.m_requests = m.counter(
             "receiver_otlp_requests_total",
-            "Export requests by outcome (ok, partial, duplicate, refused, invalid, unauthenticated, error).",
+            "Export requests by outcome (ok, partial, duplicate, refused, invalid, unauthenticated, error, "
+            "too_many_requests, too_many_from_peer, read_timeout, read_failed, bad_batch_id).",
             ["outcome"],
         )
         self.m_accepted = m.counter("receiver_accepted_points_total", "Data points handed to the next consumer.")
@@ -122,15 +193,20 @@ class OtlpReceiver(BaseComponent):
 
     def start(self, host: Host) -> None:
         g = self.config.grpc
-        self._pool = ThreadPoolExecutor(max_workers=g.workers, thread_name_prefix=f"{self.settings.id}-grpc")
+        # One thread per request in progress (a request waiting for its
+        # message holds one, but no decode slot), plus room for refusals,
+        # which are answered on a pool thread too. gRPC's own bound is a
+        # backstop only: its refusals cannot be counted.
+        threads = g.max_concurrent_requests + 4
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.settings.id}-grpc")
+        self._watchdog = Watchdog(f"{self.settings.id}-read-timeout")
         server = grpc.server(
             self._pool,
             options=self._server_options(),
             interceptors=self._interceptors,
-            maximum_concurrent_rpcs=g.max_concurrent_requests,
+            maximum_concurrent_rpcs=2 * threads,
         )
-        handler = grpc.unary_unary_rpc_method_handler(self._export)  # raw bytes in and out
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),))
+        server.add_generic_rpc_handlers((_Admission(self),))
         tls = g.tls
         try:
             if tls.cert_file:
@@ -164,11 +240,101 @@ class OtlpReceiver(BaseComponent):
             self._server = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        self.dedup.close()
 
     def is_ready(self) -> bool:
         return self._server is not None and not self._stopped
 
+    # --- admission -------------------------------------------------------------------
+
+    def _log_rate_limited(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(kind, -1e9) >= _LOG_EVERY:
+            self._last_log[kind] = now
+            self.log.warning(message, *args)
+        else:
+            self.log.debug(message, *args)
+
+    def _refused(self, outcome: str, message: str, peer: str = "") -> None:
+        """Count and log a request refused before its message was read (or instead of reading it)."""
+        self.m_requests.labels(outcome=outcome).inc()
+        self._log_rate_limited(outcome, "refused a request%s (%s): %s", f" from {peer}" if peer else "",
+                               outcome, message)
+
+    def _admit(self) -> bool:
+        with self._admission_lock:
+            if self._in_progress >= self.config.grpc.max_concurrent_requests:
+                return False
+            self._in_progress += 1
+            return True
+
+    def _admit_peer(self, host: str) -> bool:
+        with self._admission_lock:
+            n = self._per_peer.get(host, 0)
+            if n >= self.config.grpc.max_requests_per_peer:
+                return False
+            self._per_peer[host] = n + 1
+            return True
+
+    def _release(self, host: str | None) -> None:
+        with self._admission_lock:
+            self._in_progress -= 1
+            if host is not None:
+                n = self._per_peer[host] - 1
+                if n:
+                    self._per_peer[host] = n
+                else:
+                    del self._per_peer[host]
+
+    def _read_message(self, requests: Iterator[bytes], context: grpc.ServicerContext, peer: str) -> bytes | None:
+        """The request's one message, or None (counted, logged) when it did not arrive in time or at all."""
+        assert self._watchdog is not None
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            context.cancel()
+
+        token = self._watchdog.arm(self.config.grpc.read_timeout, expire)
+        try:
+            data = next(requests, None)
+        except grpc.RpcError:
+            data = None
+        finally:
+            self._watchdog.disarm(token)
+        if data is not None:
+            return data
+        if timed_out.is_set():
+            self._refused("read_timeout", f"no complete message within grpc.read_timeout="
+                          f"{self.config.grpc.read_timeout:g} s: cancelled", peer)
+        else:
+            limit = self.config.grpc.max_recv_msg_size_mib
+            self._refused("read_failed", f"the message did not arrive: the client cancelled, or it is larger "
+                          f"than grpc.max_recv_msg_size_mib={limit} (answered RESOURCE_EXHAUSTED by gRPC)", peer)
+        return None
+
     # --- the handler -----------------------------------------------------------------
+
+    def _export_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """Admitted by :class:`_Admission`; releases its slot whatever happens."""
+        peer = context.peer() or ""
+        host: str | None = _peer_host(peer)
+        try:
+            if not self._admit_peer(host or ""):
+                host = None
+                limit = self.config.grpc.max_requests_per_peer
+                message = f"{limit} requests in progress from this address (grpc.max_requests_per_peer)"
+                self._refused("too_many_from_peer", message, peer)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message + "; retry later")
+            data = self._read_message(requests, context, peer)
+            if data is None:
+                return b""  # the call is already over (cancelled or failed)
+            with self._decode_slots:
+                return self._export(data, context)
+        finally:
+            self._release(host)
 
     def _export(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         started = time.monotonic()
@@ -176,6 +342,9 @@ class OtlpReceiver(BaseComponent):
             response, outcome = self._handle(data, context)
         except _Abort as exc:
             self.m_requests.labels(outcome=exc.outcome).inc()
+            if exc.outcome != "refused":  # backpressure is the pipeline's own state, logged there
+                self._log_rate_limited(exc.outcome, "%s request from %s: %s", exc.outcome, context.peer(),
+                                       exc.message)
             if exc.retry_after is not None:
                 details = retry_info_status(exc.code.value[0], exc.message, exc.retry_after)
                 context.set_trailing_metadata(((STATUS_DETAILS_KEY, details),))
@@ -197,14 +366,16 @@ class OtlpReceiver(BaseComponent):
         return dict(context.invocation_metadata() or ())
 
     def _handle(self, data: bytes, context: grpc.ServicerContext) -> tuple[bytes, str]:
-        metadata = self._metadata(context)
-        if self._expected_auth is not None:
-            given = metadata.get("authorization", "")
-            given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-            if not hmac.compare_digest(given_bytes, self._expected_auth):
-                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token", "unauthenticated")
+        metadata = self._metadata(context)  # the token was checked on admission
+        batch_id = metadata.get(contract.BATCH_ID_METADATA)
+        if isinstance(batch_id, str) and len(batch_id) > MAX_BATCH_ID_BYTES:
+            raise _Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at most {MAX_BATCH_ID_BYTES}",
+                "bad_batch_id",
+            )
         try:
-            result = decode_records_bytes(data)
+            result = decode_records_bytes(data, self.limits, time.time_ns())
         except DecodeError as exc:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -214,13 +385,8 @@ class OtlpReceiver(BaseComponent):
         for reason, n in result.rejected_by_reason.items():
             self.m_rejected.labels(reason=reason).inc(n)
         if result.rejected_points:
-            # A misbehaving sender repeats itself every interval: warn at most every 10 s.
-            now = time.monotonic()
-            level = logging.WARNING if now - self._last_reject_log >= 10.0 else logging.DEBUG
-            if level == logging.WARNING:
-                self._last_reject_log = now
-            self.log.log(
-                level, "rejected %d data points from %s: %s",
+            self._log_rate_limited(
+                "rejected_points", "rejected %d data points from %s: %s",
                 result.rejected_points, context.peer(), result.error_message(),
             )
         response = ExportMetricsServiceResponse()
@@ -231,7 +397,6 @@ class OtlpReceiver(BaseComponent):
         outcome = "partial" if result.rejected_points else "ok"
         if not result.records:
             return payload, outcome
-        batch_id = metadata.get(contract.BATCH_ID_METADATA)
         if not self.config.dedup.enabled or not isinstance(batch_id, str) or not batch_id:
             self._consume(result.records, result.accepted_points)
             return payload, outcome

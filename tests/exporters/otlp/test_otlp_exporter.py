@@ -176,11 +176,15 @@ def test_flows_batches_are_sent_per_4_4(exporters: StartExporter, receivers: Sta
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             handler = continuation(details)
 
-            def behavior(request: bytes, context: Any) -> Any:
-                seen.append(request)
-                return handler.unary_unary(request, context)
+            def behavior(requests: Any, context: Any) -> Any:
+                def tee() -> Any:  # the receiver serves Export as stream→unary and reads the message itself
+                    for request in requests:
+                        seen.append(request)
+                        yield request
 
-            return grpc.unary_unary_rpc_method_handler(behavior)
+                return handler.stream_unary(tee(), context)
+
+            return grpc.stream_unary_rpc_method_handler(behavior)
 
     r = receivers(SinkConsumer(), interceptors=(Capture(),))
     e = exporters(exporter_config(r.port, resource={"service.name": "kubenetmon-gateway"}), run=False)
@@ -328,11 +332,11 @@ def test_connections_recycled_by_max_connection_age_lose_nothing(
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             handler = continuation(details)
 
-            def behavior(request: bytes, context: Any) -> Any:
+            def behavior(requests: Any, context: Any) -> Any:
                 peers.append(context.peer())  # ipv4:127.0.0.1:<client port>: one per connection
-                return handler.unary_unary(request, context)
+                return handler.stream_unary(requests, context)
 
-            return grpc.unary_unary_rpc_method_handler(behavior)
+            return grpc.stream_unary_rpc_method_handler(behavior)
 
     sink = SinkConsumer()
     r = receivers(sink, interceptors=(RecordPeers(),),
