@@ -66,7 +66,12 @@ def _construct_bounded_int(loader: yaml.SafeLoader, node: ScalarNode) -> Any:
             "quote it if it is meant as text",
             node.start_mark,
         )
-    return yaml.SafeLoader.construct_yaml_int(loader, node)
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except (ValueError, IndexError):  # PyYAML indexes an empty `!!int` and int()s whatever else was tagged
+        raise ConstructorError(
+            None, None, f"{text[:40]!r} is not an integer; drop the !!int tag or fix the number", node.start_mark
+        ) from None
 
 
 _BoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_bounded_int)
@@ -142,7 +147,13 @@ def load_yaml(body: bytes) -> Any:
         _expanded_size(node)
         try:
             return loader.construct_document(node)
-        except (ValueError, OverflowError) as exc:  # e.g. an impossible date (2001-02-30) in a timestamp
-            raise UnsafeYAMLError(f"holds a value that cannot be represented ({exc}); quote it if it is text") from None
+        except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
+            # PyYAML's scalar constructors trust the tag: an impossible date (2001-02-30), or an explicit
+            # tag on text that is not of that type (`!!float`, `!!bool x`, `!!timestamp x`), ends in
+            # whatever the conversion raises.
+            raise UnsafeYAMLError(
+                f"holds a value that cannot be represented ({type(exc).__name__}: {exc}); quote it if it is "
+                "text, or drop its !!tag"
+            ) from None
     finally:
         loader.dispose()
