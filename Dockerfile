@@ -3,9 +3,8 @@
 # decided by the YAML config (`kubenetmon run --config …`). Build: docker build -t kubenetmon:0.1.0 .
 # Optional extras, e.g. the embedded ClickHouse for standalone use: --build-arg EXTRAS=chdb
 #
-# tests/test_image.py runs this file's wheel and install steps (the RUN lines that call pip) in
-# clean virtualenvs, since these machines have no Docker engine: keep them plain pip commands
-# that only use $SRC, $WHEELS and $EXTRAS.
+# Without a Docker engine: scripts/build-image (buildah, Debian's packages only); tests/test_image.py
+# builds this file with it and runs the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -24,6 +23,10 @@ RUN python -m pip wheel --wheel-dir "$WHEELS" "$SRC${EXTRAS:+[$EXTRAS]}"
 # ---- stage 2: runtime, no compiler ----
 FROM ${PYTHON_IMAGE}
 ARG EXTRAS=""
+# Unused by the steps; part of the layer cache key. buildah's layer cache (1.28) does not see a
+# changed wheels stage through RUN --mount=from=wheels and would reuse a stale install layer, so
+# scripts/build-image passes the wheels stage's image ID here. docker build needs nothing.
+ARG WHEELS_ID=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 WHEELS=/wheels \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
