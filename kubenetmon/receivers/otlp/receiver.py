@@ -149,7 +149,7 @@ class OtlpReceiver(BaseComponent):
         self.m_requests = m.counter(
             "receiver_otlp_requests_total",
             "Export requests by outcome (ok, partial, duplicate, refused, invalid, unauthenticated, error, "
-            "too_many_requests, too_many_from_peer, read_timeout, read_failed, bad_batch_id).",
+            "too_many_requests, too_many_from_peer, read_timeout, too_large_or_cancelled, bad_batch_id).",
             ["outcome"],
         )
         self.m_accepted = m.counter("receiver_accepted_points_total", "Data points handed to the next consumer.")
@@ -301,19 +301,24 @@ class OtlpReceiver(BaseComponent):
         try:
             data = next(requests, None)
         except grpc.RpcError:
-            data = None
+            # The call was cancelled: by our deadline, by the client, or by
+            # gRPC for a message over max_receive_message_length (gRPC
+            # answered RESOURCE_EXHAUSTED; the two look alike from here).
+            if timed_out.is_set():
+                self._refused("read_timeout", f"no complete message within grpc.read_timeout="
+                              f"{self.config.grpc.read_timeout:g} s: cancelled", peer)
+            else:
+                limit = self.config.grpc.max_recv_msg_size_mib
+                self._refused("too_large_or_cancelled", f"the message did not arrive: larger than "
+                              f"grpc.max_recv_msg_size_mib={limit} (answered RESOURCE_EXHAUSTED), or the "
+                              "client cancelled", peer)
+            return None
         finally:
             self._watchdog.disarm(token)
-        if data is not None:
-            return data
-        if timed_out.is_set():
-            self._refused("read_timeout", f"no complete message within grpc.read_timeout="
-                          f"{self.config.grpc.read_timeout:g} s: cancelled", peer)
-        else:
-            limit = self.config.grpc.max_recv_msg_size_mib
-            self._refused("read_failed", f"the message did not arrive: the client cancelled, or it is larger "
-                          f"than grpc.max_recv_msg_size_mib={limit} (answered RESOURCE_EXHAUSTED by gRPC)", peer)
-        return None
+        if data is None:
+            self._refused("invalid", "the client closed the request without a message", peer)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message: send one ExportMetricsServiceRequest")
+        return data
 
     # --- the handler -----------------------------------------------------------------
 
