@@ -81,7 +81,7 @@ def _sequence(value: Any, where: str) -> list[Any]:
 
 
 def _labels(value: Any, where: str) -> dict[str, str]:
-    return {_text(k, where): _text(v, f"{where}.{k}") for k, v in _mapping(value, where).items()}
+    return {_text(k, where): _text(v, f"{where}.{str(k)[:64]}") for k, v in _mapping(value, where).items()}
 
 
 def _address(value: Any, where: str) -> str:

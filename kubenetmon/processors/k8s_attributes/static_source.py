@@ -225,16 +225,17 @@ class StaticSource:
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._ready = False
         self._died: str | None = None
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self._path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        # The inode too: a file replaced by rename (the safe way to rewrite it) is always seen as changed.
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def load(self) -> None:
         """Load the file now (raises :class:`InventoryError`)."""
