@@ -54,14 +54,20 @@ v4 = st.ip_addresses(v=4).map(str)
 v6 = st.ip_addresses(v=6).map(str)
 ports = st.integers(0, 65535)
 counters = st.one_of(st.integers(1, 10**6), st.integers(0, 2**63 - 1), st.just(0))
-times = st.one_of(
-    st.integers(NOW - 30 * 3600 * SECOND, NOW + 600 * SECOND),
-    st.sampled_from([0, 1, 2**63 - 1, NOW]),
-)
+
+
+def times_around(now: int) -> st.SearchStrategy[int]:
+    """Times inside and outside a 24 h / 5 min window around ``now``, never within a second of its edges."""
+    hour = 3600 * SECOND
+    return st.one_of(
+        st.integers(now - 23 * hour, now + 60 * SECOND),
+        st.sampled_from([0, 1, 2**63 - 1, 2**64 - 1, now - 25 * hour, now + 600 * SECOND, now]),
+    )
 
 
 @st.composite
-def records(draw: Any) -> ConntrackRecord:
+def records(draw: Any, now: int = NOW) -> ConntrackRecord:
+    times = times_around(now)
     six = draw(st.booleans())
     addr = v6 if six else v4
     src, dst = draw(addr), draw(addr)
@@ -85,8 +91,9 @@ ATTR_KEYS = ["network.transport", "network.type", "source.address", "source.port
              "destination.port", "kubenetmon.reply.source.address", "kubenetmon.conntrack.direction", "x.other"]
 
 
-def mutate(request: ExportMetricsServiceRequest, draw: Any) -> None:
+def mutate(request: ExportMetricsServiceRequest, draw: Any, now: int = NOW) -> None:
     """One structured change that the contract may or may not allow."""
+    times = times_around(now)
     rm = request.resource_metrics[draw(st.integers(0, len(request.resource_metrics) - 1))]
     sm = rm.scope_metrics[0]
     metric = sm.metrics[draw(st.integers(0, len(sm.metrics) - 1))]
