@@ -1,0 +1,528 @@
+#!/usr/bin/env python3
+"""The gateway under mixed traffic, side by side with a reference release, CPU per stage.
+
+What it runs, for each tree (this checkout, and a reference: a temporary git
+worktree of ``--reference``, by default the last commit before the columnar
+rewrite):
+
+* the real gateway, ``kubenetmon run`` on the shipped ``config/gateway.yaml``
+  with an overlay: static inventory of ``P`` pods on ``N`` nodes (3 zones,
+  dual-stack pods), the real cloud range files of ``../shared/data/cloud-ranges``,
+  the clickhouse exporter on chDB with its persistent queue;
+* fed by ``--agents`` agents, each sending ``--rounds`` intervals of
+  ``--connections`` active connections: pod → pod on other nodes (same and
+  other zones), pod → ClusterIP (DNAT: the reply tuple names the backend),
+  node ↔ pod flows, IPv6 pod → pod, pod → the public Internet and pod → AWS
+  (S3 and EC2 of this and other regions, from the real ranges). The requests
+  are encoded once, by the *reference* tree's agent encoder (the public OTLP
+  contract, DESIGN §4.1), and replayed over gRPC with gzip and the agents'
+  batch ids, as agents send them.
+
+Per tree it reports CPU per flow record (a record: one conntrack entry's
+delta over one interval as one node saw it) by stage — measured inside the
+gateway by a probe that wraps the stage entry points (thread CPU time,
+exclusive of nested stages) and a GC callback — plus the CPU of chDB's own
+engine threads (by thread name, from ``/proc``), records/s per core and peak
+RSS. Both trees must store the same totals (checked). Then the ``Gateway``
+section of docs/benchmarks.md is rewritten.
+
+    .venv/bin/python bench/gateway_bench.py                 # 10k pods/500 nodes and 50k/2k
+    .venv/bin/python bench/gateway_bench.py --sizes 10000x500 --rounds 2 --no-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from _report import replace_section  # noqa: E402
+
+RANGES = ROOT.parent / "shared" / "data" / "cloud-ranges"
+START, END = "<!-- gateway:start -->", "<!-- gateway:end -->"
+# The last commit before the columnar rewrite (round 2 of the project): the row-per-object gateway.
+DEFAULT_REFERENCE = "2c4d247"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+ZONES = ("us-west-2a", "us-west-2b", "us-west-2c")
+
+
+# ---------------------------------------------------------------------------
+# The load: inventory + encoded requests (made in a child running the reference tree)
+# ---------------------------------------------------------------------------
+
+
+def _pod_v4(node: int, k: int) -> str:
+    return str(ipaddress.IPv4Address(0x0A000000 + (node << 8) + 2 + k))  # 10.x.y.z: a /24 per node
+
+
+def _pod_v6(node: int, k: int) -> str:
+    return f"fd00:10:{node:x}::{k + 2:x}"
+
+
+def _node_v4(node: int) -> str:
+    return str(ipaddress.IPv4Address(0xC0A80000 + 10 + node))  # 192.168.0.0/16
+
+
+def inventory(pods: int, nodes: int) -> dict[str, Any]:
+    per_node = max(1, pods // nodes)
+    return {
+        "nodes": [
+            {"name": f"node-{n}", "zone": ZONES[n % 3], "addresses": [_node_v4(n)]} for n in range(nodes)
+        ],
+        "pods": [
+            {
+                "name": f"app{(n * per_node + k) % 400}-{n}-{k}", "namespace": f"ns{(n * per_node + k) % 40}",
+                "node": f"node-{n}", "ips": [_pod_v4(n, k), _pod_v6(n, k)],
+                "labels": {"app": f"app{(n * per_node + k) % 400}"},
+            }
+            for n in range(nodes) for k in range(per_node)
+        ],
+    }
+
+
+def _aws_addresses(rng: random.Random) -> tuple[list[str], list[str]]:
+    """Addresses inside real S3 prefixes of us-west-2 and EC2 prefixes of other regions."""
+    doc = json.loads((RANGES / "aws-ip-ranges.json").read_text())
+    s3 = [p["ip_prefix"] for p in doc["prefixes"] if p["service"] == "S3" and p["region"] == "us-west-2"]
+    ec2 = [p["ip_prefix"] for p in doc["prefixes"] if p["service"] == "EC2" and p["region"] != "us-west-2"]
+
+    def inside(prefixes: list[str], n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            net = ipaddress.ip_network(rng.choice(prefixes))
+            out.append(str(net.network_address + rng.randrange(net.num_addresses)))
+        return out
+
+    return inside(s3, 200), inside(ec2, 200)
+
+
+GENERATE = r"""
+import json, pickle, sys
+from kubenetmon.flows import ConntrackRecord
+from kubenetmon.otlp import encode_records_bytes
+spec = json.load(open(sys.argv[1]))
+out = []
+for node, rounds in spec["agents"].items():
+    for i, (start, end, rows) in enumerate(rounds):
+        records = [ConntrackRecord(node, *row, start_ns=start, end_ns=end) for row in rows]
+        for j, data in enumerate(encode_records_bytes(records, {"k8s.node.name": node})):
+            out.append((node, f"{node}:{i}:{j}", data, len(records)))
+pickle.dump(out, open(sys.argv[2], "wb"))
+"""
+
+
+def make_load(tree: Path, work: Path, pods: int, nodes: int, *, agents: int, connections: int, rounds: int,
+              seed: int) -> tuple[Path, list[tuple[str, str, bytes, int]], int]:
+    """Writes the inventory; returns it, the requests (node, batch id, bytes, records) and the record count."""
+    rng = random.Random(seed)
+    inv = inventory(pods, nodes)
+    inv_path = work / "inventory.yaml"
+    import yaml
+
+    inv_path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    per_node = max(1, pods // nodes)
+    s3, ec2 = _aws_addresses(rng)
+    now = time.time_ns() - rounds * 5_000_000_000
+    spec: dict[str, Any] = {"agents": {}}
+    total = 0
+    for a in range(agents):
+        node = a * (nodes // agents)
+        conns = []
+        for c in range(connections):
+            k = rng.randrange(per_node)
+            kind = rng.random()
+            sport = 10000 + c
+            peer_node = rng.randrange(nodes)
+            peer_k = rng.randrange(per_node)
+            if kind < 0.45:  # pod → pod on another node
+                src, dst, dport, v = _pod_v4(node, k), _pod_v4(peer_node, peer_k), 8080, "ipv4"
+                reply = (dst, dport, src, sport)
+            elif kind < 0.60:  # pod → ClusterIP, DNAT to a backend pod
+                src, dst, dport, v = _pod_v4(node, k), f"10.96.{c % 200}.{c % 250 + 1}", 80, "ipv4"
+                reply = (_pod_v4(peer_node, peer_k), 8080, src, sport)
+            elif kind < 0.65:  # node → pod (kubelet probes, hostNetwork clients)
+                src, dst, dport, v = _node_v4(node), _pod_v4(peer_node, peer_k), 10250, "ipv4"
+                reply = (dst, dport, src, sport)
+            elif kind < 0.75:  # IPv6 pod → pod
+                src, dst, dport, v = _pod_v6(node, k), _pod_v6(peer_node, peer_k), 8080, "ipv6"
+                reply = (dst, dport, src, sport)
+            elif kind < 0.85:  # public Internet (SNAT by the node)
+                src, dst, dport, v = _pod_v4(node, k), f"{rng.randrange(1, 100)}.{rng.randrange(256)}.3.4", 443, "ipv4"
+                reply = (dst, dport, _node_v4(node), sport)
+            else:  # AWS: S3 in-region, EC2 in other regions
+                src, v = _pod_v4(node, k), "ipv4"
+                dst, dport = rng.choice(s3 if kind < 0.93 else ec2), 443
+                reply = (dst, dport, _node_v4(node), sport)
+            conns.append(["tcp" if c % 5 else "udp", v, src, sport, dst, dport, *reply])
+        rounds_spec = []
+        for r in range(rounds):
+            start = now + r * 5_000_000_000
+            # ConntrackRecord's fields after node, in order: the original and reply tuples (10), then
+            # original bytes/packets and reply bytes/packets.
+            rows = [[*conn, rng.randrange(1, 10**7), rng.randrange(1, 10**4), rng.randrange(1, 10**7),
+                     rng.randrange(1, 10**4)] for conn in conns]
+            rounds_spec.append((start, start + 5_000_000_000, rows))
+            total += len(rows)
+        spec["agents"][f"node-{node}"] = rounds_spec
+    spec_path, out_path = work / "load.json", work / "load.pickle"
+    spec_path.write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-c", GENERATE, str(spec_path), str(out_path)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(tree)})
+    import pickle
+
+    requests = pickle.loads(out_path.read_bytes())
+    return inv_path, requests, total
+
+
+# ---------------------------------------------------------------------------
+# The probe: runs inside the gateway process
+# ---------------------------------------------------------------------------
+
+PROBE = r"""
+import atexit, gc, importlib, json, os, sys, threading, time
+out_path = os.environ["KUBENETMON_BENCH_PROBE"]
+stats = {}
+local = threading.local()
+STAGES = [
+    ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_export"),
+    ("attribution", "kubenetmon.processors.k8s_attributes.processor", "K8sAttributesProcessor", "consume"),
+    ("classification", "kubenetmon.processors.cloud_prefix.processor", "CloudPrefixProcessor", "consume"),
+    ("queue", "kubenetmon.exporterhelper.exporter", "QueuedExporter", "consume"),
+    ("mapping", "kubenetmon.exporters.clickhouse.exporter", "ClickHouseExporter", "_prepare"),
+    ("insert", "kubenetmon.exporters.clickhouse.exporter", "ClickHouseExporter", "insert"),
+]
+def wrap(name, fn):
+    def timed(*args, **kwargs):
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+        stack.append(0.0)
+        t0 = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent = time.thread_time() - t0
+            nested = stack.pop()
+            if stack:
+                stack[-1] += spent
+            stats[name] = stats.get(name, 0.0) + spent - nested
+    return timed
+found = []
+for name, module, cls, meth in STAGES:
+    try:
+        klass = getattr(importlib.import_module(module), cls)
+        setattr(klass, meth, wrap(name, getattr(klass, meth)))
+        found.append(name)
+    except (ImportError, AttributeError):
+        pass
+gc_start = [0.0]
+def on_gc(phase, info):
+    if phase == "start":
+        gc_start[0] = time.perf_counter()
+    else:
+        stats["gc"] = stats.get("gc", 0.0) + time.perf_counter() - gc_start[0]
+gc.callbacks.append(on_gc)
+def dump():
+    json.dump({"stats": stats, "found": found}, open(out_path, "w"))
+atexit.register(dump)
+from kubenetmon.cli import main
+sys.exit(main(["run", "--config", sys.argv[1], "--config", sys.argv[2]]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Run:
+    tree: str
+    records: int
+    accepted_points: float = 0.0
+    cpu_total: float = 0.0
+    cpu_by_group: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    wall: float = 0.0
+    stored: list[Any] = field(default_factory=list)
+
+
+def _threads_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread group: Python threads, gRPC's own, chDB's engine threads."""
+    groups: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if comm.startswith(("python", "kubenetmon")):
+            group = "python"
+        elif comm.startswith(("grpc", "default-execut", "resolver-execu", "timer_manager")):
+            group = "grpc"
+        else:
+            group = "chdb"
+        groups[group] = groups.get(group, 0.0) + cpu
+    return groups
+
+
+def _metric(url: str, name: str) -> float:
+    total = 0.0
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {proc.returncode}")
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the gateway did not become ready")
+
+
+def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: int = 4) -> None:
+    import grpc
+
+    channels = [grpc.insecure_channel(endpoint, compression=grpc.Compression.Gzip) for _ in range(workers)]
+    calls = [c.unary_unary(EXPORT, request_serializer=None, response_deserializer=None) for c in channels]
+    errors: list[str] = []
+
+    def worker(w: int) -> None:
+        for i in range(w, len(requests), workers):
+            _, batch_id, data, _ = requests[i]
+            for _attempt in range(100):
+                try:
+                    calls[w](data, metadata=(("kubenetmon-batch-id", batch_id),), timeout=60)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                        errors.append(f"{exc.code()}: {exc.details()}")
+                        break
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in channels:
+        c.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+
+
+def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *, records: int,
+                label: str) -> Run:
+    state = work / f"state-{label}"
+    state.mkdir()
+    grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
+    overlay = work / f"overlay-{label}.yaml"
+    overlay.write_text(json.dumps({
+        "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}},
+        "processors": {
+            "k8s_attributes": {"source": "static", "static": {"path": str(inv)}, "node_flows": "keep"},
+            "cloud_prefix": {"files_dir": str(RANGES), "cache_dir": str(state / "ranges"), "offline": True},
+        },
+        "exporters": {"clickhouse": {
+            "endpoint": f"chdb://{state}/chdb",
+            "sending_queue": {"storage": "persistent", "directory": str(state / "queue")},
+        }},
+        "extensions": {"health_check": {"endpoint": f"127.0.0.1:{health_port}"}},
+        "service": {
+            "identity": {"cloud": "aws", "region": "us-west-2", "cluster": "bench", "environment": "bench"},
+            "telemetry": {"metrics": {"address": f"127.0.0.1:{metrics_port}"}, "logs": {"level": "warning"}},
+        },
+    }))
+    probe_out = work / f"probe-{label}.json"
+    env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out)}
+    with open(work / f"gateway-{label}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    run = Run(label, records)
+    try:
+        _wait_ready(f"http://127.0.0.1:{health_port}/ready", proc)
+        time.sleep(1.0)
+        base = _threads_cpu(proc.pid)
+        t0 = time.monotonic()
+        _send(f"127.0.0.1:{grpc_port}", requests)
+        # Wait until the exporter has delivered everything (its queue counts batches in flight too; with the
+        # default minute blocks that is up to a minute after the last request).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if _metric(metrics, "kubenetmon_exporter_queue_size") == 0 and _metric(
+                metrics, "kubenetmon_exporter_sent_flows_total"
+            ):
+                break
+            time.sleep(0.5)
+        accepted = _metric(metrics, "kubenetmon_receiver_accepted_records_total")
+        run.wall = time.monotonic() - t0
+        run.accepted_points = accepted
+        after = _threads_cpu(proc.pid)
+        run.cpu_by_group = {k: after.get(k, 0.0) - base.get(k, 0.0) for k in after}
+        run.cpu_total = sum(run.cpu_by_group.values())
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        run.peak_rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if probe_out.exists():
+        run.stages = json.loads(probe_out.read_text())["stats"]
+    run.stored = _query(tree, state / "chdb")
+    return run
+
+
+def _query(tree: Path, path: Path) -> list[Any]:
+    sql = ("SELECT direction, connectionClass, remoteCloudService, count(), sum(bytes), sum(packets) "
+           "FROM default.network_flows_0 GROUP BY ALL ORDER BY ALL")
+    code = ("import json, sys, clickhouse_connect\n"
+            "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
+            "print(json.dumps([list(r) for r in c.query(sys.argv[2]).result_rows], default=str))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path), sql], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tree)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def reference_tree(rev: str, work: Path) -> Iterator[Path]:
+    path = work / "reference"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                       check=False, capture_output=True)
+
+
+def _per_record(run: Run, seconds: float) -> str:
+    return f"{seconds / run.records * 1e6:.1f}"
+
+
+def report(size: str, runs: list[Run]) -> list[str]:
+    lines = [f"**{size}**, {runs[0].records:,} flow records", "",
+             "| µs CPU per flow record | " + " | ".join(r.tree for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    stage_names = ["decode (receive, exclusive)", "attribution", "classification", "queue", "mapping/aggregation",
+                   "serialization + insert call", "GC (inside the stages above)"]
+    keys = ["receive", "attribution", "classification", "queue", "mapping", "insert", "gc"]
+    for name, key in zip(stage_names, keys, strict=True):
+        lines.append(f"| {name} | " + " | ".join(
+            _per_record(r, r.stages[key]) if key in r.stages else "n/a" for r in runs) + " |")
+    lines.append("| gateway process without chDB engine threads | " + " | ".join(
+        _per_record(r, r.cpu_total - r.cpu_by_group.get("chdb", 0.0)) for r in runs) + " |")
+    lines.append("| chDB engine threads | " + " | ".join(
+        _per_record(r, r.cpu_by_group.get("chdb", 0.0)) for r in runs) + " |")
+    lines.append("| **whole process** | " + " | ".join(f"**{_per_record(r, r.cpu_total)}**" for r in runs) + " |")
+    lines.append("| ms CPU per 10k records, without chDB threads (target ≤ 60) | " + " | ".join(
+        f"{(r.cpu_total - r.cpu_by_group.get('chdb', 0.0)) / r.records * 1e7:.0f}" for r in runs) + " |")
+    lines.append("| records/s per core, whole process | " + " | ".join(
+        f"{r.records / r.cpu_total:,.0f}" for r in runs) + " |")
+    lines.append("| peak RSS (MB; target ≤ 400 at 50k pods) | " + " | ".join(
+        f"{r.peak_rss_mb:.0f}" for r in runs) + " |")
+    lines.append("| wall time to drain (s) | " + " | ".join(f"{r.wall:.1f}" for r in runs) + " |")
+    same = all(r.stored == runs[0].stored for r in runs)
+    lines += ["", f"Stored totals (direction, class, cloud service → rows, bytes, packets) "
+                  f"{'identical in every run' if same else 'DIFFER between runs'}."]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reference", default=DEFAULT_REFERENCE, help="git revision to compare with")
+    ap.add_argument("--no-reference", action="store_true", help="measure this checkout only")
+    ap.add_argument("--sizes", default="10000x500,50000x2000", help="PODSxNODES,…")
+    ap.add_argument("--agents", type=int, default=25)
+    ap.add_argument("--connections", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (gateway logs, chDB data)")
+    args = ap.parse_args()
+    sections: list[str] = []
+    failures: list[str] = []
+    with ExitStack() as stack:
+        work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+        if not args.keep:
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+        else:
+            print(f"work directory: {work}", flush=True)
+        ref = None if args.no_reference else stack.enter_context(reference_tree(args.reference, work))
+        for size in args.sizes.split(","):
+            pods, nodes = (int(x) for x in size.split("x"))
+            sub = work / size
+            sub.mkdir()
+            inv, requests, records = make_load(ref or ROOT, sub, pods, nodes, agents=args.agents,
+                                               connections=args.connections, rounds=args.rounds, seed=pods)
+            runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout")]
+            if ref is not None:
+                runs.append(run_gateway(ref, sub, inv, requests, records=records, label=f"reference {args.reference}"))
+            label = f"{pods // 1000}k pods / {nodes:,} nodes"
+            lines = report(label, runs)
+            print("\n".join(lines), flush=True)
+            sections += [*lines, ""]
+            mine = runs[0]
+            no_chdb = (mine.cpu_total - mine.cpu_by_group.get("chdb", 0.0)) / mine.records * 1e7
+            if no_chdb > 60:
+                failures.append(f"{label}: {no_chdb:.0f} ms per 10k records without chDB threads (target ≤ 60)")
+            if pods >= 50000 and mine.peak_rss_mb > 400:
+                failures.append(f"{label}: peak RSS {mine.peak_rss_mb:.0f} MB (target ≤ 400)")
+            if any(r.stored != mine.stored for r in runs):
+                failures.append(f"{label}: stored totals differ from the reference")
+    verdict = "PASS" if not failures else "MISS: " + "; ".join(failures)
+    print(verdict)
+    if not args.no_doc:
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        load = os.getloadavg()[0]
+        text = "\n".join([
+            START, "## Gateway (mixed traffic, side by side with the previous release)", "",
+            f"`bench/gateway_bench.py` — {when}, load average {load:.2f} at the end, {os.cpu_count()} cores. "
+            f"{args.agents} agents × {args.connections:,} connections × {args.rounds} intervals of mixed traffic "
+            "(pod→pod across nodes and zones, ClusterIP DNAT, node↔pod, IPv6, Internet, S3 and EC2 from the real "
+            "AWS ranges) through the shipped gateway config (static inventory, real range files, persistent queue, "
+            "chDB). Stages are thread CPU inside the gateway, exclusive of nested stages; chDB engine threads by "
+            "thread name from /proc. The reference is a git worktree of the commit before the columnar rewrite, "
+            "fed the same requests.", "", *sections, f"Verdict: {verdict}", END])
+        replace_section(START, END, text)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
