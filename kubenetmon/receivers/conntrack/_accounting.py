@@ -1,24 +1,30 @@
-"""Exact per-interval deltas from plain conntrack dumps and DESTROY events.
+"""Exact per-interval deltas from plain conntrack dumps and DESTROY events, as array operations.
 
 The kernel's counters are never zeroed (unlike the original's
 ``IPCTNL_MSG_CT_GET_CTRZERO``, which loses ~0.2 % of deltas when a dump
 buffer fills after zeroing, and breaks the counters for every other tool).
 Instead we remember the last counters seen per entry and subtract:
 
-* ``state``: key → raw counters seen by the latest dump. The key is the raw
-  original-tuple attribute, ``CTA_ID`` and the entry's start time (see
-  :mod:`._layout`), so a new connection reusing a tuple is a new key, even
-  when the kernel gives it the id of the entry it replaced.
-* An entry seen in the previous dump but not in this one *vanished*: it
-  moves to ``limbo`` (with its last counters) until its DESTROY event
-  supplies the final remainder, or until ``vanished_ttl`` passes (then the
-  remainder since the last dump is lost; counted in ``expired``).
-* A DESTROY event is applied against the last counters known for the key
-  (state or limbo): final − last. An event for an unknown key is a
-  connection that started and ended between dumps: all of it counts. The
-  key then stays in ``graves`` (a tombstone) for a short while, so that a dump
-  racing with the destroy can never count it again; since the key holds the
-  start time, a tombstone never hides a new entry of the same tuple and id.
+* ``state`` (:class:`._state.EntryState`): per entry key, its last counters
+  and a status. The key is the original tuple, ``CTA_ID`` and the entry's
+  start time (see :mod:`._layout`), so a new connection reusing a tuple is a
+  new key, even when the kernel gives it the id of the entry it replaced.
+* An entry seen in the previous dump but not in this one has *vanished*
+  (``VANISHED``): its last counters wait for its DESTROY event to supply
+  the final remainder, or until ``vanished_ttl`` passes (then the remainder
+  since the last dump is lost; counted in ``expired``).
+* A DESTROY event is applied against the last counters known for the key:
+  final − last. An event for an unknown key is a connection that started
+  and ended between dumps: all of it counts. The key then stays a short
+  while as a tombstone (``GRAVE``), so that a dump racing with the destroy
+  can never count it again; since the key holds the start time, a tombstone
+  never hides a new entry of the same tuple and id.
+
+A dump is joined against the state in one go (:meth:`DeltaTracker.end_dump`):
+the dump's rows are sorted by key hash, each is looked up in the previous
+state (``searchsorted``), and the deltas, resets, filters and the new state
+are computed on whole columns. Idle entries cost a few array operations,
+not a Python statement.
 
 Events received before a dump are applied before it (against the previous
 dump's counters), so an entry's final counters are settled before a dump
@@ -26,41 +32,47 @@ can show its successor; events received during the dump are applied after
 it. Both run in the dump thread, so dump and events never race on the
 state; the DESTROY listener thread only queues raw buffers.
 
-Counters that go down for the same key are not two connections mixed any
-more (the key tells them apart): only someone zeroing them (``conntrack -L
--z``) does that. What accumulated since is counted, and the entry is
-counted in ``counter_resets`` (the receiver logs it).
+Counters that go down for the same key are not two connections mixed (the
+key tells them apart): only someone zeroing them (``conntrack -L -z``) does
+that. What accumulated since is counted, and the entry is counted in
+``counter_resets`` (the receiver logs it).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-import struct
 from dataclasses import dataclass, field
 
-from kubenetmon.flows import ConntrackRecord
-from kubenetmon.receivers.conntrack._layout import Layout, LayoutCache, MalformedMessage, decode_counters
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from kubenetmon.receivers.conntrack._entries import U32, U64, Entries, hash_keys, parse_messages
+from kubenetmon.receivers.conntrack._layout import LayoutCache
 from kubenetmon.receivers.conntrack._netlink import CT_DELETE, CT_NEW
+from kubenetmon.receivers.conntrack._state import GRAVE, LIVE, VANISHED, EntryState, PendingRecords, unique_keys
 
 __all__ = ["AddressFilter", "CycleStats", "DeltaTracker"]
 
-_HDR = struct.Struct("<IH")
-_LOOPBACK6 = bytes(15) + b"\x01"
-_NO_CHECK = struct.Struct("").unpack_from
-# One int object per port number, shared by every record: struct hands out a
-# new object for each port above 256, 4 per record (~13 MB per 100k records).
-_PORTS = list(range(65536))
+Mask = npt.NDArray[np.bool_]
 
-Networks = list[tuple[int, int, int]]  # (address length in bytes, network as int, mask as int)
+#: Dump buffers are parsed in batches of about this many bytes: numpy's
+#: per-call cost spread over thousands of entries, memory bounded.
+PARSE_BATCH_BYTES = 1 << 20
+_LOOPBACK6 = np.array([0, 0, 0, 0x01000000], np.uint32)  # ::1 as raw little-endian words
 
 
-def _networks(cidrs: list[str]) -> Networks:
-    out: Networks = []
-    for cidr in cidrs:
-        net = ipaddress.ip_network(cidr, strict=False)
-        out.append((4 if net.version == 4 else 16, int(net.network_address), int(net.netmask)))
-    return out
+def _network_words(cidr: str) -> tuple[bool, U32, U32]:
+    """(IPv6?, network, mask) as four big-endian words; IPv4 as IPv4-mapped IPv6."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.version == 4:
+        value = (0xFFFF << 32) | int(net.network_address)
+        mask = (((1 << 96) - 1) << 32) | int(net.netmask)
+    else:
+        value, mask = int(net.network_address), int(net.netmask)
+    words = [(value >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
+    masks = [(mask >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
+    return net.version == 6, np.array(words, np.uint32), np.array(masks, np.uint32)
 
 
 class AddressFilter:
@@ -72,29 +84,42 @@ class AddressFilter:
     """
 
     def __init__(self, include: list[str] | None = None, exclude: list[str] | None = None) -> None:
-        self.include = _networks(include or [])
-        self.exclude = _networks(exclude or [])
+        self.include = [_network_words(c) for c in include or []]
+        self.exclude = [_network_words(c) for c in exclude or []]
         self.active = bool(self.include or self.exclude)
 
     @staticmethod
-    def _any_in(addresses: tuple[bytes, ...], networks: Networks) -> bool:
-        for a in addresses:
-            value = int.from_bytes(a, "big")
-            for size, net, mask in networks:
-                if size == len(a) and value & mask == net:
-                    return True
-        return False
+    def _any_in(addresses: list[U32], v6: Mask, networks: list[tuple[bool, U32, U32]]) -> Mask:
+        hit = np.zeros(len(v6), np.bool_)
+        for address in addresses:
+            big = address.byteswap()  # raw words → big-endian values
+            for is_v6, net, mask in networks:
+                hit |= ((big & mask) == net).all(axis=1) & (v6 == is_v6)
+        return hit
 
-    def drops(self, addresses: tuple[bytes, ...]) -> bool:
-        """True when the CIDR rules drop a flow with these (packed) addresses."""
-        if self.exclude and self._any_in(addresses, self.exclude):
-            return True
-        return bool(self.include) and not self._any_in(addresses, self.include)
+    def drops(self, entries: Entries) -> Mask:
+        """Which rows the CIDR rules drop."""
+        addresses = [entries.osrc, entries.odst, entries.rsrc, entries.rdst]
+        dropped = np.zeros(len(entries), np.bool_)
+        if self.exclude:
+            dropped |= self._any_in(addresses, entries.v6, self.exclude)
+        if self.include:
+            dropped |= ~self._any_in(addresses, entries.v6, self.include)
+        return dropped
+
+
+def _loopback(e: Entries) -> Mask:
+    hit = np.zeros(len(e), np.bool_)
+    for address in (e.osrc, e.odst, e.rsrc, e.rdst):
+        v4_loop = (address[:, 3] & 0xFF) == 127  # first byte of the IPv4 address
+        v6_loop = (address == _LOOPBACK6).all(axis=1)
+        hit |= np.where(e.v6, v6_loop, v4_loop)
+    return hit
 
 
 @dataclass
 class CycleStats:
-    """What one dump (and the events applied after it) saw."""
+    """What one dump (and the events applied around it) saw."""
 
     entries: int = 0
     changed: int = 0
@@ -105,17 +130,20 @@ class CycleStats:
     ignored: dict[str, int] = field(default_factory=dict)
 
     def ignore(self, reason: str, n: int = 1) -> None:
-        self.ignored[reason] = self.ignored.get(reason, 0) + n
+        if n:
+            self.ignored[reason] = self.ignored.get(reason, 0) + n
 
 
 class DeltaTracker:
-    """Turns successive dumps (and DESTROY events) into :class:`ConntrackRecord` deltas.
+    """Turns successive dumps (and DESTROY events) into per-connection deltas, as columns.
 
-    Use per cycle: :meth:`begin_dump`, :meth:`feed` for every dump buffer,
-    :meth:`end_dump`, then :meth:`apply_events`. Records accumulate in
-    ``unsent`` (merged per connection) until the caller delivers them and
-    calls :meth:`take_unsent`. With ``zero_on_dump`` the dump's counters are
-    already deltas and no state is kept.
+    Use per cycle: :meth:`begin_dump`, optionally :meth:`apply_events` (events
+    received before the dump), :meth:`feed` for every dump buffer,
+    :meth:`end_dump`, then :meth:`apply_events` (events received during the
+    dump). Deltas accumulate (merged per connection) until the caller
+    delivers :meth:`unsent_table` and calls :meth:`clear_unsent`. With
+    ``zero_on_dump`` the dump's counters are already deltas and no state is
+    kept.
     """
 
     def __init__(
@@ -133,19 +161,34 @@ class DeltaTracker:
         self.tombstone_ttl_ns = tombstone_ttl_ns
         self.zero_on_dump = zero_on_dump
         self.layouts = LayoutCache()
-        self.state: dict[bytes, bytes] = {}
-        self.limbo: dict[bytes, tuple[bytes, int]] = {}  # vanished: key → (last counters, expiry)
-        self.graves: dict[bytes, tuple[bytes, int]] = {}  # destroyed: key → (final counters, expiry)
-        self.unsent: dict[bytes, ConntrackRecord] = {}
+        self.state = EntryState.empty()
+        self.unsent = PendingRecords.empty()
         self.has_baseline = False
         self.dump_ns = 0  # wall-clock time of the latest dump
         self.prev_dump_ns = 0
         self.stats = CycleStats()
-        self._old: dict[bytes, bytes] = {}
-        self._new: dict[bytes, bytes] = {}
+        self._buffers: list[bytes] = []  # dump buffers not parsed yet
+        self._buffered = 0
+        self._parts: list[Entries] = []  # parsed rows of the dump so far
         self._counting = False  # whether this cycle's deltas are reported (False for a baseline)
         self._dumping = False  # between begin_dump and end_dump: events apply against the previous dump
-        self._ntop: dict[bytes, str] = {}
+
+    # --- what is remembered -------------------------------------------------------
+
+    @property
+    def num_live(self) -> int:
+        """Entries seen by the latest dump."""
+        return self.state.count(LIVE)
+
+    @property
+    def num_vanished(self) -> int:
+        """Entries that left the table, waiting for their DESTROY event."""
+        return self.state.count(VANISHED)
+
+    @property
+    def num_graves(self) -> int:
+        """Tombstones of destroyed entries."""
+        return self.state.count(GRAVE)
 
     # --- dumps ------------------------------------------------------------------
 
@@ -153,260 +196,178 @@ class DeltaTracker:
         self.prev_dump_ns, self.dump_ns = self.dump_ns or now_ns, now_ns
         self._counting = self.has_baseline or self.zero_on_dump
         self.stats = CycleStats()
-        self._old, self._new = self.state, {}
+        self._buffers, self._buffered, self._parts = [], 0, []
         self._dumping = True
 
     def feed(self, buf: bytes) -> None:
-        """Account every entry of one dump buffer (the hot path; see :mod:`._layout`)."""
-        if self.zero_on_dump:
-            self._feed_zeroed(buf)
+        """Take one dump buffer; buffers are parsed in batches (see :mod:`._entries`)."""
+        self._buffers.append(buf)
+        self._buffered += len(buf)
+        if self._buffered >= PARSE_BATCH_BYTES:
+            self._parse_buffered()
+
+    def _parse_buffered(self) -> None:
+        if not self._buffers:
             return
-        old, new = self._old, self._new
-        unpack = _HDR.unpack_from
-        stats = self.stats
-        off, n, entries, idle = 0, len(buf), 0, 0
-        # Consecutive entries mostly share one layout: keep the current one's
-        # fields in locals, so that a matching entry costs one check.
-        cur_length, check = -1, _NO_CHECK
-        expected: tuple[int, ...] = ()
-        layout: Layout | None = None
-        k0 = k1 = i0 = i1 = t0 = t1 = c0 = c1 = c2 = c3 = 0
-        while off < n:
-            length, mtype = unpack(buf, off)
-            if length < 16:
-                raise MalformedMessage(f"netlink message of length {length}")
-            step = (length + 3) & ~3
-            if mtype != CT_NEW:
-                off += step
-                continue
-            entries += 1
-            if length != cur_length or check(buf, off) != expected:
-                layout = self._find(buf, off, length)
-                if layout is None or layout.ignore:
-                    cur_length = -1
-                    off += step
-                    continue
-                cur_length, check, expected = length, layout.check.unpack_from, layout.expected
-                k0, k1, i0, i1, t0, t1, c0, c1, c2, c3 = (
-                    layout.k0, layout.k1, layout.i0, layout.i1, layout.t0, layout.t1,
-                    layout.c0, layout.c1, layout.c2, layout.c3,
-                )
-            key = buf[off + k0 : off + k1] + buf[off + i0 : off + i1] + buf[off + t0 : off + t1]
-            ctr = buf[off + c0 : off + c1]
-            if c3:
-                ctr += buf[off + c2 : off + c3]
-            prev = old.pop(key, None)
-            if prev is None:
-                prev = self._missing(key)
-            new[key] = ctr
-            if prev == ctr:
-                idle += 1
-            else:
-                self._changed(layout, buf, off, key, prev, ctr)  # type: ignore[arg-type]
-            off += step
-        stats.entries += entries
-        if idle:
-            stats.ignore("idle", idle)
+        data = self._buffers[0] if len(self._buffers) == 1 else b"".join(self._buffers)
+        self._buffers, self._buffered = [], 0
+        entries, count = parse_messages(data, CT_NEW, self.layouts, self.stats.ignore)
+        self.stats.entries += count
+        self._parts.append(entries)
 
     def abort_dump(self) -> None:
-        """A dump failed midway: entries already read keep their new counters (their deltas are
-        in ``unsent``), the others keep the previous ones."""
-        self._old.update(self._new)
-        self.state, self._old, self._new = self._old, {}, {}
-        self._dumping = False
-
-    def _find(self, buf: bytes, off: int, length: int) -> Layout | None:
-        """The layout of this message (known or learned); None, counted, when it is malformed."""
-        try:
-            layout = self.layouts.find(buf, off, length)
-        except MalformedMessage:
-            self.stats.ignore("malformed")
-            return None
-        if layout.ignore:
-            self.stats.ignore(layout.ignore)
-        return layout
-
-    def _missing(self, key: bytes) -> bytes | None:
-        """Last counters of a key the previous dump did not show (rare: new, duplicate or reappeared)."""
-        seen = self._new.get(key)  # listed twice by one dump (the kernel may repeat entries)
-        if seen is not None:
-            return seen
-        for parked_in in (self.limbo, self.graves):
-            if parked_in:
-                parked = parked_in.pop(key, None)
-                if parked is not None:
-                    return parked[0]
-        return None
+        """A dump failed midway: entries already read get their new counters (their deltas are
+        in ``unsent``), the others keep the previous ones (nothing is taken as vanished)."""
+        self._buffers, self._buffered = [], 0  # a partial batch may end inside a message
+        self._join(partial=True)
 
     def end_dump(self) -> None:
-        """Finish the dump: park vanished entries, expire old ones, make this dump the baseline."""
-        expires = self.dump_ns + self.vanished_ttl_ns
-        limbo = self.limbo
-        for key, ctr in self._old.items():
-            limbo[key] = (ctr, expires)
-        self.state, self._old, self._new = self._new, {}, {}
-        self._dumping = False
-        now = self.dump_ns
-        if limbo:
-            expired = [k for k, (_, t) in limbo.items() if t <= now]
-            for k in expired:
-                del limbo[k]
-            self.stats.expired += len(expired)  # their remainder since the last dump is lost
-        if self.graves:
-            self.graves = {k: v for k, v in self.graves.items() if v[1] > now}
+        """Finish the dump: deltas, vanished entries, expiry; this dump becomes the baseline."""
+        self._parse_buffered()
+        self._join(partial=False)
         self.has_baseline = True
+
+    def _join(self, *, partial: bool) -> None:
+        dump = Entries.concat(self._parts)
+        self._parts = []
+        self._dumping = False
+        key = dump.key()
+        h = hash_keys(key)
+        order, counters = unique_keys(h, key, dump.counters, add=self.zero_on_dump)
+        dump = dump.take(order)
+        dump.counters, h, key = counters, h[order], key[order]
+        if self.zero_on_dump:
+            self.stats.changed += len(dump)
+            self._emit(dump, h, key)
+            return
+        state = self.state
+        pos = state.lookup(h, key)
+        found = pos >= 0
+        prev = np.zeros_like(dump.counters)
+        prev[found] = state.counters[pos[found]]
+        dead = np.zeros(len(dump), np.bool_)
+        dead[found] = state.status[pos[found]] == GRAVE  # a dump racing with the destroy
+        changed = (dump.counters != prev).any(axis=1)
+        n_changed = int(changed.sum())
+        self.stats.changed += n_changed
+        self.stats.ignore("idle", len(dump) - n_changed)
+        if self._counting and n_changed:
+            rows = np.flatnonzero(changed)
+            self._emit_deltas(dump.take(rows), prev[rows], h[rows], key[rows])
+        # The new state: this dump's entries, then what it did not show.
+        seen = np.zeros(len(state), np.bool_)
+        seen[pos[found & ~dead]] = True
+        alive = ~dead
+        fresh = EntryState(
+            h[alive], key[alive], dump.counters[alive], np.full(int(alive.sum()), LIVE, np.uint8),
+            np.zeros(int(alive.sum()), np.int64),
+        )
+        rest = state.take(~seen)
+        if not partial:
+            vanished = rest.status == LIVE
+            rest.status[vanished] = VANISHED
+            rest.expires[vanished] = self.dump_ns + self.vanished_ttl_ns
+            expired = (rest.status != LIVE) & (rest.expires <= self.dump_ns)
+            # A vanished entry past its TTL: its remainder since the last dump is lost.
+            self.stats.expired += int((expired & (rest.status == VANISHED)).sum())
+            rest = rest.take(~expired)
+        self.state = EntryState.merge([fresh, rest])
 
     # --- events -----------------------------------------------------------------
 
     def apply_events(self, buffers: list[bytes]) -> None:
         """Apply queued DESTROY events: each adds its connection's final remainder.
 
-        Called after :meth:`begin_dump` and before the first :meth:`feed` (events received
+        Call after :meth:`begin_dump` and before the first :meth:`feed` (events received
         before the dump: against the previous dump's counters), or after :meth:`end_dump`
         (events received during it: against this dump's).
         """
-        if self._dumping and self._new:
+        if self._dumping and (self._parts or self._buffers):
             raise RuntimeError("apply_events between feed() calls: apply them before or after the dump")
-        state = self._old if self._dumping else self.state
+        if not buffers:
+            return
+        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        events, count = parse_messages(data, CT_DELETE, self.layouts, self.stats.ignore, strict=False)
+        self.stats.events += count
+        if not len(events):
+            return
+        key = events.key()
+        h = hash_keys(key)
+        order, final = unique_keys(h, key, events.counters, add=False)
+        events = events.take(order)
+        events.counters, h, key = final, h[order], key[order]
+        state = self.state
+        pos = state.lookup(h, key)
+        found = pos >= 0
+        if not self._counting:
+            # Ended before our first dump: part of it predates us, and we have no baseline to subtract.
+            self.stats.ignore("no_baseline", int((~found).sum()))
+            events, h, key, pos, found = events.take(found), h[found], key[found], pos[found], found[found]
+        prev = np.zeros_like(events.counters)
+        prev[found] = state.counters[pos[found]]
+        changed = (events.counters != prev).any(axis=1)
+        self.stats.ignore("idle", int((~changed).sum()))
+        if changed.any():
+            rows = np.flatnonzero(changed)
+            self._emit_deltas(events.take(rows), prev[rows], h[rows], key[rows])
         tombstone_until = self.dump_ns + self.tombstone_ttl_ns
-        for buf in buffers:
-            off, n = 0, len(buf)
-            while off + 16 <= n:
-                length, mtype = _HDR.unpack_from(buf, off)
-                if length < 16:
-                    break
-                step = (length + 3) & ~3
-                if mtype == CT_DELETE:
-                    self._event(buf, off, length, state, tombstone_until)
-                off += step
-
-    def _event(self, buf: bytes, off: int, length: int, state: dict[bytes, bytes], tombstone_until: int) -> None:
-        self.stats.events += 1
-        try:
-            layout = self.layouts.find(buf, off, length)
-        except MalformedMessage:
-            self.stats.ignore("malformed")
-            return
-        if layout.ignore:
-            self.stats.ignore(layout.ignore)
-            return
-        key = layout.key(buf, off)
-        final = layout.counters(buf, off)
-        prev = state.pop(key, None)
-        if prev is None:
-            parked = self.limbo.pop(key, None) or self.graves.pop(key, None)
-            prev = parked[0] if parked is not None else None
-            if parked is None and not self._counting:
-                # Ended before our first dump: part of it predates us, and
-                # we have no baseline to subtract.
-                self.stats.ignore("no_baseline")
-                return
-        self.graves[key] = (final, tombstone_until)
-        if prev == final:
-            self.stats.ignore("idle")
-            return
-        self._changed(layout, buf, off, key, prev, final, force=True)
+        rows = pos[found]
+        state.status[rows] = GRAVE
+        state.counters[rows] = events.counters[found]
+        state.expires[rows] = tombstone_until
+        new = ~found
+        if new.any():
+            n = int(new.sum())
+            graves = EntryState(
+                h[new], key[new], events.counters[new], np.full(n, GRAVE, np.uint8),
+                np.full(n, tombstone_until, np.int64),
+            )
+            self.state = EntryState.merge([state, graves])
 
     # --- records ------------------------------------------------------------------
 
-    def _changed(  # noqa: PLR0917 - positional on purpose: called per active entry
-        self, layout: Layout, buf: bytes, off: int, key: bytes, prev: bytes | None, ctr: bytes,
-        force: bool = False,
-    ) -> None:
+    def _emit_deltas(self, entries: Entries, prev: U64, h: U64, key: U32) -> None:
+        """Turn counters into deltas against ``prev`` (counters that went down count from zero) and emit."""
+        current = entries.counters
+        reset = (current < prev).any(axis=1)
+        n_reset = int(reset.sum())
+        self.stats.counter_resets += n_reset
+        deltas = current - prev  # wraps where reset; replaced below
+        if n_reset:
+            deltas[reset] = current[reset]  # what accumulated since someone zeroed them
+        entries.counters = deltas
+        self._emit(entries, h, key)
+
+    def _emit(self, entries: Entries, h: U64, key: U32) -> None:
+        """Filter the rows with traffic and add them to the unsent records."""
         stats = self.stats
-        stats.changed += 1
-        if not (self._counting or force):
-            return
-        op, ob, rp, rb = decode_counters(ctr)
-        if prev is not None:
-            pp, pb, qp, qb = decode_counters(prev)
-            if op < pp or ob < pb or rp < qp or rb < qb:
-                # Someone zeroed the counters (``conntrack -L -z``): count what
-                # accumulated since, which is all we can know.
-                stats.counter_resets += 1
-            else:
-                op, ob, rp, rb = op - pp, ob - pb, rp - qp, rb - qb
-        self._emit(layout, buf, off, key, op, ob, rp, rb)
+        keep = entries.counters.any(axis=1)
+        stats.ignore("idle", int((~keep).sum()))
+        loop = keep & _loopback(entries)
+        stats.ignore("loopback", int(loop.sum()))
+        keep &= ~loop
+        if self.filter.active and keep.any():
+            cidr = keep & self.filter.drops(entries)
+            stats.ignore("cidr", int(cidr.sum()))
+            keep &= ~cidr
+        n = int(keep.sum())
+        stats.records += n
+        if n:
+            whole = n == len(entries)
+            self.unsent.add(
+                h if whole else h[keep], key if whole else key[keep], entries if whole else entries.take(keep),
+                self.prev_dump_ns, self.dump_ns,
+            )
 
-    def _emit(  # noqa: PLR0917 - positional on purpose: called per active entry
-        self, layout: Layout, buf: bytes, off: int, key: bytes, op: int, ob: int, rp: int, rb: int
-    ) -> None:
-        stats = self.stats
-        if not (op or ob or rp or rb):
-            stats.ignore("idle")
-            return
-        if layout.order or layout.inner.unpack_from(buf, off) != layout.inner_expected:
-            try:
-                osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.tuples(buf, off)
-            except MalformedMessage:
-                stats.ignore("malformed")
-                return
-        else:
-            osrc, odst, osport, odport, rsrc, rdst, rsport, rdport = layout.fields.unpack_from(buf, off)
-        if layout.network_type == "ipv4":
-            loopback = osrc[0] == 127 or odst[0] == 127 or rsrc[0] == 127 or rdst[0] == 127
-        else:
-            loopback = _LOOPBACK6 in (osrc, odst, rsrc, rdst)
-        if loopback:
-            stats.ignore("loopback")
-            return
-        if self.filter.active and self.filter.drops((osrc, odst, rsrc, rdst)):
-            stats.ignore("cidr")
-            return
-        stats.records += 1
-        record = self.unsent.get(key)
-        if record is not None:
-            record.original_packets += op
-            record.original_bytes += ob
-            record.reply_packets += rp
-            record.reply_bytes += rb
-            record.end_ns = self.dump_ns
-            return
-        texts, ports = self._ntop, _PORTS
-        self.unsent[key] = ConntrackRecord(
-            self.node, layout.transport, layout.network_type,
-            texts.get(osrc) or self._text(osrc), ports[osport], texts.get(odst) or self._text(odst), ports[odport],
-            texts.get(rsrc) or self._text(rsrc), ports[rsport], texts.get(rdst) or self._text(rdst), ports[rdport],
-            ob, op, rb, rp, self.prev_dump_ns, self.dump_ns,
-        )
+    def unsent_table(self) -> pa.RecordBatch:
+        """The records accumulated so far (``flows.RECORD_SCHEMA``), kept until :meth:`clear_unsent`."""
+        return self.unsent.table(self.node)
 
-    def _text(self, address: bytes) -> str:
-        text = self._ntop.get(address)
-        if text is None:
-            if len(self._ntop) > 1 << 20:
-                self._ntop.clear()
-            text = socket.inet_ntop(socket.AF_INET if len(address) == 4 else socket.AF_INET6, address)
-            self._ntop[address] = text
-        return text
+    def clear_unsent(self) -> None:
+        self.unsent = PendingRecords.empty()
 
-    def take_unsent(self) -> list[ConntrackRecord]:
+    def take_unsent(self) -> pa.RecordBatch:
         """The records accumulated so far, leaving none behind (call once they are delivered)."""
-        records = list(self.unsent.values())
-        self.unsent = {}
-        return records
-
-    # --- zero on dump ---------------------------------------------------------------
-
-    def _feed_zeroed(self, buf: bytes) -> None:
-        """Counters were reset by the dump itself: each entry's counters are its delta."""
-        off, n = 0, len(buf)
-        stats = self.stats
-        layouts = self.layouts
-        while off < n:
-            length, mtype = _HDR.unpack_from(buf, off)
-            if length < 16:
-                raise MalformedMessage(f"netlink message of length {length}")
-            if mtype == CT_NEW:
-                stats.entries += 1
-                try:
-                    layout = layouts.find(buf, off, length)
-                except MalformedMessage:
-                    layout = None
-                    stats.ignore("malformed")
-                if layout is not None:
-                    if layout.ignore:
-                        stats.ignore(layout.ignore)
-                    else:
-                        op, ob, rp, rb = decode_counters(layout.counters(buf, off))
-                        self._emit(layout, buf, off, layout.key(buf, off), op, ob, rp, rb)
-            off += (length + 3) & ~3
+        table = self.unsent_table()
+        self.clear_unsent()
+        return table

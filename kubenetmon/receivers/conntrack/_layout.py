@@ -37,7 +37,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_LAYOUTS", "Layout", "LayoutCache", "MalformedMessage", "decode_counters"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["MAX_LAYOUTS", "Columns", "Layout", "LayoutCache", "MalformedMessage", "decode_counters"]
 
 # linux/netfilter/nfnetlink_conntrack.h
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID = 1, 2, 9, 10, 12
@@ -52,6 +55,7 @@ NLMSG_HEADER_BYTES = 20  # nlmsghdr (16) + nfgenmsg (4)
 MAX_LAYOUTS = 256
 
 _NLA = struct.Struct("<HH")
+_NLA_WORD = struct.Struct("<I")
 _TRANSPORTS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
 
@@ -81,7 +85,40 @@ class _Tuple:
     dport: int = -1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
+class Columns:
+    """Where a layout's fields are, for reading many messages of it at once with numpy (see ``_columns``).
+
+    Every offset is from the message start. Attributes are 4-byte aligned in
+    a netlink message, and messages in a buffer too, so each header and each
+    value is read as whole little-endian ``uint32`` words of the buffer.
+    ``header_words`` are the word offsets of **every** attribute header the
+    generic walk visited (top level, inside the tuples, the counters and the
+    start time) and ``header_values`` their values: a message whose words
+    there are equal (and whose protocol bytes are) has every field below at
+    the same place.
+    """
+
+    header_words: npt.NDArray[np.int64]
+    header_values: npt.NDArray[np.uint32]
+    proto_at: tuple[int, int]  # byte offsets of the original and reply protocol numbers
+    proto: int
+    v6: bool = False
+    osrc: int = 0
+    odst: int = 0
+    rsrc: int = 0
+    rdst: int = 0
+    osport: int = 0
+    odport: int = 0
+    rsport: int = 0
+    rdport: int = 0
+    ct_id: int = -1  # CTA_ID value, -1 when absent
+    start: int = -1  # CTA_TIMESTAMP_START value, -1 when absent
+    # (offset, bytes) of original packets, original bytes, reply packets, reply bytes
+    counters: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Layout:
     """Where everything is in one kind of conntrack message (offsets from the message start).
 
@@ -110,6 +147,7 @@ class Layout:
     order: tuple[int, ...] = ()  # permutation to (osrc, odst, osport, odport, rsrc, rdst, rsport, rdport)
     inner: struct.Struct = field(default_factory=lambda: struct.Struct(""))  # headers inside both tuples
     inner_expected: tuple[int, ...] = ()
+    columns: Columns | None = None
 
     def matches(self, buf: bytes, off: int) -> bool:
         """Whether the message at ``off`` has this layout (the per-entry check)."""
@@ -177,6 +215,7 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
     inner: list[int] = []  # headers inside the tuples and the counters
     tuples: dict[int, _Tuple] = {}
     counters: dict[int, tuple[int, int]] = {}
+    counter_values: dict[int, tuple[int, int]] = {}  # 0..3 → (offset, size) of op, ob, rp, rb
     id_span = start_span = (0, 0)
     for type_, pos, ln in _attrs(buf, off + NLMSG_HEADER_BYTES, off + length):
         headers.append(pos - off)
@@ -190,7 +229,13 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
             tuples[type_] = _walk_tuple(buf, pos, ln, off, inner)
         elif type_ in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             counters[type_] = (pos - off, pos - off + ((ln + 3) & ~3))
-            inner.extend(p - off for _, p, _ in _attrs(buf, pos + 4, pos + ln))
+            base = 0 if type_ == CTA_COUNTERS_ORIG else 2
+            for c_type, c_pos, c_len in _attrs(buf, pos + 4, pos + ln):
+                inner.append(c_pos - off)
+                if c_type in (CTA_COUNTERS_PACKETS, CTA_COUNTERS32_PACKETS) and c_len in (8, 12):
+                    counter_values[base] = (c_pos + 4 - off, c_len - 4)
+                elif c_type in (CTA_COUNTERS_BYTES, CTA_COUNTERS32_BYTES) and c_len in (8, 12):
+                    counter_values[base + 1] = (c_pos + 4 - off, c_len - 4)
         elif type_ == CTA_ID:
             id_span = (pos - off, pos - off + ln)
     orig, reply = tuples.get(CTA_TUPLE_ORIG), tuples.get(CTA_TUPLE_REPLY)
@@ -205,13 +250,22 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
     check = _probe_struct([(h, "I") for h in headers] + [(orig.proto_at, "B"), (reply.proto_at, "B")], "<")
     expected = check.unpack_from(buf, off)
     inner_check = _probe_struct([(h, "I") for h in inner], "<")
+    every = sorted(headers + inner)
+    matcher = Columns(
+        header_words=np.array([h // 4 for h in every], dtype=np.int64),
+        header_values=np.array([_NLA_WORD.unpack_from(buf, off + h)[0] for h in every], dtype=np.uint32),
+        proto_at=(orig.proto_at, reply.proto_at),
+        proto=orig.proto,
+    )
     transport = _TRANSPORTS.get(orig.proto, "")
     if not transport:
-        return Layout(length, check, expected, ignore="protocol")
+        return Layout(length, check, expected, ignore="protocol", columns=matcher)
     if min(orig.src, orig.dst, orig.sport, orig.dport, reply.src, reply.dst, reply.sport, reply.dport) < 0:
         raise MalformedMessage(f"{transport} entry without addresses or ports")
-    if CTA_COUNTERS_ORIG not in counters or CTA_COUNTERS_REPLY not in counters:
-        return Layout(length, check, expected, ignore="no_counters")
+    if orig.addr_len not in (4, 16) or reply.addr_len not in (4, 16):
+        raise MalformedMessage(f"{transport} entry with {orig.addr_len}-byte addresses")
+    if CTA_COUNTERS_ORIG not in counters or CTA_COUNTERS_REPLY not in counters or len(counter_values) < 4:
+        return Layout(length, check, expected, ignore="no_counters", columns=matcher)
     (a0, a1), (b0, b1) = counters[CTA_COUNTERS_ORIG], counters[CTA_COUNTERS_REPLY]
     spans = (a0, b1, 0, 0) if a1 == b0 else (a0, a1, b0, b1)
     addr = f"{orig.addr_len}s"
@@ -231,6 +285,15 @@ def compile_layout(buf: bytes, off: int, length: int) -> Layout:
         order=() if order == tuple(range(len(wanted))) else order,
         inner=inner_check,
         inner_expected=inner_check.unpack_from(buf, off),
+        columns=Columns(
+            header_words=matcher.header_words, header_values=matcher.header_values,
+            proto_at=matcher.proto_at, proto=matcher.proto, v6=orig.addr_len == 16,
+            osrc=orig.src, odst=orig.dst, rsrc=reply.src, rdst=reply.dst,
+            osport=orig.sport, odport=orig.dport, rsport=reply.sport, rdport=reply.dport,
+            ct_id=id_span[0] + 4 if id_span[1] - id_span[0] == 8 else -1,
+            start=start_span[0] if start_span[1] else -1,
+            counters=tuple(counter_values[i] for i in range(4)),
+        ),
     )
 
 

@@ -337,6 +337,7 @@ class ConntrackReceiver(BaseComponent):
         try:
             for buf in self._dump():
                 tracker.feed(buf)
+            tracker.end_dump()
         except (OSError, MalformedMessage) as exc:
             self._m_errors.labels(kind="dump").inc()
             self._log.error("conntrack dump failed: %s", exc)
@@ -344,7 +345,6 @@ class ConntrackReceiver(BaseComponent):
             if self._dump_sock is not None:
                 _netlink.drain(self._dump_sock)
             return
-        tracker.end_dump()
         dumped = time.monotonic()
         if self._event_sock is not None:
             tracker.apply_events(self._take_events())  # ended during the dump
@@ -357,7 +357,7 @@ class ConntrackReceiver(BaseComponent):
         self._m_entries.set(stats.entries)
         self._m_active.set(stats.records)
         self._m_dump_seconds.set(dumped - started)
-        self._m_state.set(len(tracker.state) + len(tracker.limbo) + len(tracker.graves))
+        self._m_state.set(len(tracker.state))
         for reason, n in stats.ignored.items():
             self._m_ignored.labels(reason=reason).inc(n)
         if stats.counter_resets:
@@ -376,8 +376,9 @@ class ConntrackReceiver(BaseComponent):
         # Restored batches keep their ids (they may have reached the consumer
         # before a crash); the fresh records get a new id every cycle, since
         # merging changes their content and a refused batch never arrived.
-        fresh = PendingBatch(uuid.uuid4().hex, list(self._tracker.unsent.values()))
-        batches = [*self._carried, fresh] if fresh.records else list(self._carried)
+        tracker = self._tracker
+        fresh = PendingBatch(uuid.uuid4().hex, tracker.unsent_table()) if len(tracker.unsent) else None
+        batches = [*self._carried, fresh] if fresh is not None else list(self._carried)
         self._write_checkpoint(batches)
         for batch in batches:
             try:
@@ -385,16 +386,16 @@ class ConntrackReceiver(BaseComponent):
             except BackpressureError as exc:
                 self._m_backpressure.inc()
                 self._log.warning(
-                    "consumer refused %d records (%s); keeping them for the next cycle", len(batch.records), exc
+                    "consumer refused %d records (%s); keeping them for the next cycle", batch.num_records, exc
                 )
                 return
             except Exception:
                 self._m_errors.labels(kind="consume").inc()
-                self._log.exception("consumer failed; keeping %d records for the next cycle", len(batch.records))
+                self._log.exception("consumer failed; keeping %d records for the next cycle", batch.num_records)
                 return
-            self._m_records.inc(len(batch.records))
+            self._m_records.inc(batch.num_records)
             if batch is fresh:
-                self._tracker.unsent = {}
+                tracker.clear_unsent()
             else:
                 self._carried.remove(batch)
             if self._checkpoint_path is not None:
@@ -413,7 +414,7 @@ class ConntrackReceiver(BaseComponent):
         try:
             size = _checkpoint.save(
                 self._checkpoint_path,
-                _checkpoint.Checkpoint(tracker.node, tracker.dump_ns, tracker.state, tracker.limbo, batches),
+                _checkpoint.Checkpoint(tracker.node, tracker.dump_ns, tracker.state, batches),
             )
         except OSError as exc:
             self._m_errors.labels(kind="checkpoint").inc()
@@ -443,7 +444,7 @@ class ConntrackReceiver(BaseComponent):
                 "undelivered batches are re-sent, but the first dump sets a new baseline", self._checkpoint_path,
             )
         elif not self._zero:
-            tracker.state, tracker.limbo = saved.state, saved.limbo
+            tracker.state = saved.state
             tracker.has_baseline = True
         tracker.dump_ns = saved.dump_ns
         self._carried = saved.batches

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from kubenetmon.component import Kind
-from kubenetmon.flows import ConntrackRecord
+from kubenetmon.flows import ConntrackRecord, FlowBatch
 from kubenetmon.netns import NamespaceRegistry
 from kubenetmon.plugins import build_plugin_manager, load_components
 from kubenetmon.receivers.conntrack import ConntrackConfig, factory
@@ -20,6 +22,8 @@ from kubenetmon.receivers.conntrack._checkpoint import (
     mark_delivered,
     save,
 )
+from kubenetmon.receivers.conntrack._entries import KEY_WORDS
+from kubenetmon.receivers.conntrack._state import LIVE, VANISHED, EntryState
 from kubenetmon.testing import SinkConsumer, StaticHost, check_lifecycle, create_component
 from tests.receivers.conntrack.conntrack_topology import V4_SERVER, make_pair, requires_root, udp_exchange
 
@@ -53,25 +57,46 @@ def test_registered_as_a_builtin_receiver() -> None:
     assert entry is not None and entry.factory is factory
 
 
+def _state(*rows: tuple[int, int, int]) -> EntryState:
+    """An entry state of (hash, status, expiry) rows with distinct keys and counters."""
+    n = len(rows)
+    return EntryState(
+        np.array([r[0] for r in rows], np.uint64),
+        np.arange(n * KEY_WORDS, dtype=np.uint32).reshape(n, KEY_WORDS),
+        np.arange(n * 4, dtype=np.uint64).reshape(n, 4) * np.uint64(1 << 40),
+        np.array([r[1] for r in rows], np.uint8),
+        np.array([r[2] for r in rows], np.int64),
+    )
+
+
+def _batch(*ports: int) -> pa.RecordBatch:
+    return FlowBatch([_record(p) for p in ports]).record_table()
+
+
+def _rows(table: pa.RecordBatch) -> list[ConntrackRecord]:
+    return FlowBatch(table).records
+
+
 def test_checkpoint_round_trip_drops_delivered_batches(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "ct.state"
-    state = {b"key-1": b"ctr-1", b"key-2": b"ctr-2"}
-    limbo = {b"key-3": (b"ctr-3", 123)}
-    batches = [PendingBatch("a" * 32, [_record(1)]), PendingBatch("b" * 32, [_record(2), _record(3)])]
-    save(path, Checkpoint("node-a", 42, state, limbo, batches))
+    state = _state((5, LIVE, 0), (9, LIVE, 0), (11, VANISHED, 123))
+    batches = [PendingBatch("a" * 32, _batch(1)), PendingBatch("b" * 32, _batch(2, 3))]
+    save(path, Checkpoint("node-a", 42, state, batches))
     mark_delivered(path, "a" * 32)
     loaded = load(path)
     assert loaded is not None
-    assert (loaded.node, loaded.dump_ns, loaded.state, loaded.limbo) == ("node-a", 42, state, limbo)
-    assert [(b.id, b.records) for b in loaded.batches] == [("b" * 32, [_record(2), _record(3)])]
-    save(path, Checkpoint("node-a", 43, {}, {}, []))  # a new checkpoint forgets old delivered ids
+    assert (loaded.node, loaded.dump_ns) == ("node-a", 42)
+    for name, array in state.to_arrays().items():
+        assert np.array_equal(getattr(loaded.state, name), array), name
+    assert [(b.id, _rows(b.records)) for b in loaded.batches] == [("b" * 32, [_record(2), _record(3)])]
+    save(path, Checkpoint("node-a", 43, EntryState.empty(), []))  # a new checkpoint forgets old delivered ids
     assert not path.with_name("ct.state.delivered").exists()
 
 
 def test_missing_checkpoint_is_none_and_a_corrupt_one_says_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "ct.state"
     assert load(path) is None
-    save(path, Checkpoint("n", 1, {b"k": b"v"}, {}, []))
+    save(path, Checkpoint("n", 1, _state((1, LIVE, 0)), []))
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -141,5 +166,5 @@ def test_a_checkpoint_with_keys_of_the_older_format_keeps_its_batches_but_not_it
     path.write_bytes(b"KNMCT1\n" + zlib.crc32(payload).to_bytes(4, "big") + payload)
     loaded = load(path)
     assert loaded is not None and loaded.stale_state
-    assert (loaded.state, loaded.limbo) == ({}, {})
-    assert [(b.id, b.records) for b in loaded.batches] == [("c" * 32, [_record(9)])]
+    assert len(loaded.state) == 0
+    assert [(b.id, _rows(b.records)) for b in loaded.batches] == [("c" * 32, [_record(9)])]

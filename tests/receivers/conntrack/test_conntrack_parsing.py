@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubenetmon.flows import ConntrackRecord
+from kubenetmon.flows import ConntrackRecord, FlowBatch
 from kubenetmon.receivers.conntrack._accounting import AddressFilter, DeltaTracker
 from kubenetmon.receivers.conntrack._layout import LayoutCache, MalformedMessage, compile_layout, decode_counters
 from tests.receivers.conntrack.ctmsg import CT_DELETE, entry, nla
@@ -19,7 +19,12 @@ def _cycle(
     tracker.feed(b"".join(messages))
     tracker.end_dump()
     tracker.apply_events(list(events))
-    return tracker.take_unsent()
+    return _unsent(tracker)
+
+
+def _unsent(tracker: DeltaTracker) -> list[ConntrackRecord]:
+    """The tracker's columnar output, as rows (the row-wise helper)."""
+    return FlowBatch(tracker.take_unsent()).records
 
 
 def _counts(r: ConntrackRecord) -> tuple[int, int, int, int]:
@@ -33,7 +38,7 @@ def test_one_layout_is_learned_per_kind_and_reused() -> None:
     _cycle(tracker, *msgs)
     assert tracker.layouts.count == 2
     assert tracker.layouts.slow_path == 2
-    assert tracker.stats.entries == 100 and len(tracker.state) == 100
+    assert tracker.stats.entries == 100 and tracker.num_live == 100
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,7 @@ def test_same_length_other_protocol_is_not_taken_for_tcp() -> None:
     assert len(tcp) == len(sctp)
     _cycle(tracker, tcp, sctp)
     assert tracker.stats.ignored == {"protocol": 1}
-    assert len(tracker.state) == 1
+    assert tracker.num_live == 1
 
 
 def test_entries_without_counters_are_ignored_with_their_reason() -> None:
@@ -86,7 +91,7 @@ def test_malformed_message_is_counted_and_the_rest_parsed() -> None:
     tracker = DeltaTracker("n")
     _cycle(tracker, bytes(bad), good)
     assert tracker.stats.ignored == {"malformed": 1}
-    assert len(tracker.state) == 1
+    assert tracker.num_live == 1
     with pytest.raises(MalformedMessage):
         compile_layout(bytes(bad), 0, len(bad))
 
@@ -137,7 +142,7 @@ def test_destroy_event_adds_the_remainder_since_the_last_dump() -> None:
     _cycle(tracker, entry(counters=(1, 100, 1, 100)))
     [record] = _cycle(tracker, events=(entry(counters=(4, 400, 3, 300), msg_type=CT_DELETE),))
     assert _counts(record) == (3, 300, 2, 200)
-    assert tracker.state == {} and tracker.limbo == {} and len(tracker.graves) == 1  # a tombstone
+    assert tracker.num_live == 0 and tracker.num_vanished == 0 and tracker.num_graves == 1  # a tombstone
 
 
 def test_destroy_after_the_entry_was_dumped_again_in_the_same_cycle() -> None:
@@ -175,10 +180,10 @@ def test_vanished_entries_expire_after_the_ttl() -> None:
     tracker = DeltaTracker("n", vanished_ttl_ns=8 * SECOND)
     _cycle(tracker, entry(counters=(1, 100, 1, 100)))
     _cycle(tracker)
-    assert len(tracker.limbo) == 1
+    assert tracker.num_vanished == 1
     _cycle(tracker)
     _cycle(tracker)
-    assert tracker.limbo == {}
+    assert tracker.num_vanished == 0
     assert tracker.stats.expired == 1
 
 
@@ -186,12 +191,12 @@ def test_tombstones_expire_without_counting_as_lost() -> None:
     tracker = DeltaTracker("n", tombstone_ttl_ns=8 * SECOND)
     _cycle(tracker, entry(counters=(1, 100, 1, 100)))
     _cycle(tracker, events=(entry(counters=(2, 200, 1, 100), msg_type=CT_DELETE),))
-    assert len(tracker.graves) == 1
+    assert tracker.num_graves == 1
     expired = 0
     for _ in range(3):
         _cycle(tracker)
         expired += tracker.stats.expired
-    assert tracker.graves == {} and expired == 0
+    assert tracker.num_graves == 0 and expired == 0
 
 
 def test_counters_zeroed_by_another_tool_count_from_zero() -> None:
@@ -209,7 +214,7 @@ def test_unsent_records_merge_until_taken() -> None:
         tracker.begin_dump(tracker.dump_ns + 5 * SECOND)
         tracker.feed(entry(counters=(i, 100 * i, 0, 0)))
         tracker.end_dump()
-    [record] = tracker.take_unsent()
+    [record] = _unsent(tracker)
     assert _counts(record) == (3, 300, 0, 0)
     assert record.end_ns - record.start_ns == 15 * SECOND
 
@@ -243,7 +248,7 @@ def test_zero_on_dump_takes_counters_as_deltas() -> None:
     tracker = DeltaTracker("n", zero_on_dump=True)
     [record] = _cycle(tracker, entry(counters=(2, 200, 1, 100)))
     assert _counts(record) == (2, 200, 1, 100)
-    assert tracker.state == {}
+    assert len(tracker.state) == 0
 
 
 def test_netlink_constants_agree_with_pyroute2() -> None:
@@ -298,7 +303,7 @@ def test_destroy_events_received_before_a_dump_are_applied_before_it() -> None:
     tracker.feed(entry(ct_id=7, start=1_000, counters=(12, 1200, 11, 1100))
                  + entry(ct_id=7, start=3_000, counters=(1, 60, 1, 60)))
     tracker.end_dump()
-    records = tracker.take_unsent()
+    records = _unsent(tracker)
     assert sorted(_counts(r) for r in records) == [(1, 60, 1, 60), (2, 200, 1, 100)]
     assert tracker.stats.counter_resets == 0
 
