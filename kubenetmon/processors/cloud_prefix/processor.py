@@ -11,27 +11,45 @@ Decision (reference §6, with §12.2 items 11 and 18 fixed):
    ``UNKNOWN`` (counted; the original dropped the flow); another cloud or
    no match → ``PUBLIC_INTERNET``.
 
-Classification is per distinct remote :class:`~kubenetmon.flows.Endpoint`
-(the ``out`` and ``in`` twins share it) and cached by address for the life
-of one table, so a busy gateway mostly does one dict lookup per endpoint.
+Classification is columnar (DESIGN §4.2): the table is flattened at load
+into disjoint ranges (:mod:`.range_index`), each distinct remote address of
+a batch is looked up once with ``searchsorted``, and the outcome of each
+range's prefix (a few thousand distinct ones) is decided once per table. The
+batch's flow view gets new ``connection_class`` and ``remote_cloud`` /
+``remote_region`` / ``remote_cloud_service`` columns, and the local cloud,
+region, cluster and cell where they are empty; no Python object is made per
+flow. :meth:`RemoteClassifier.classify` answers one address (pytricia), for
+diagnostics and as the reference the columnar path is tested against.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, ConfigError, ConfigProblem
-from kubenetmon.flows import ConnectionClass, FlowBatch
+from kubenetmon.flows import ConnectionClass, FlowBatch, with_columns
 from kubenetmon.processors.cloud_prefix.config import CloudPrefixConfig
 from kubenetmon.processors.cloud_prefix.fetch import RangeLoader
+from kubenetmon.processors.cloud_prefix.range_index import RangeIndex, address_keys
 from kubenetmon.processors.cloud_prefix.sources import GLOBAL
 from kubenetmon.processors.cloud_prefix.table import PRIVATE, Detail, PrefixTable
 
-__all__ = ["PRIVATE_CIDRS", "Classification", "CloudPrefixProcessor", "RemoteClassifier", "region_problem"]
+__all__ = [
+    "PRIVATE_CIDRS",
+    "BatchClassification",
+    "Classification",
+    "CloudPrefixProcessor",
+    "RemoteClassifier",
+    "fill_empty",
+    "region_problem",
+]
 
 # The original's IsPrivate/IsLocal/IsLoopback set (reference §6) plus 100.64.0.0/10 (§12.2 item 11) and IPv6.
 PRIVATE_CIDRS: tuple[str, ...] = (
@@ -52,12 +70,33 @@ class Classification(NamedTuple):
     cloud_service: str
 
 
+_CLASSES: tuple[str, ...] = tuple(c.value for c in ConnectionClass)
+_UNKNOWN_CLASS = _CLASSES.index(ConnectionClass.UNKNOWN)
+_INVALID = Classification(ConnectionClass.UNKNOWN, "", "", "")
+
+
+class BatchClassification(NamedTuple):
+    """The outcome for one address column: dictionary columns for the flow view, and counts for metrics."""
+
+    connection_class: pa.DictionaryArray
+    cloud: pa.DictionaryArray
+    region: pa.DictionaryArray
+    cloud_service: pa.DictionaryArray
+    class_counts: dict[str, int]  # rows per connection class
+    distinct: int  # distinct known addresses looked up
+    distinct_unknown: int  # of those, classified UNKNOWN
+    invalid: int  # rows whose address is not known (null)
+
+
 class RemoteClassifier:
     """Classifies addresses against private space and one :class:`PrefixTable` (immutable once built).
 
     Private space is folded into a copy of the table's tries, so one
-    longest-prefix lookup answers everything; the outcome per distinct
-    :class:`Detail` (a few thousand) is computed once and kept.
+    longest-prefix lookup answers everything; that copy is also flattened
+    into a :class:`RangeIndex` for whole columns. The outcome per distinct
+    :class:`Detail` (a few thousand) is computed once, as strings for
+    :meth:`classify` and as integer columns (index into per-field string
+    lists) for :meth:`classify_column`.
     """
 
     def __init__(self, table: PrefixTable | None, cloud: str, region: str, vpc_cidrs: tuple[str, ...] = ()) -> None:
@@ -71,6 +110,58 @@ class RemoteClassifier:
             PRIVATE: Classification(ConnectionClass.INTRA_VPC, cloud, region, ""),
             None: Classification(ConnectionClass.PUBLIC_INTERNET if table else ConnectionClass.UNKNOWN, "", "", ""),
         }
+        self._index = RangeIndex(combined.entries())
+        # One row per index code, then one for "address not known" (null).
+        outcomes = [self._outcome(value) for value in self._index.values] + [_INVALID]
+        self._invalid_code = len(outcomes) - 1
+        self._fields: list[tuple[pa.Array, npt.NDArray[np.int32]]] = []  # per output field: strings, index per code
+        for i in range(4):
+            strings = sorted({o[i] for o in outcomes}) if i else list(_CLASSES)
+            position = {text: n for n, text in enumerate(strings)}
+            self._fields.append((
+                pa.array(strings, pa.utf8()), np.array([position[o[i]] for o in outcomes], dtype=np.int32),
+            ))
+        self._class_of = self._fields[0][1]
+
+    def _outcome(self, value: object) -> Classification:
+        if value is None or value is PRIVATE:
+            return self._outcomes[value]
+        assert isinstance(value, Detail)
+        return self._decide(value)
+
+    def classify_column(self, addresses: pa.Array | pa.ChunkedArray) -> BatchClassification:
+        """Classify an address column (``fixed_size_binary(16)``, null = not known) as a whole."""
+        keys, valid = address_keys(addresses)
+        known = keys if valid is None else keys[valid]
+        distinct, inverse = np.unique(known, return_inverse=True)
+        distinct_codes = self._index.codes(distinct)
+        if valid is None:
+            codes = distinct_codes[inverse]
+        else:
+            codes = np.full(len(keys), self._invalid_code, dtype=np.int32)
+            codes[valid] = distinct_codes[inverse]
+        # The codes present in this batch (a handful) decide each column's dictionary, so a batch carries
+        # only its own strings, each once.
+        present = np.unique(distinct_codes)
+        if valid is not None:
+            present = np.append(present, self._invalid_code)
+        compact = np.zeros(self._invalid_code + 1, dtype=np.int32)
+        compact[present] = np.arange(len(present), dtype=np.int32)
+        rows = compact[codes]
+        columns = []
+        for strings, index_of in self._fields:
+            used, position = np.unique(index_of[present], return_inverse=True)
+            columns.append(pa.DictionaryArray.from_arrays(
+                pa.array(position.astype(np.int32)[rows], pa.int32()), strings.take(pa.array(used, pa.int32()))
+            ))
+        class_rows = np.bincount(self._class_of[codes], minlength=len(_CLASSES))
+        return BatchClassification(
+            columns[0], columns[1], columns[2], columns[3],
+            class_counts={_CLASSES[i]: int(n) for i, n in enumerate(class_rows) if n},
+            distinct=len(distinct),
+            distinct_unknown=int(np.count_nonzero(self._class_of[distinct_codes] == _UNKNOWN_CLASS)),
+            invalid=len(keys) - len(known),
+        )
 
     def classify(self, address: str) -> Classification:
         """Raises ValueError when ``address`` is not an IP address."""
@@ -109,9 +200,20 @@ def region_problem(table: PrefixTable, cloud: str, region: str) -> str | None:
     )
 
 
+def fill_empty(column: pa.DictionaryArray, value: str) -> pa.DictionaryArray:
+    """``column`` with every empty string replaced by ``value`` (a dictionary change, not a per-row one)."""
+    dictionary = column.dictionary.to_pylist()
+    if not value or "" not in dictionary:
+        return column
+    target = dictionary.index(value) if value in dictionary else len(dictionary)
+    if target == len(dictionary):
+        dictionary.append(value)
+    remap = pa.array([target if text == "" else i for i, text in enumerate(dictionary)], pa.int32())
+    return pa.DictionaryArray.from_arrays(remap.take(column.indices), pa.array(dictionary, pa.utf8()))
+
+
 class _State(NamedTuple):
     classifier: RemoteClassifier
-    cache: dict[str, Classification]
 
 
 class CloudPrefixProcessor(BaseComponent):
@@ -139,7 +241,7 @@ class CloudPrefixProcessor(BaseComponent):
         self._m_age = m.gauge("cloud_prefix_table_age_seconds", "Seconds since the current table was built.")
         self._stop = threading.Event()
         self._loader = RangeLoader(config, self._log, self._count_result, stop=self._stop)
-        self._state = _State(self._classifier(None), {})
+        self._state = _State(self._classifier(None))
         self._problem: str | None = None
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
@@ -204,7 +306,7 @@ class CloudPrefixProcessor(BaseComponent):
             self._m_prefixes.labels(cloud=cloud, family=family).set(count)
         self._gauged |= counts.keys()
         # One assignment: consume() sees the old or the new state, never a mix.
-        self._state = _State(self._classifier(table), {})
+        self._state = _State(self._classifier(table))
         self._m_builds.labels(result="swapped").inc()
         self._m_loaded_at.set(table.loaded_at)
         self._problem = None
@@ -252,64 +354,39 @@ class CloudPrefixProcessor(BaseComponent):
 
     def consume(self, batch: FlowBatch) -> None:
         state = self._state
-        if state.classifier.table is None and self._config.not_ready == "backpressure" and batch.flows:
+        if not batch.num_flows:
+            self._next.consume(batch)
+            return
+        if state.classifier.table is None and self._config.not_ready == "backpressure":
             raise BackpressureError(f"{self._settings.id}: no cloud range table loaded yet", retry_after=5.0)
-        classify = state.classifier.classify
-        cache = state.cache
+        flows = batch.flow_table()
+        result = state.classifier.classify_column(flows.column("remote_address"))
         identity = self._identity
-        seen: dict[int, Classification] = {}
-        classes: Counter[str] = Counter()
-        hits = misses = invalid = unknown = 0
-        for flow in batch.flows:
-            remote = flow.remote
-            result = seen.get(id(remote))
-            if result is None:
-                address = remote.address
-                result = cache.get(address)
-                if result is None:
-                    misses += 1
-                    try:
-                        result = classify(address)
-                    except ValueError:
-                        invalid += 1
-                        result = Classification(ConnectionClass.UNKNOWN, "", "", "")
-                    else:
-                        if len(cache) >= self._config.cache_size:
-                            cache.clear()
-                        if self._config.cache_size:
-                            cache[address] = result
-                else:
-                    hits += 1
-                if result.connection_class == ConnectionClass.UNKNOWN:
-                    unknown += 1
-                remote.cloud, remote.region, remote.cloud_service = result[1], result[2], result[3]
-                seen[id(remote)] = result
-            flow.connection_class = result.connection_class
-            classes[result.connection_class] += 1
-            local = flow.local
-            if not local.cloud:
-                local.cloud = identity.cloud
-            if not local.region:
-                local.region = identity.region
-            if not local.cluster:
-                local.cluster = identity.cluster
-            if not local.cell:
-                local.cell = identity.cell
-        self._count(classes, hits, misses, invalid, unknown - invalid, table=state.classifier.table)
+        local = {
+            f"local_{name}": fill_empty(flows.column(f"local_{name}"), getattr(identity, name))
+            for name in ("cloud", "region", "cluster", "cell")
+        }
+        batch.flows = with_columns(flows, {
+            "connection_class": result.connection_class,
+            "remote_cloud": result.cloud,
+            "remote_region": result.region,
+            "remote_cloud_service": result.cloud_service,
+            **local,
+        })
+        self._count(result, state.classifier.table, flows.num_rows)
         self._next.consume(batch)
 
-    def _count(
-        self, classes: Counter[str], hits: int, misses: int, invalid: int, unknown: int, *, table: PrefixTable | None
-    ) -> None:
-        for cls, n in classes.items():
+    def _count(self, result: BatchClassification, table: PrefixTable | None, rows: int) -> None:
+        for cls, n in result.class_counts.items():
             self._m_classes.labels(connection_class=cls).inc(n)
-        if hits:
-            self._m_lookups.labels(cache="hit").inc(hits)
-        if misses:
-            self._m_lookups.labels(cache="miss").inc(misses)
-        if invalid:
-            self._m_unknown.labels(reason="invalid_address").inc(invalid)
-        if unknown:
-            self._m_unknown.labels(reason="no_table" if table is None else "no_region").inc(unknown)
+        # "miss": a distinct address looked up in this batch; "hit": a row that shared one.
+        if result.distinct:
+            self._m_lookups.labels(cache="miss").inc(result.distinct)
+        if rows - result.invalid - result.distinct:
+            self._m_lookups.labels(cache="hit").inc(rows - result.invalid - result.distinct)
+        if result.invalid:
+            self._m_unknown.labels(reason="invalid_address").inc(result.invalid)
+        if result.distinct_unknown:
+            self._m_unknown.labels(reason="no_table" if table is None else "no_region").inc(result.distinct_unknown)
         if table is not None:
             self._m_age.set(time.time() - table.loaded_at)

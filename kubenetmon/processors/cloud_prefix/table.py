@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import pytricia
@@ -194,6 +194,12 @@ class PrefixTable:
     def with_private(self, private: Iterable[str], not_private: Iterable[str] = ()) -> PrefixTable:
         """The same cloud prefixes with private space folded in (a new table; this one is unchanged)."""
         return PrefixTable(self._details, self.loaded_at, private, not_private)
+
+    def entries(self) -> Iterator[tuple[str, Detail | None]]:
+        """Every prefix of both tries with its value (PRIVATE, and None for the holes, included)."""
+        for trie in (self._v4, self._v6):
+            for prefix in trie:
+                yield prefix, trie[prefix]
 
     def lookup_prefix(self, address: str) -> str | None:
         """The longest prefix holding ``address`` (for diagnostics)."""
