@@ -357,6 +357,8 @@ class ClusterIndex:
         self.retired_count = 0
         self.evicted = 0  # tenancies dropped before their retention because of max_retired
         self._rs_live: dict[str, tuple[str, str] | None] = {}  # ReplicaSets that exist now
+        # Bumped by every change, so that a compiled snapshot (vector.py) knows it is stale.
+        self.version = 0
 
     # ------------------------------------------------------------ counts (metrics)
 
@@ -384,6 +386,9 @@ class ClusterIndex:
 
     def has_node(self, name: str) -> bool:
         return name in self._nodes
+
+    def node_names(self) -> frozenset[str]:
+        return frozenset(self._nodes)
 
     def tenant(self, ip: str, start_ns: int, end_ns: int) -> Attrs | None:
         """The pod that held ``ip`` during ``[start_ns, end_ns)`` (see :func:`pick_tenant`)."""
@@ -431,12 +436,14 @@ class ClusterIndex:
         """Drop history past its retention (also done on every write)."""
         if self._expiry and self._expiry[0][0] <= self._clock() - self._retention_ns:
             with self._lock:
+                self.version += 1
                 self._expire(self._clock())
 
     # ------------------------------------------------------------ pods
 
     def upsert_pod(self, pod: PodInfo) -> None:
         with self._lock:
+            self.version += 1
             now = self._clock()
             old = self._pods.get(pod.key)
             touched: set[str] = set()
@@ -461,6 +468,7 @@ class ClusterIndex:
 
     def remove_pod(self, key: str) -> None:
         with self._lock:
+            self.version += 1
             now = self._clock()
             old = self._pods.pop(key, None)
             if old is None or not old.indexable:
@@ -484,6 +492,7 @@ class ClusterIndex:
                     ip_pods.setdefault(ip, []).append(pod)
         by_ip = {ip: (c[0] if len(c) == 1 else max(c, key=PodInfo.rank)).attrs for ip, c in ip_pods.items()}
         with self._lock:
+            self.version += 1
             now = self._clock()
             for key, old in self._pods.items():
                 new = by_key.get(key)
@@ -517,6 +526,7 @@ class ClusterIndex:
 
     def upsert_node(self, node: NodeInfo) -> None:
         with self._lock:
+            self.version += 1
             old = self._nodes.get(node.name)
             touched: set[str] = set()
             if old is not None:
@@ -534,6 +544,7 @@ class ClusterIndex:
 
     def remove_node(self, name: str) -> None:
         with self._lock:
+            self.version += 1
             now = self._clock()
             old = self._nodes.pop(name, None)
             if old is None:
@@ -555,6 +566,7 @@ class ClusterIndex:
         by_ip = {ip: c[-1].attrs for ip, c in ip_nodes.items()}
         zones = {n.name: n.zone for n in by_name.values()}
         with self._lock:
+            self.version += 1
             now = self._clock()
             for name in self._nodes.keys() - by_name.keys():
                 zones[name] = self.zone_of.get(name, "")
@@ -574,6 +586,7 @@ class ClusterIndex:
 
     def upsert_replicaset(self, key: str, owner: tuple[str, str] | None) -> None:
         with self._lock:
+            self.version += 1
             self._rs_live[key] = owner
             if owner is None:
                 self.rs_owner.pop(key, None)
@@ -582,6 +595,7 @@ class ClusterIndex:
 
     def remove_replicaset(self, key: str) -> None:
         with self._lock:
+            self.version += 1
             now = self._clock()
             self._rs_live.pop(key, None)
             # The owner stays for the retention: pods of this ReplicaSet may still have records to come.
@@ -594,6 +608,7 @@ class ClusterIndex:
         live = dict(items)
         owners = {key: owner for key, owner in live.items() if owner is not None}
         with self._lock:
+            self.version += 1
             now = self._clock()
             for key in self.rs_owner.keys() - owners.keys():
                 if key not in live:
@@ -602,3 +617,7 @@ class ClusterIndex:
             self._rs_live = live
             self.rs_owner = owners
             self._expire(now)
+
+    def locked(self) -> threading.Lock:
+        """The writers' lock, for a reader that copies several tables as one consistent snapshot."""
+        return self._lock

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from kubenetmon.flows import ConntrackRecord, Endpoint, Flow
+from kubenetmon.flows import ConntrackRecord, Endpoint, Flow, FlowBatch
 from kubenetmon.processors.k8s_attributes import Attributor, BatchOutcome, ClusterIndex, ObjectParser
+from kubenetmon.processors.k8s_attributes.vector import VectorAttributor
 from tests.fixtures.kubeapi import make_node, make_pod, make_replicaset
 from tests.processors.k8s_attributes.helpers import record
 
@@ -47,8 +48,16 @@ def build_index(parser: ObjectParser | None = None, extra_pods: list[dict[str, A
 def attribute(
     records: list[ConntrackRecord], index: ClusterIndex | None = None, **options: Any
 ) -> tuple[list[Flow], BatchOutcome]:
+    """Both engines, which must agree: the columnar one (what the processor runs) and the row path,
+    whose rows are returned (they also show which endpoints a record's two flows share)."""
+    index = index or build_index()
     flows: list[Flow] = []
-    outcome = Attributor(index or build_index(), cluster=CLUSTER, **options).attribute(records, flows)
+    outcome = Attributor(index, cluster=CLUSTER, **options).attribute(records, flows)
+    table, vector_outcome = VectorAttributor(index, cluster=CLUSTER, **options).attribute_table(
+        FlowBatch(records).record_table())
+    vector_flows = FlowBatch(flows=table).flows
+    assert vector_flows == flows
+    assert vector_outcome == outcome
     return flows, outcome
 
 

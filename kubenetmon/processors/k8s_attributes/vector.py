@@ -1,0 +1,461 @@
+"""The decision procedure as vector operations over Arrow columns (issue 11).
+
+The row path (:mod:`decision`) costs several Python objects per record; this
+module runs the same procedure — node flows, src and reply source, rules 1-6,
+counters swapped for a local destination, time-aware choice among the pods
+that held an address, several inventories, ``UNKNOWN`` remotes — on whole
+columns, with no Python object per record:
+
+1. **Compile** (only when an index changed, :attr:`ClusterIndex.version`):
+   each inventory becomes sorted 16-byte address keys (``numpy`` ``S16``, the
+   contract's address layout: IPv4 as IPv4-mapped IPv6) for current pod IPs,
+   node addresses and remembered (retired) tenancies, pointing into one
+   *entity* table: per pod or node, the string id of each endpoint field
+   (pod, namespace, node, app, instance id, zone, cluster, owner), zones and
+   ReplicaSet owners already resolved. Strings are interned once per compile
+   into one dictionary.
+2. **Attribute** a records batch: ``searchsorted`` joins of the ``src`` and
+   ``reply_src`` columns against the keys (own inventory first, then peers
+   for what is still unknown), a vectorized max-overlap choice for addresses
+   with history, the rules as boolean masks, and the flows batch built as
+   index arrays into the entity table: an ``out`` and an ``in`` row per kept
+   record, string columns dictionary-encoded against the compiled strings
+   (compacted to the ids the batch uses).
+
+The entity table ends with a sentinel row (pod/node/… empty, cluster
+``UNKNOWN``), so that "no entity" (-1) indexes it directly: an unknown remote
+gets ``UNKNOWN`` for free.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kubenetmon.flows import FLAGS, FLOW_FIELDS, FLOW_SCHEMA, ConntrackRecord, FlowBatch, pack_addresses
+from kubenetmon.processors.k8s_attributes.decision import UNKNOWN_CLUSTER, BatchOutcome
+from kubenetmon.processors.k8s_attributes.index import Attrs, ClusterIndex, Tenancy
+
+__all__ = ["VectorAttributor"]
+
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+Keys = npt.NDArray[np.bytes_]
+
+# Endpoint string fields an entity fills; the others (cloud, region, cell,
+# cloud_service) are left "" for cloud_prefix.
+_ENTITY_FIELDS = ("pod", "namespace", "node", "app", "instance_id", "availability_zone", "cluster",
+                  "owner_kind", "owner_name")
+_EMPTY, _UNKNOWN = 0, 1  # string ids fixed in every compiled dictionary
+_NO_KEYS: Keys = np.empty(0, dtype="S16")
+
+
+def _keys(addresses: list[str]) -> Keys:
+    """Text addresses as sortable 16-byte keys (the contract's address layout)."""
+    if not addresses:
+        return _NO_KEYS
+    packed = pack_addresses(addresses)
+    return np.frombuffer(packed.buffers()[1], dtype="S16", count=len(packed)).copy()
+
+
+def _column_keys(column: pa.Array | pa.ChunkedArray) -> tuple[Keys, Bool]:
+    """An address column as keys, and its validity (null = unknown address)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    data = np.frombuffer(column.buffers()[1], dtype="S16", count=column.offset + n)[column.offset:]
+    valid = np.ones(n, dtype=bool) if column.null_count == 0 else column.is_valid().to_numpy(zero_copy_only=False)
+    return data, valid
+
+
+def _find(keys: Keys, queries: Keys, valid: Bool) -> tuple[I64, Bool]:
+    """Position of each query in sorted ``keys`` and whether it is there."""
+    if len(keys) == 0:
+        return np.zeros(len(queries), dtype=np.int64), np.zeros(len(queries), dtype=bool)
+    pos = np.searchsorted(keys, queries)
+    found = valid & (keys[np.minimum(pos, len(keys) - 1)] == queries)
+    return pos, found
+
+
+@dataclass
+class _Inventory:
+    """One inventory's compiled lookup tables (entity ids are global to the snapshot)."""
+
+    pod_keys: Keys = field(default_factory=lambda: _NO_KEYS)
+    pod_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
+    hist_keys: Keys = field(default_factory=lambda: _NO_KEYS)
+    hist_since: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    hist_until: I64 = field(default_factory=lambda: np.empty(0, np.int64))
+    hist_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
+    node_keys: Keys = field(default_factory=lambda: _NO_KEYS)
+    node_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
+    node_names: frozenset[str] = frozenset()
+    zone_of: dict[str, str] = field(default_factory=dict)
+
+
+class _Snapshot:
+    """Every inventory compiled at one set of index versions (see the module docstring)."""
+
+    def __init__(self, inventories: list[tuple[str, ClusterIndex]], owners: bool) -> None:
+        self.versions = tuple(index.version for _, index in inventories)
+        self.strings: list[str] = ["", UNKNOWN_CLUSTER]
+        self._ids: dict[str, int] = {"": _EMPTY, UNKNOWN_CLUSTER: _UNKNOWN}
+        self.cluster_names = [name for name, _ in inventories]
+        columns: dict[str, list[int]] = {f: [] for f in _ENTITY_FIELDS}
+        cluster_ord: list[int] = []
+        created: list[int] = []
+        self.inventories: list[_Inventory] = []
+        for ordinal, (name, index) in enumerate(inventories):
+            with index.locked():  # one consistent copy of this index's tables
+                pods = list(index.pod_by_ip.items())
+                retired = list(index.retired_by_ip.items())
+                nodes = list(index.node_by_ip.items())
+                zone_of = dict(index.zone_of)
+                rs_owner = dict(index.rs_owner)
+                node_names = index.node_names()
+            entity_of: dict[int, int] = {}
+
+            def entity(a: Attrs, ctx: tuple[str, int, dict[str, str], dict[str, tuple[str, str]]] = (
+                    name, ordinal, zone_of, rs_owner), entity_of: dict[int, int] = entity_of) -> int:
+                """The entity id of ``a`` (one per Attrs object: a pod's v4 and v6 share it)."""
+                found = entity_of.get(id(a))
+                if found is not None:
+                    return found
+                cluster, ordinal, zones, rs = ctx
+                owner_kind, owner_name = (a.owner_kind, a.owner_name) if owners else ("", "")
+                if owners and a.rs_key:
+                    owner_kind, owner_name = rs.get(a.rs_key, (owner_kind, owner_name))
+                values = (a.pod, a.namespace, a.node, a.app, a.instance_id,
+                          zones.get(a.node, "") if a.node else "", a.cluster or cluster, owner_kind, owner_name)
+                for f, value in zip(_ENTITY_FIELDS, values, strict=True):
+                    columns[f].append(self.intern(value))
+                cluster_ord.append(ordinal)
+                created.append(a.created_ns)
+                entity_of[id(a)] = e = len(cluster_ord) - 1
+                return e
+
+            inv = _Inventory(node_names=node_names, zone_of=zone_of)
+            inv.pod_keys, inv.pod_ent = self._table([ip for ip, _ in pods], [entity(a) for _, a in pods])
+            inv.node_keys, inv.node_ent = self._table([ip for ip, _ in nodes], [entity(a) for _, a in nodes])
+            tenancies: list[tuple[str, Tenancy]] = [(ip, t) for ip, ts in retired for t in ts]
+            if tenancies:
+                keys = _keys([ip for ip, _ in tenancies])
+                order = np.argsort(keys, kind="stable")
+                inv.hist_keys = keys[order]
+                inv.hist_since = np.array([t[0] for _, t in tenancies], dtype=np.int64)[order]
+                inv.hist_until = np.array([t[1] for _, t in tenancies], dtype=np.int64)[order]
+                inv.hist_ent = np.array([entity(t[2]) for _, t in tenancies], dtype=np.int32)[order]
+            self.inventories.append(inv)
+        # The sentinel entity (index -1): an unknown remote.
+        for f in _ENTITY_FIELDS:
+            columns[f].append(_UNKNOWN if f == "cluster" else _EMPTY)
+        cluster_ord.append(-1)
+        created.append(0)
+        self.ent = {f: np.array(v, dtype=np.int32) for f, v in columns.items()}
+        self.ent_cluster = np.array(cluster_ord, dtype=np.int32)
+        self.ent_created = np.array(created, dtype=np.int64)
+        self.dictionary = pa.array(self.strings, type=pa.utf8())
+
+    def intern(self, value: str) -> int:
+        found = self._ids.get(value)
+        if found is None:
+            found = self._ids[value] = len(self.strings)
+            self.strings.append(value)
+        return found
+
+    @staticmethod
+    def _table(addresses: list[str], entities: list[int]) -> tuple[Keys, I32]:
+        keys = _keys(addresses)
+        order = np.argsort(keys, kind="stable")
+        return keys[order], np.array(entities, dtype=np.int32)[order]
+
+
+def _pick_with_history(  # noqa: PLR0917 - one vectorized step, its inputs
+    inv: _Inventory, snap: _Snapshot, rows: I64, queries: Keys, current: I32, start: I64, end: I64
+) -> I32:
+    """For ``rows`` whose address has retired tenancies in ``inv``: the entity overlapping the record's
+    interval most (ties: the newest), else the current holder — :func:`index.pick_tenant`, vectorized."""
+    lo = np.searchsorted(inv.hist_keys, queries[rows], side="left")
+    hi = np.searchsorted(inv.hist_keys, queries[rows], side="right")
+    counts = hi - lo
+    s = start[rows]
+    e = np.maximum(end[rows], s + 1)
+    # Candidates: every retired tenancy of each row, then the current holder (last, so it wins a full tie).
+    group = np.repeat(np.arange(len(rows)), counts)
+    tpos = lo[group] + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    t_since = inv.hist_since[tpos]
+    t_overlap = np.minimum(e[group], inv.hist_until[tpos]) - np.maximum(s[group], t_since)
+    t_ent = inv.hist_ent[tpos]
+    cur = current[rows]
+    has_cur = np.nonzero(cur >= 0)[0]
+    c_since = snap.ent_created[cur[has_cur]]
+    c_overlap = e[has_cur] - np.maximum(s[has_cur], c_since)
+    group = np.concatenate([group, has_cur])
+    since = np.concatenate([t_since, c_since])
+    overlap = np.concatenate([t_overlap, c_overlap])
+    ent = np.concatenate([t_ent, cur[has_cur]])
+    order = np.lexsort((since, overlap, group))
+    g = group[order]
+    last = np.ones(len(g), dtype=bool)
+    last[:-1] = g[1:] != g[:-1]
+    best = order[last]
+    picked = cur.copy()
+    good = overlap[best] > 0
+    picked[group[best][good]] = ent[best][good]
+    return picked
+
+
+class VectorAttributor:
+    """The decision procedure over Arrow columns; same options and results as :class:`Attributor`."""
+
+    def __init__(
+        self,
+        index: ClusterIndex,
+        *,
+        cluster: str = "",
+        keep_node_flows: bool = False,
+        keep_unknown_direction: bool = True,
+        owners: bool = False,
+        peers: list[tuple[str, ClusterIndex]] | tuple[tuple[str, ClusterIndex], ...] = (),
+    ) -> None:
+        self._inventories = [(cluster, index), *peers]
+        self._keep_node_flows = keep_node_flows
+        self._keep_unknown = keep_unknown_direction
+        self._owners = owners
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self.compiles = 0
+
+    def snapshot(self) -> _Snapshot:
+        """The compiled inventories, recompiled if any index changed since."""
+        snap = self._snapshot
+        versions = tuple(index.version for _, index in self._inventories)
+        if snap is None or snap.versions != versions:
+            with self._lock:
+                snap = self._snapshot
+                if snap is None or snap.versions != tuple(index.version for _, index in self._inventories):
+                    snap = self._snapshot = _Snapshot(self._inventories, self._owners)
+                    self.compiles += 1
+        return snap
+
+    # ------------------------------------------------------------------ lookups
+
+    def _pods(self, snap: _Snapshot, queries: Keys, valid: Bool, start: I64, end: I64) -> I32:
+        result = np.full(len(queries), -1, dtype=np.int32)
+        todo = np.nonzero(valid)[0]
+        for inv in snap.inventories:
+            if len(todo) == 0:
+                break
+            q = queries[todo]
+            everywhere = np.ones(len(todo), dtype=bool)
+            current = np.full(len(todo), -1, dtype=np.int32)
+            pos, found = _find(inv.pod_keys, q, everywhere)
+            current[found] = inv.pod_ent[pos[found]]
+            if len(inv.hist_keys):
+                _, in_hist = _find(inv.hist_keys, q, everywhere)
+                rows = np.nonzero(in_hist)[0]
+                if len(rows):
+                    current[rows] = _pick_with_history(inv, snap, rows, q, current, start[todo], end[todo])
+            result[todo] = current
+            todo = todo[current < 0]
+        return result
+
+    @staticmethod
+    def _nodes(snap: _Snapshot, queries: Keys, valid: Bool) -> I32:
+        result = np.full(len(queries), -1, dtype=np.int32)
+        todo = np.nonzero(valid)[0]
+        for inv in snap.inventories:
+            if len(todo) == 0 or len(inv.node_keys) == 0:
+                continue
+            pos, found = _find(inv.node_keys, queries[todo], np.ones(len(todo), dtype=bool))
+            hit = todo[found]
+            result[hit] = inv.node_ent[pos[found]]
+            todo = todo[~found]
+        return result
+
+    # ------------------------------------------------------------------ the procedure
+
+    def attribute_table(self, table: pa.RecordBatch) -> tuple[pa.RecordBatch, BatchOutcome]:
+        """Flows (``FLOW_SCHEMA``, an ``out`` and an ``in`` row per kept record) for a records batch."""
+        snap = self.snapshot()
+        res = BatchOutcome()
+        n = table.num_rows
+        src, src_valid = _column_keys(table.column("src"))
+        dst, dst_valid = _column_keys(table.column("reply_src"))
+        start = table.column("start_ns").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        end = table.column("end_ns").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+        # The observing node: per distinct name, its string id, cluster ordinal, zone and cluster name.
+        observer = table.column("node")
+        if isinstance(observer, pa.ChunkedArray):
+            observer = observer.combine_chunks()
+        if not isinstance(observer, pa.DictionaryArray):
+            observer = observer.dictionary_encode()
+        names = observer.dictionary.to_pylist()
+        obs_node = np.empty(len(names), dtype=np.int32)
+        obs_zone = np.empty(len(names), dtype=np.int32)
+        obs_cluster = np.empty(len(names), dtype=np.int32)
+        obs_cluster_name = np.empty(len(names), dtype=np.int32)
+        extra: list[str] = []
+        ids = dict(snap._ids)
+
+        def string_id(value: str) -> int:
+            found = ids.get(value)
+            if found is None:
+                found = ids[value] = len(snap.strings) + len(extra)
+                extra.append(value)
+            return found
+
+        for i, text in enumerate(names):
+            name = text or ""
+            ordinal = 0
+            if len(snap.inventories) > 1 and name not in snap.inventories[0].node_names:
+                ordinal = next((k for k, inv in enumerate(snap.inventories) if name in inv.node_names), 0)
+            obs_node[i] = string_id(name)
+            obs_zone[i] = string_id(snap.inventories[ordinal].zone_of.get(name, ""))
+            obs_cluster[i] = ordinal
+            obs_cluster_name[i] = string_id(snap.cluster_names[ordinal])
+        obs_idx = observer.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        row_obs_node = obs_node[obs_idx]
+        row_obs_cluster = obs_cluster[obs_idx]
+
+        # 1. Node flows.
+        sa = self._nodes(snap, src, src_valid)
+        da = self._nodes(snap, dst, dst_valid)
+        node_flow = (sa >= 0) | (da >= 0)
+        keep = np.ones(n, dtype=bool)
+        if node_flow.any():
+            if self._keep_node_flows:
+                res.kept_node_flow = int(node_flow.sum())
+            else:
+                res.dropped_node_flow = int(node_flow.sum())
+                res.example_node_flow = _example(table, node_flow)
+                keep &= ~node_flow
+        # 2. Pods, as of each record's interval, for what is not a node.
+        need = keep & (sa < 0)
+        if need.any():
+            sa = np.where(need, self._pods(snap, src, src_valid & need, start, end), sa)
+        need = keep & (da < 0)
+        if need.any():
+            da = np.where(need, self._pods(snap, dst, dst_valid & need, start, end), da)
+        res.lookup_hits = int(((sa >= 0) & keep).sum() + ((da >= 0) & keep).sum())
+        res.lookup_misses = 2 * int(keep.sum()) - res.lookup_hits
+
+        # 3. Flow type, rules 1-6 (first match wins).
+        ent_node, ent_cluster = snap.ent["node"], snap.ent_cluster
+        s_known, d_known = sa >= 0, da >= 0
+        s_here = s_known & (ent_node[sa] == row_obs_node) & (ent_cluster[sa] == row_obs_cluster)
+        d_here = d_known & (ent_node[da] == row_obs_node) & (ent_cluster[da] == row_obs_cluster)
+        rule4 = ~s_known & d_known & (ent_node[da] != _EMPTY)
+        rule5 = s_known & (ent_node[sa] != _EMPTY) & ~d_known
+        decided = s_here | d_here | rule4 | rule5
+        local_is_src = s_here | (~d_here & (rule4 | ~decided))
+        unknown = keep & ~decided
+        if unknown.any():
+            res.example_unknown = _example(table, unknown)
+            if self._keep_unknown:
+                res.kept_unknown_direction = int(unknown.sum())
+            else:
+                res.dropped_unknown_direction = int(unknown.sum())
+                keep &= ~unknown
+        kept = np.nonzero(keep)[0]
+        res.attributed = len(kept)
+        return self._flows(snap, table, kept, local_is_src[kept], sa[kept], da[kept], obs_idx[kept],
+                           (obs_node, obs_zone, obs_cluster_name), extra), res
+
+    def _flows(  # noqa: PLR0917 - the pieces attribute_table computed
+        self, snap: _Snapshot, table: pa.RecordBatch, kept: I64, lis: Bool, sa: I32, da: I32, obs_idx: I64,
+        obs: tuple[I32, I32, I32], extra: list[str],
+    ) -> pa.RecordBatch:
+        k = len(kept)
+        rows = np.repeat(kept, 2)  # out, in, out, in…: the row view keeps the order of the row path
+        take = pa.array(rows, type=pa.int64())
+        lis2 = np.repeat(lis, 2)
+        la = np.where(lis, sa, da)
+        ra = np.where(lis, da, sa)
+        obs_node, obs_zone, obs_cluster_name = obs
+        local_default = {"node": obs_node[obs_idx], "availability_zone": obs_zone[obs_idx],
+                         "cluster": obs_cluster_name[obs_idx]}
+        ids: dict[str, I32] = {}
+        for f in _ENTITY_FIELDS:
+            column = snap.ent[f]
+            default = local_default.get(f)
+            local = np.where(la >= 0, column[la], _EMPTY if default is None else default)
+            ids[f"local_{f}"] = np.repeat(local, 2)
+            ids[f"remote_{f}"] = np.repeat(column[ra], 2)
+        # One dictionary for every string column of the batch: the compiled strings the batch uses.
+        size = len(snap.strings) + len(extra)
+        used = np.zeros(size, dtype=bool)
+        used[_EMPTY] = True
+        for values in ids.values():
+            used[values] = True
+        remap = (np.cumsum(used) - 1).astype(np.int32)
+        full = snap.dictionary if not extra else pa.concat_arrays([snap.dictionary, pa.array(extra, pa.utf8())])
+        dictionary = full.filter(pa.array(used))
+        empty_id = int(remap[_EMPTY])
+
+        def strings(values: I32 | None) -> pa.DictionaryArray:
+            indices = np.full(2 * k, empty_id, dtype=np.int32) if values is None else remap[values]
+            return pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), dictionary)
+
+        def pick(when_src: str, when_dst: str) -> pa.Array:
+            a = table.column(when_src).take(take)
+            b = table.column(when_dst).take(take)
+            chosen: pa.Array = pc.if_else(pa.array(lis2), a, b)
+            return chosen
+
+        def counters(first: str, second: str) -> pa.Array:
+            one = table.column(first).to_numpy(zero_copy_only=False)[kept]
+            two = table.column(second).to_numpy(zero_copy_only=False)[kept]
+            out = np.empty(2 * k, dtype=np.uint64)
+            out[0::2] = np.where(lis, one, two)
+            out[1::2] = np.where(lis, two, one)
+            return pa.array(out, type=pa.uint64())
+
+        direction = pa.DictionaryArray.from_arrays(
+            pa.array(np.tile(np.array([0, 1], dtype=np.int32), k), type=pa.int32()), pa.array(["out", "in"]))
+        columns: dict[str, Any] = {
+            "direction": direction,
+            "transport": table.column("transport").take(take),
+            "network_type": table.column("network_type").take(take),
+            "observer": table.column("node").take(take),
+            "local_address": pick("src", "reply_src"),
+            "local_port": pick("sport", "reply_sport"),
+            "remote_address": pick("reply_src", "src"),
+            "remote_port": pick("reply_sport", "sport"),
+            "connection_class": strings(None),
+            "connection_flags": pa.MapArray.from_arrays(
+                pa.array(np.zeros(2 * k + 1, dtype=np.int32)), pa.array([], pa.utf8()), pa.array([], pa.bool_())
+            ).cast(FLAGS),
+            "bytes": counters("original_bytes", "reply_bytes"),
+            "packets": counters("original_packets", "reply_packets"),
+            "start_ns": table.column("start_ns").take(take),
+            "end_ns": table.column("end_ns").take(take),
+        }
+        for side in ("local", "remote"):
+            for f in ("pod", "namespace", "node", "app", "instance_id", "availability_zone", "cloud", "region",
+                      "cluster", "cell", "cloud_service", "owner_kind", "owner_name"):
+                columns[f"{side}_{f}"] = strings(ids.get(f"{side}_{f}"))
+        arrays = []
+        for spec in FLOW_FIELDS:
+            array = columns[spec.name]
+            if isinstance(array, pa.ChunkedArray):
+                array = array.combine_chunks()
+            if array.type != spec.type:
+                array = array.cast(spec.type)
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, schema=FLOW_SCHEMA)
+
+
+def _example(table: pa.RecordBatch, mask: Bool) -> ConntrackRecord:
+    """One record of ``mask`` as a row, for the drop log line (one object per batch)."""
+    i = int(np.argmax(mask))
+    return FlowBatch(records=table.slice(i, 1)).records[0]
+
