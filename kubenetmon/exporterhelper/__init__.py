@@ -2,7 +2,7 @@
 
 from kubenetmon.exporterhelper.config import BatchConfig, ExporterHelperConfig, QueueConfig, RetryConfig
 from kubenetmon.exporterhelper.exporter import QueuedExporter
-from kubenetmon.exporterhelper.queue import Block, SendingQueue
+from kubenetmon.exporterhelper.queue import Block, SendingQueue, UnstorableBatchError
 from kubenetmon.exporterhelper.retry import backoff_intervals
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "QueuedExporter",
     "RetryConfig",
     "SendingQueue",
+    "UnstorableBatchError",
     "backoff_intervals",
 ]

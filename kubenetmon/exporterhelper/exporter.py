@@ -15,7 +15,7 @@ import time
 from kubenetmon.component import BaseComponent, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, PermanentError, RetryableError
 from kubenetmon.exporterhelper.config import ExporterHelperConfig
-from kubenetmon.exporterhelper.queue import Block, SendingQueue
+from kubenetmon.exporterhelper.queue import Block, SendingQueue, UnstorableBatchError
 from kubenetmon.exporterhelper.retry import backoff_intervals
 from kubenetmon.flows import FlowBatch
 
@@ -138,7 +138,12 @@ class QueuedExporter(BaseComponent):
             raise BackpressureError(f"exporter {self.settings.id} is not running")
         q = self.helper_config.sending_queue
         timeout = q.block_timeout if q.full_policy == "block" else 0.0
-        if self._queue.put(batch, timeout):
+        try:
+            queued = self._queue.put(batch, timeout)
+        except UnstorableBatchError as exc:
+            batch = self._storable_part(batch, exc)
+            queued = batch.is_empty() or self._queue.put(batch, timeout)
+        if queued:
             self._update_gauges()
             return
         n = len(batch)
@@ -148,6 +153,30 @@ class QueuedExporter(BaseComponent):
             return
         self.m_refused.inc(n)
         raise BackpressureError(f"sending queue of exporter {self.settings.id} is full", retry_after=1.0)
+
+    def _storable_part(self, batch: FlowBatch, exc: Exception) -> FlowBatch:
+        """The rows of ``batch`` that fit the batch contract; the others are counted and logged.
+
+        Only for the row-wise helper's bad input (an int where text belongs, a
+        port of 70000…), which cannot be written to a persistent queue. Row by
+        row, so slow, but only when a batch failed to serialise.
+        """
+        def fits(view: str, row: object) -> bool:
+            try:
+                FlowBatch(**{view: [row]}).to_ipc()  # type: ignore[arg-type]
+            except Exception:  # any failure to serialise the row is the answer
+                return False
+            return True
+
+        records = [r for r in batch.records if fits("records", r)]
+        flows = [f for f in batch.flows if fits("flows", f)]
+        dropped = len(batch) - len(records) - len(flows)
+        self.m_dropped.labels(reason="invalid_row").inc(dropped)
+        self.log.error(
+            "dropped %d of %d rows that do not fit the batch contract (%s); the rest is queued", dropped,
+            len(batch), exc,
+        )
+        return FlowBatch(records=records, flows=flows, batch_id=batch.batch_id)
 
     def _update_gauges(self) -> None:
         if self._queue is not None:

@@ -5,23 +5,28 @@ Blocks have an id that stays the same across retries, and, with persistent
 storage, across restarts: the block's manifest (its id and the batches in
 it) is written to disk before its first attempt, so a block whose
 acknowledgement was lost is re-sent after a crash with the same id and the
-same content. Exporters pass the id to their peer as an idempotency key
-(``insert_deduplication_token`` for ClickHouse, ``kubenetmon-batch-id`` for
-OTLP), which makes delivery exactly-once end to end.
+same content. Exporters pass :attr:`Block.key` to their peer as an
+idempotency key (``insert_deduplication_token`` for ClickHouse,
+``kubenetmon-batch-id`` for OTLP), which makes delivery exactly-once end to end.
 
 Persistent layout (``directory``)::
 
-    items/<seq>.batch     one accepted batch (pickle), written atomically
+    items/<seq>.batch     one accepted batch as Arrow IPC (FlowBatch.to_ipc: both
+                          views, batch_id in the schema metadata), written atomically
     blocks/<id>.json      a block's manifest: the seqs it holds
+    corrupt/              items that could not be read back (moved aside, logged),
+                          including pickled items of versions before Arrow
 
-A batch is durable when :meth:`SendingQueue.put` returns.
+A batch is durable when :meth:`SendingQueue.put` returns. Arrow IPC, not
+pickle: it is the batch's own columnar form (no per-record objects to
+serialise, DESIGN §4.2), and reading it back cannot run code.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import pickle
 import threading
 import time
 import uuid
@@ -29,9 +34,19 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from kubenetmon.flows import Flow, FlowBatch
 
-__all__ = ["Block", "SendingQueue"]
+__all__ = ["Block", "SendingQueue", "UnstorableBatchError"]
+
+log = logging.getLogger(__name__)
+_ITEM_SUFFIX = ".batch"
+_PICKLE = b"\x80"  # how a pickle (protocol 2+) starts; an Arrow IPC stream starts with 0xFFFFFFFF
+
+
+class UnstorableBatchError(ValueError):
+    """A batch whose rows do not fit the batch contract, so it cannot be written to the persistent queue."""
 
 
 @dataclass
@@ -61,14 +76,27 @@ class Block:
         return self.id
 
     def flows(self) -> list[Flow]:
+        """Every flow as a row (the row-wise helper: for tests and simple exporters)."""
         return [f for b in self.batches for f in b.flows]
 
     def merged(self) -> FlowBatch:
-        out = FlowBatch()
-        for b in self.batches:
-            out.records.extend(b.records)
-            out.flows.extend(b.flows)
-        return out
+        """One batch holding every batch's records and flows.
+
+        Concatenated as Arrow (no rows made); only when some batch's rows do
+        not fit the batch contract is the merge made of rows.
+        """
+        if len(self.batches) == 1:
+            return self.batches[0]
+        try:
+            return FlowBatch(
+                records=pa.concat_batches([b.record_table() for b in self.batches]),
+                flows=pa.concat_batches([b.flow_table() for b in self.batches]),
+            )
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass  # rows that do not fit the contract: merge them as rows, the exporter deals with them
+        records = [r for b in self.batches for r in b.records]
+        flows = [f for b in self.batches for f in b.flows]
+        return FlowBatch(records=records, flows=flows)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,33 +141,45 @@ class SendingQueue:
         blocks.mkdir(parents=True, exist_ok=True)
         for tmp in [*items.glob("*.tmp"), *blocks.glob("*.tmp")]:
             tmp.unlink()  # an interrupted write: the batch was never acknowledged
-        stored: dict[int, Path] = {int(p.stem): p for p in items.glob("*.batch")}
+        stored: dict[int, Path] = {int(p.stem): p for p in items.glob(f"*{_ITEM_SUFFIX}")}
         self._seq = max(stored, default=0)
+        loaded = {seq: batch for seq, path in stored.items() if (batch := self._read(path)) is not None}
         claimed: set[int] = set()
         for manifest in sorted(blocks.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
             seqs = [int(s) for s in json.loads(manifest.read_text())["seqs"]]
-            present = [s for s in seqs if s in stored]
+            present = [s for s in seqs if s in loaded]
             if not present:
                 manifest.unlink()
                 continue
-            batches = [self._read(stored[s]) for s in present]
+            batches = [loaded[s] for s in present]
             self._recovered.append(Block(manifest.stem, batches, present, recovered=True))
             claimed.update(present)
-        for seq in sorted(stored):
+        for seq in sorted(loaded):
             if seq not in claimed:
-                self._pending.append((seq, 0.0, self._read(stored[seq])))
+                self._pending.append((seq, 0.0, loaded[seq]))
 
-    def _read(self, path: Path) -> FlowBatch:
+    def _read(self, path: Path) -> FlowBatch | None:
+        """The batch in ``path``; None (the file moved to ``corrupt/``, logged) when it cannot be read."""
         data = path.read_bytes()
+        try:
+            if data.startswith(_PICKLE):
+                raise ValueError(
+                    "written by a kubenetmon before the Arrow queue (pickle), which is never loaded; "
+                    "deliver it with that version, or delete it"
+                )
+            batch = FlowBatch.from_ipc(data)
+        except (pa.ArrowException, TypeError, ValueError, UnicodeDecodeError) as exc:
+            aside = path.parent.parent / "corrupt"
+            aside.mkdir(exist_ok=True)
+            os.replace(path, aside / path.name)
+            log.error("persistent queue item %s cannot be read (%s): moved to %s, not sent", path, exc, aside)
+            return None
         self._bytes += len(data)
-        batch = pickle.loads(data)
-        if not isinstance(batch, FlowBatch):
-            raise ValueError(f"{path} does not hold a flow batch")
         return batch
 
     def _item_path(self, seq: int) -> Path:
         assert self._dir is not None
-        return self._dir / "items" / f"{seq:020d}.batch"
+        return self._dir / "items" / f"{seq:020d}{_ITEM_SUFFIX}"
 
     # --- producer side ---------------------------------------------------------------
 
@@ -155,8 +195,19 @@ class SendingQueue:
         return self._bytes
 
     def put(self, batch: FlowBatch, timeout: float = 0.0) -> bool:
-        """Queue ``batch``; False when still full after ``timeout`` seconds or closed."""
+        """Queue ``batch``; False when still full after ``timeout`` seconds or closed.
+
+        Persistent storage raises :class:`UnstorableBatchError` for a batch whose
+        rows do not fit the batch contract (nothing is queued then).
+        """
         deadline = time.monotonic() + timeout
+        data = b""
+        if self._dir is not None:
+            # Serialised outside the lock: producers encode in parallel, only the write is ordered.
+            try:
+                data = batch.to_ipc()
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise UnstorableBatchError(f"the batch does not fit the batch contract: {exc}") from exc
         with self._cond:
             while self._size() >= self.capacity and not self._closed:
                 remaining = deadline - time.monotonic()
@@ -170,7 +221,6 @@ class SendingQueue:
             if self._dir is not None:
                 # Written under the lock so that seq order is disk order; the
                 # fsync is the price of "accepted means durable".
-                data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
                 _write_atomic(self._item_path(seq), data)
                 self._bytes += len(data)
             self._pending.append((seq, time.monotonic(), batch))
