@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kubenetmon.component import Kind
-from kubenetmon.flows import Endpoint, Flow, FlowBatch
+from kubenetmon.flows import Endpoint, Flow, FlowBatch, flows_from_columns
 from kubenetmon.processors.connection_flags import ConnectionFlagsConfig, ConnectionFlagsProcessor, factory
+from kubenetmon.processors.connection_flags.config import parse_port_range
 from kubenetmon.testing import SinkConsumer, check_lifecycle, create_component, create_settings
 
 
@@ -155,3 +160,113 @@ def test_lifecycle_contract() -> None:
     check_lifecycle(proc)
     default = create_component(factory)
     check_lifecycle(default)
+
+
+# --- columnar --------------------------------------------------------------------------------
+
+
+def test_a_columnar_batch_stays_columnar_and_a_rule_replaces_an_earlier_flag_of_the_same_key() -> None:
+    table = flows_from_columns({
+        "direction": ["out", "in", "out"],
+        "remote_address": ["52.1.2.3", "52.1.2.3", "1.1.1.1"],
+        "connection_flags": [[("X", False), ("A", True)], [], [("X", False)]],
+    })
+    proc, sink = _processor([{"flag": "X", "remote_cidrs": ["52.0.0.0/8"]}])
+    proc.consume(FlowBatch(flows=table.slice(0, 3), batch_id="b"))
+    (out,) = sink.batches
+    assert out._flows.peek_table() is not None and out.batch_id == "b"  # no row objects were made
+    got = out.flow_table().column("connection_flags").to_pylist()
+    assert got == [[("A", True), ("X", True)], [("X", True)], [("X", False)]]
+
+
+def test_a_sliced_batch_keeps_its_own_rows_flags() -> None:
+    table = flows_from_columns({
+        "remote_address": ["1.1.1.1", "52.1.2.3", "52.1.2.4"],
+        "connection_flags": [[("OLD", True)], [("OLD", False)], []],
+    })
+    proc, sink = _processor([{"flag": "X", "remote_cidrs": ["52.0.0.0/8"]}])
+    proc.consume(FlowBatch(flows=table.slice(1, 2)))
+    assert sink.batches[0].flow_table().column("connection_flags").to_pylist() == [
+        [("OLD", False), ("X", True)], [("X", True)]]
+
+
+def _reference_flags(rules: list[dict[str, Any]], flow: Flow, false_when_unmatched: bool) -> dict[str, bool]:
+    """The rules evaluated row by row with ipaddress and fnmatch: the documented semantics, independently."""
+    def holds(rule: dict[str, Any]) -> bool:
+        for side in ("local", "remote"):
+            endpoint = getattr(flow, side)
+            if rule.get(f"{side}_cidrs") and not (endpoint.address and any(
+                    ipaddress.ip_address(endpoint.address) in ipaddress.ip_network(c)
+                    for c in rule[f"{side}_cidrs"] if ipaddress.ip_network(c).version
+                    == ipaddress.ip_address(endpoint.address).version)):
+                return False
+            if rule.get(f"{side}_ports") and not any(
+                    low <= endpoint.port <= high for low, high in map(parse_port_range, rule[f"{side}_ports"])):
+                return False
+            for key, field in (("namespaces", "namespace"), ("pods", "pod"), ("apps", "app")):
+                patterns = rule.get(f"{side}_{key}")
+                if patterns and not any(fnmatch.fnmatchcase(getattr(endpoint, field), p) for p in patterns):
+                    return False
+        return all(not rule.get(key) or getattr(flow, attr) in rule[key] for key, attr in (
+            ("connection_classes", "connection_class"), ("directions", "direction"), ("transports", "transport")))
+
+    flags = dict(flow.connection_flags)
+    for flag in dict.fromkeys(r["flag"] for r in rules):
+        for rule in (r for r in rules if r["flag"] == flag):
+            if holds(rule):
+                flags[flag] = rule.get("value", True)
+                break
+        else:
+            if false_when_unmatched:
+                flags[flag] = False
+    return flags
+
+
+_ADDRESSES = ["10.0.0.5", "10.1.2.3", "52.1.2.3", "52.9.0.1", "1.1.1.1", "fd00::5", "2600:1f18::7", "2600:1f19::1"]
+_CIDRS = ["10.0.0.0/8", "10.0.0.0/24", "52.0.0.0/8", "52.1.0.0/16", "2600:1f18::/32", "fd00::/8", "0.0.0.0/0"]
+_NAMES = ["", "web-1", "proxy-7", "ingress-nginx", "default", "s3-gw"]
+_GLOBS = ["*", "web-*", "proxy-?", "ingress-*", "s3*", "default", "[dp]*"]
+
+
+@st.composite
+def _rule(draw: st.DrawFn) -> dict[str, Any]:
+    conditions = {
+        "local_cidrs": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=2),
+        "remote_cidrs": st.lists(st.sampled_from(_CIDRS), min_size=1, max_size=2),
+        "local_ports": st.lists(st.sampled_from([443, 80, "8000-8999", "0-1024", 65535]), min_size=1, max_size=2),
+        "remote_ports": st.lists(st.sampled_from([443, 80, "8000-8999", "0-1024", 65535]), min_size=1, max_size=2),
+        "local_pods": st.lists(st.sampled_from(_GLOBS), min_size=1, max_size=2),
+        "remote_namespaces": st.lists(st.sampled_from(_GLOBS), min_size=1, max_size=2),
+        "remote_apps": st.lists(st.sampled_from(_GLOBS), min_size=1, max_size=2),
+        "connection_classes": st.lists(st.sampled_from(["INTRA_VPC", "PUBLIC_INTERNET", "UNKNOWN"]), min_size=1),
+        "directions": st.lists(st.sampled_from(["out", "in"]), min_size=1),
+        "transports": st.lists(st.sampled_from(["tcp", "udp"]), min_size=1),
+    }
+    chosen = draw(st.lists(st.sampled_from(sorted(conditions)), min_size=1, max_size=3, unique=True))
+    rule: dict[str, Any] = {"flag": draw(st.sampled_from(["A", "B", "NAT_GATEWAY"])), "value": draw(st.booleans())}
+    rule.update({key: draw(conditions[key]) for key in chosen})
+    return rule
+
+
+@st.composite
+def _any_flow(draw: st.DrawFn) -> Flow:
+    local = draw(st.sampled_from(_ADDRESSES))
+    remote = draw(st.sampled_from([a for a in _ADDRESSES if (":" in a) == (":" in local)] + [""]))
+    flow = _flow(local, remote, lport=draw(st.sampled_from([443, 80, 8080, 40000, 0])),
+                 rport=draw(st.sampled_from([443, 80, 8999, 9000, 65535])),
+                 direction=draw(st.sampled_from(["out", "in"])), transport=draw(st.sampled_from(["tcp", "udp"])),
+                 cls=draw(st.sampled_from(["INTRA_VPC", "PUBLIC_INTERNET", "UNKNOWN", ""])),
+                 pod=draw(st.sampled_from(_NAMES)), rnamespace=draw(st.sampled_from(_NAMES)),
+                 rapp=draw(st.sampled_from(_NAMES)))
+    flow.connection_flags.update(draw(st.dictionaries(st.sampled_from(["A", "OTHER"]), st.booleans(), max_size=2)))
+    return flow
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(_rule(), min_size=1, max_size=4), st.lists(_any_flow(), min_size=1, max_size=30), st.booleans())
+def test_columnar_rules_equal_a_row_by_row_evaluation(
+    rules: list[dict[str, Any]], flows: list[Flow], false_when_unmatched: bool
+) -> None:
+    expected = [_reference_flags(rules, f, false_when_unmatched) for f in flows]
+    got = _flags(rules, *flows, set_false_when_unmatched=false_when_unmatched)
+    assert got == expected
