@@ -142,6 +142,11 @@ class K8sAttributesConfig(ComponentConfig):
     drop_log_interval: float = Field(
         10.0, ge=0, description="At most one log line per drop reason per this many seconds."
     )
+    engine: Literal["columnar", "rows"] = Field(
+        "columnar",
+        description="'columnar': the decision procedure as vector operations on Arrow columns (no Python "
+        "object per record); 'rows': the row-wise procedure, kept as a reference and fallback. Same results.",
+    )
     deleted_retention: float = Field(
         3600.0,
         ge=0,

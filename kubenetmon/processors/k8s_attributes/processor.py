@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
+
+import pyarrow as pa
 
 from kubenetmon.component import Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
@@ -18,11 +21,18 @@ from kubenetmon.processors.k8s_attributes.decision import Attributor, BatchOutco
 from kubenetmon.processors.k8s_attributes.index import ClusterIndex, ObjectParser
 from kubenetmon.processors.k8s_attributes.kube_source import KubernetesSource
 from kubenetmon.processors.k8s_attributes.static_source import StaticSource
+from kubenetmon.processors.k8s_attributes.vector import VectorAttributor
 from kubenetmon.telemetry.metrics import ComponentMetrics
 
 __all__ = ["K8sAttributesProcessor"]
 
 Source = KubernetesSource | StaticSource
+
+
+def _concat(first: pa.RecordBatch, second: pa.RecordBatch) -> pa.RecordBatch:
+    """Two flow batches as one (their string dictionaries differ: unified)."""
+    table = pa.Table.from_batches([first, second]).unify_dictionaries().combine_chunks()
+    return table.to_batches()[0] if table.num_rows else second
 
 
 def _make_source(
@@ -98,14 +108,15 @@ class K8sAttributesProcessor:
                 owners=config.owners,
             )
             self.peers.append((peer.name, index, source))
-        self._attributor = Attributor(
-            self.index,
-            cluster=identity_cluster,
-            keep_node_flows=config.node_flows == "keep",
-            keep_unknown_direction=config.unknown_direction == "keep",
-            owners=config.owners,
-            peers=[(name, index) for name, index, _ in self.peers],
-        )
+        options: dict[str, Any] = {
+            "cluster": identity_cluster,
+            "keep_node_flows": config.node_flows == "keep",
+            "keep_unknown_direction": config.unknown_direction == "keep",
+            "owners": config.owners,
+            "peers": [(name, index) for name, index, _ in self.peers],
+        }
+        self._attributor = Attributor(self.index, **options)
+        self._vector = VectorAttributor(self.index, **options) if config.engine == "columnar" else None
         m = settings.metrics
         self._m_records = m.counter("k8s_attributes_records_total", "Conntrack records attributed into flows.")
         self._m_dropped = m.counter(
@@ -184,19 +195,26 @@ class K8sAttributesProcessor:
     # ------------------------------------------------------------------ data path
 
     def consume(self, batch: FlowBatch) -> None:
-        if not batch.records:
+        if not batch.num_records:
             self._next.consume(batch)
             return
-        if self._config.wait_for_sync and not self.source.is_ready():
+        if self._config.wait_for_sync and not self.is_ready():
             raise BackpressureError("k8s_attributes: pods and nodes are not listed yet; retry shortly")
-        flows: list[Flow] = list(batch.flows)
         self.index.expire()
         for _, index, _ in self.peers:
             index.expire()
+        # A new batch either way, so that a caller retrying after backpressure downstream
+        # still holds its records untouched.
+        if self._vector is not None:
+            table, outcome = self._vector.attribute_table(batch.record_table())
+            if batch.num_flows:  # flows that came with the records go on, first
+                table = _concat(batch.flow_table(), table)
+            self._account(outcome)
+            self._next.consume(FlowBatch(flows=table))
+            return
+        flows: list[Flow] = list(batch.flows)
         outcome = self._attributor.attribute(batch.records, flows)
         self._account(outcome)
-        # A new batch, so that a caller retrying after backpressure downstream
-        # still holds its records untouched.
         self._next.consume(FlowBatch([], flows))
 
     def _account(self, o: BatchOutcome) -> None:
