@@ -7,9 +7,9 @@ from typing import Any
 from kubenetmon.component import ProcessorFactory, Stability
 from kubenetmon.hookspecs import hookimpl
 from kubenetmon.processors.connection_flags.config import ConnectionFlagsConfig, FlagRule
-from kubenetmon.processors.connection_flags.processor import ConnectionFlagsProcessor
+from kubenetmon.processors.connection_flags.processor import ConnectionFlagsProcessor, merge_flags
 
-__all__ = ["ConnectionFlagsConfig", "ConnectionFlagsProcessor", "FlagRule", "factory"]
+__all__ = ["ConnectionFlagsConfig", "ConnectionFlagsProcessor", "FlagRule", "factory", "merge_flags"]
 
 factory: ProcessorFactory[ConnectionFlagsConfig] = ProcessorFactory(
     type="connection_flags",
