@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from ipaddress import IPv4Address
@@ -55,7 +56,9 @@ def dollars(value: float) -> str:
         return "$0"
     if abs(value) >= 1:
         return f"${value:,.2f}"
-    return f"${value:.2g}" if abs(value) < 1e-4 else f"${value:.4f}"
+    # Two significant digits in plain notation: $0.50, $0.050, $0.0000050.
+    decimals = min(12, max(2, 1 - math.floor(math.log10(abs(value)))))
+    return f"${value:.{decimals}f}"
 
 
 def _cell(column: str, value: Any) -> str:
