@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -114,6 +115,10 @@ def run_report(args: argparse.Namespace) -> int:
             print("error: --format html writes the whole picture to a file: give --out FILE and no question",
                   file=sys.stderr)
             return EXIT_USAGE
+        if importlib.util.find_spec("plotly") is None:
+            print("error: --format html draws with plotly, which is not installed: "
+                  "pip install 'kubenetmon[report]'", file=sys.stderr)
+            return EXIT_ERROR
         names = []
     elif args.question == "all":
         names = [n for n in QUERIES if args.app or not QUERIES[n].needs_app]
