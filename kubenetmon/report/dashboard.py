@@ -34,8 +34,8 @@ from kubenetmon.report.prices import PriceTable, load_prices
 from kubenetmon.report.queries import _TABLE, _WINDOW, QUERIES
 
 __all__ = [
-    "DATASOURCE_TYPE", "PANELS", "ClickHouseQuery", "build_dashboard", "dashboard_json", "grafana_sql",
-    "register_clickhouse_queries",
+    "DATASOURCE_TYPE", "PANELS", "SERIES_COLUMNS", "ClickHouseQuery", "build_dashboard", "dashboard_json",
+    "grafana_sql", "register_clickhouse_queries",
 ]
 
 DATASOURCE_TYPE = "grafana-clickhouse-datasource"
@@ -86,10 +86,20 @@ def grafana_sql(sql: str, prices: PriceTable) -> str:
     return out
 
 
+# Time-series panels draw one series per numeric column and label: keep only the value they plot.
+SERIES_COLUMNS = {
+    "cost-over-time": ("time", "billed_class", "cost_usd"),
+    "cost-namespace-over-time": ("time", "namespace", "cost_usd"),
+}
+
+
 def _panel_sql(name: str) -> str:
     if name == "cost-total":
         return _TOTAL_SQL
-    return (COST_QUERIES.get(name) or QUERIES[name]).sql
+    sql = (COST_QUERIES.get(name) or QUERIES[name]).sql
+    if name in SERIES_COLUMNS:
+        return f"SELECT {', '.join(SERIES_COLUMNS[name])} FROM (\n{sql}\n)"
+    return sql
 
 
 class ClickHouseQuery:
