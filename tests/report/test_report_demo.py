@@ -28,9 +28,13 @@ _CHILD = ("import json, sys; from pathlib import Path; from kubenetmon.demo.pipe
           "print(json.dumps(query_chdb(Path(sys.argv[1]), sys.argv[2]), default=str))")
 
 
-def hand_priced(rows: list[list[Any]]) -> dict[str, float]:
-    """Each row priced from the YAML's numbers: out rows at their class's price, NAT both ways."""
+def hand_priced(rows: list[list[Any]], pairs: dict[str, float] | None = None) -> dict[str, float]:
+    """Each row priced from the YAML's numbers: out rows at their class's price, NAT both ways.
+
+    ``pairs``: inter-region prices per GB by "from>to" region pair, as an override file gives them.
+    """
     aws = yaml.safe_load(DEFAULT_PRICES.read_text())["clouds"]["aws"]
+    pairs = {**aws["inter_region"]["pairs"], **(pairs or {})}
     per_byte = {k: v / aws["bytes_per_gb"] for k, v in {
         "inter_zone": aws["inter_zone"]["out"] + aws["inter_zone"]["in"],
         "internet": aws["internet_egress"], "cloud_service": aws["cloud_service"],
@@ -44,9 +48,11 @@ def hand_priced(rows: list[list[Any]]) -> dict[str, float]:
         else:
             billed = {"INTRA_REGION": "cloud_service", "INTER_REGION": "inter_region",
                       "PUBLIC_INTERNET": "internet"}[klass]
-        assert f"{region}>{remote_region}" not in aws["inter_region"]["pairs"]  # the demo's pair is the default
+        rate = per_byte[billed]
+        if billed == "inter_region" and f"{region}>{remote_region}" in pairs:
+            rate = pairs[f"{region}>{remote_region}"] / aws["bytes_per_gb"]
         if direction == "out":
-            cost[billed] += int(n) * per_byte[billed]
+            cost[billed] += int(n) * rate
         if nat in (True, 1, "true", "True"):
             cost[billed] += int(n) * aws["nat_gateway"] / aws["bytes_per_gb"]
     return dict(cost)
@@ -71,6 +77,18 @@ def test_demo_cost_by_class_matches_a_hand_calculation(tmp_path: Path) -> None:
     got = {r["billed_class"]: r["cost_usd"] for r in answer["cost-by-class"]}
     assert got == pytest.approx(expected, rel=1e-9)
     assert answer["prices"]["read"] == str(yaml.safe_load(DEFAULT_PRICES.read_text())["read"])
+
+    # A region-pair price from an override file replaces the default for that pair only.
+    (pair,) = {f"{r[6]}>{r[7]}" for r in json.loads(raw.stdout) if r[1] == "INTER_REGION"}
+    override = tmp_path / "prices.yaml"
+    override.write_text(yaml.safe_dump({"prices": {"clouds": {"aws": {"inter_region": {"pairs": {pair: 0.05}}}}}}))
+    report = subprocess.run([*KUBENETMON, "report", "cost-by-class", "--endpoint", str(chdb), "--since", "1d",
+                             "--format", "json", "--prices", str(override)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stderr
+    got = {r["billed_class"]: r["cost_usd"] for r in json.loads(report.stdout)["cost-by-class"]}
+    assert got == pytest.approx(hand_priced(json.loads(raw.stdout), {pair: 0.05}), rel=1e-9)
+    assert got["inter_region"] == pytest.approx(expected["inter_region"] * 0.05 / 0.02, rel=1e-9)
 
     page = data / "report.html"
     html = subprocess.run([*KUBENETMON, "report", "--format", "html", "--out", str(page), "--endpoint", str(chdb),
