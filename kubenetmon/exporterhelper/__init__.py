@@ -2,13 +2,14 @@
 
 from kubenetmon.exporterhelper.config import BatchConfig, ExporterHelperConfig, QueueConfig, RetryConfig
 from kubenetmon.exporterhelper.exporter import QueuedExporter
-from kubenetmon.exporterhelper.queue import Block, SendingQueue, UnstorableBatchError
+from kubenetmon.exporterhelper.queue import Block, PutResult, SendingQueue, UnstorableBatchError
 from kubenetmon.exporterhelper.retry import backoff_intervals
 
 __all__ = [
     "BatchConfig",
     "Block",
     "ExporterHelperConfig",
+    "PutResult",
     "QueueConfig",
     "QueuedExporter",
     "RetryConfig",

@@ -33,6 +33,13 @@ class QueueConfig(_Strict):
         1.0, ge=0, description="With block: seconds to wait for room before pushing back to the producer."
     )
     num_consumers: int = Field(1, gt=0, description="Number of sending workers.")
+    dedup_window: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds a named batch (FlowBatch.batch_id) is remembered after it was handled: a copy "
+        "its producer re-sends after a crash is not queued again (counted in "
+        "exporter_duplicate_batches_total). Persistent storage keeps the ids on disk; 0 turns this off.",
+    )
 
     @model_validator(mode="after")
     def _directory_for_persistent(self) -> QueueConfig:

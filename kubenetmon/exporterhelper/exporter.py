@@ -15,7 +15,7 @@ import time
 from kubenetmon.component import BaseComponent, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, PermanentError, RetryableError
 from kubenetmon.exporterhelper.config import ExporterHelperConfig
-from kubenetmon.exporterhelper.queue import Block, SendingQueue, UnstorableBatchError
+from kubenetmon.exporterhelper.queue import Block, PutResult, SendingQueue, UnstorableBatchError
 from kubenetmon.exporterhelper.retry import backoff_intervals
 from kubenetmon.flows import FlowBatch
 
@@ -51,6 +51,10 @@ class QueuedExporter(BaseComponent):
             "exporter_enqueue_refused_flows_total", "Flows refused because the queue was full (backpressure)."
         )
         self.m_retries = m.counter("exporter_retries_total", "Send attempts that were retries.")
+        self.m_duplicates = m.counter(
+            "exporter_duplicate_batches_total",
+            "Named batches not queued because this exporter already held or delivered them (producer re-sends).",
+        )
         self.m_queue_size = m.gauge("exporter_queue_size", "Batches in the sending queue (incl. in flight).")
         self.m_queue_capacity = m.gauge("exporter_queue_capacity", "Capacity of the sending queue, in batches.")
         self.m_queue_bytes = m.gauge("exporter_queue_bytes", "Bytes of the persistent queue on disk.")
@@ -78,7 +82,7 @@ class QueuedExporter(BaseComponent):
     def start(self, host: Host) -> None:
         q = self.helper_config.sending_queue
         directory = q.directory if q.enabled and q.storage == "persistent" else None
-        self._queue = SendingQueue(self._queue_capacity, directory)
+        self._queue = SendingQueue(self._queue_capacity, directory, q.dedup_window)
         recovered = self._queue.size()
         if recovered:
             self.log.info("persistent queue holds %d batches from a previous run; sending them first", recovered)
@@ -139,11 +143,20 @@ class QueuedExporter(BaseComponent):
         q = self.helper_config.sending_queue
         timeout = q.block_timeout if q.full_policy == "block" else 0.0
         try:
-            queued = self._queue.put(batch, timeout)
+            result = self._queue.put(batch, timeout)
         except UnstorableBatchError as exc:
             batch = self._storable_part(batch, exc)
-            queued = batch.is_empty() or self._queue.put(batch, timeout)
-        if queued:
+            if batch.is_empty():
+                return
+            result = self._queue.put(batch, timeout)
+        if result == PutResult.DUPLICATE:
+            self.m_duplicates.inc()
+            self.log.info(
+                "batch %s was already queued or delivered (re-sent by its producer after a restart?): "
+                "not queued again", batch.batch_id,
+            )
+            return
+        if result:
             self._update_gauges()
             return
         n = len(batch)

@@ -16,6 +16,16 @@ Persistent layout (``directory``)::
     blocks/<id>.json      a block's manifest: the seqs it holds
     corrupt/              items that could not be read back (moved aside, logged),
                           including pickled items of versions before Arrow
+    delivered.log         ids of named batches already handled: ``<unix time> <batch_id>``
+
+Named batches (``FlowBatch.batch_id``) are deduplicated for ``dedup_window``
+seconds: a producer that re-sends a batch after a crash (the conntrack
+receiver replaying its checkpoint) finds it either still queued or in
+``delivered.log``, and the copy is not queued again. Blocks hold several
+batches, so the block's key alone could not catch a copy arriving in another
+block. The id is logged (and fsynced) before the batch's files are deleted, so
+a crash in between re-sends the old block under its old key (the peer
+deduplicates) rather than forgetting the id.
 
 A batch is durable when :meth:`SendingQueue.put` returns. Arrow IPC, not
 pickle: it is the batch's own columnar form (no per-record objects to
@@ -30,19 +40,31 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 
 import pyarrow as pa
 
 from kubenetmon.flows import Flow, FlowBatch
 
-__all__ = ["Block", "SendingQueue", "UnstorableBatchError"]
+__all__ = ["Block", "PutResult", "SendingQueue", "UnstorableBatchError"]
 
 log = logging.getLogger(__name__)
 _ITEM_SUFFIX = ".batch"
 _PICKLE = b"\x80"  # how a pickle (protocol 2+) starts; an Arrow IPC stream starts with 0xFFFFFFFF
+
+
+_MAX_REMEMBERED = 100_000  # delivered batch ids kept at most (oldest forgotten first)
+
+
+class PutResult(IntEnum):
+    """What :meth:`SendingQueue.put` did; false only when the batch was not taken (full or closed)."""
+
+    FULL = 0
+    QUEUED = 1
+    DUPLICATE = 2  # a named batch already queued or delivered: not queued again
 
 
 class UnstorableBatchError(ValueError):
@@ -120,9 +142,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class SendingQueue:
     """Bounded FIFO of batches; ``capacity`` counts queued and in-flight batches."""
 
-    def __init__(self, capacity: int, directory: str | Path | None = None) -> None:
+    def __init__(self, capacity: int, directory: str | Path | None = None, dedup_window: float = 0.0) -> None:
         self.capacity = capacity
         self._dir = Path(directory) if directory else None
+        self._dedup_window = dedup_window
+        self._held: dict[str, int] = {}  # ids of named batches queued or in flight → how many
+        self._delivered: OrderedDict[str, float] = OrderedDict()  # id → wall time it was handled
         self._cond = threading.Condition()
         self._pending: deque[tuple[int, float, FlowBatch]] = deque()  # (seq, enqueued monotonic, batch)
         self._recovered: deque[Block] = deque()
@@ -132,6 +157,65 @@ class SendingQueue:
         self._closed = False
         if self._dir is not None:
             self._open_persistent(self._dir)
+            if dedup_window > 0:
+                self._load_delivered(self._dir / "delivered.log")
+        for batch in self._all_batches():
+            self._hold(batch)
+
+    # --- named batches ---------------------------------------------------------------
+
+    def _all_batches(self) -> list[FlowBatch]:
+        blocks = (*self._recovered, *self._inflight.values())
+        return [b for _, _, b in self._pending] + [b for blk in blocks for b in blk.batches]
+
+    def _hold(self, batch: FlowBatch) -> None:
+        if batch.batch_id:
+            self._held[batch.batch_id] = self._held.get(batch.batch_id, 0) + 1
+
+    def _seen(self, batch_id: str) -> bool:
+        if not batch_id or self._dedup_window <= 0:
+            return False
+        if batch_id in self._held:
+            return True
+        at = self._delivered.get(batch_id)
+        return at is not None and time.time() - at <= self._dedup_window
+
+    def _load_delivered(self, path: Path) -> None:
+        now = time.time()
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        if text and not text.endswith("\n"):  # a crash mid-append: end the torn line before appending more
+            with open(path, "a") as fh:
+                fh.write("\n")
+        lines = text.splitlines()
+        for line in lines:
+            at, _, batch_id = line.partition(" ")
+            try:
+                when = float(at)
+            except ValueError:
+                continue  # a torn last line after a crash
+            if batch_id and now - when <= self._dedup_window:
+                self._delivered[batch_id] = when
+                self._delivered.move_to_end(batch_id)
+        while len(self._delivered) > _MAX_REMEMBERED:
+            self._delivered.popitem(last=False)
+        if len(lines) > 2 * len(self._delivered) + 1000:  # compact what expired
+            _write_atomic(path, "".join(f"{t:.3f} {i}\n" for i, t in self._delivered.items()).encode())
+
+    def _remember_delivered(self, ids: list[str]) -> None:
+        now = time.time()
+        if self._dir is not None:
+            with open(self._dir / "delivered.log", "a") as fh:
+                fh.write("".join(f"{now:.3f} {i}\n" for i in ids))
+                fh.flush()
+                os.fsync(fh.fileno())
+        for batch_id in ids:
+            self._delivered[batch_id] = now
+            self._delivered.move_to_end(batch_id)
+        while len(self._delivered) > _MAX_REMEMBERED:
+            self._delivered.popitem(last=False)
 
     # --- persistence -----------------------------------------------------------------
 
@@ -194,13 +278,18 @@ class SendingQueue:
     def bytes_on_disk(self) -> int:
         return self._bytes
 
-    def put(self, batch: FlowBatch, timeout: float = 0.0) -> bool:
-        """Queue ``batch``; False when still full after ``timeout`` seconds or closed.
+    def put(self, batch: FlowBatch, timeout: float = 0.0) -> PutResult:
+        """Queue ``batch``; FULL (false) when still full after ``timeout`` seconds or closed.
 
-        Persistent storage raises :class:`UnstorableBatchError` for a batch whose
-        rows do not fit the batch contract (nothing is queued then).
+        DUPLICATE: a named batch this queue already holds or handled within
+        ``dedup_window`` (not queued again). Persistent storage raises
+        :class:`UnstorableBatchError` for a batch whose rows do not fit the
+        batch contract (nothing is queued then).
         """
         deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._seen(batch.batch_id):
+                return PutResult.DUPLICATE
         data = b""
         if self._dir is not None:
             # Serialised outside the lock: producers encode in parallel, only the write is ordered.
@@ -212,10 +301,13 @@ class SendingQueue:
             while self._size() >= self.capacity and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    return PutResult.FULL
                 self._cond.wait(remaining)
             if self._closed:
-                return False
+                return PutResult.FULL
+            if self._seen(batch.batch_id):  # a copy arrived while this one waited or serialised
+                return PutResult.DUPLICATE
+            self._hold(batch)
             self._seq += 1
             seq = self._seq
             if self._dir is not None:
@@ -225,7 +317,7 @@ class SendingQueue:
                 self._bytes += len(data)
             self._pending.append((seq, time.monotonic(), batch))
             self._cond.notify_all()
-            return True
+            return PutResult.QUEUED
 
     # --- consumer side ---------------------------------------------------------------
 
@@ -275,7 +367,14 @@ class SendingQueue:
         return block
 
     def ack(self, block: Block) -> None:
-        """The block was delivered or given up on: forget it (and delete it from disk)."""
+        """The block was delivered or given up on: forget it (and delete it from disk).
+
+        Its named batches are remembered first (see the module doc).
+        """
+        named = [b.batch_id for b in block.batches if b.batch_id]
+        if named and self._dedup_window > 0:
+            with self._cond:
+                self._remember_delivered(named)
         if self._dir is not None:
             for seq in block.seqs:
                 path = self._item_path(seq)
@@ -287,6 +386,12 @@ class SendingQueue:
             (self._dir / "blocks" / f"{block.id}.json").unlink(missing_ok=True)
         with self._cond:
             self._inflight.pop(block.id, None)
+            for batch_id in named:
+                left = self._held.get(batch_id, 0) - 1
+                if left > 0:
+                    self._held[batch_id] = left
+                else:
+                    self._held.pop(batch_id, None)
             self._cond.notify_all()
 
     def release(self, block: Block) -> None:
