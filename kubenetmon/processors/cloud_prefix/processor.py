@@ -131,19 +131,22 @@ class RemoteClassifier:
 
     def classify_column(self, addresses: pa.Array | pa.ChunkedArray) -> BatchClassification:
         """Classify an address column (``fixed_size_binary(16)``, null = not known) as a whole."""
-        keys, valid = address_keys(addresses)
-        known = keys if valid is None else keys[valid]
-        distinct, inverse = np.unique(known, return_inverse=True)
+        if isinstance(addresses, pa.ChunkedArray):
+            addresses = addresses.combine_chunks()
+        # Distinct addresses by hashing (Arrow), ~6x cheaper than sorting 16-byte keys with np.unique.
+        encoded = addresses.dictionary_encode()
+        distinct, _ = address_keys(encoded.dictionary)
         distinct_codes = self._index.codes(distinct)
-        if valid is None:
-            codes = distinct_codes[inverse]
+        invalid = addresses.null_count
+        if invalid:  # a null index (address not known) reads the extra last entry
+            per_index = np.append(distinct_codes, np.int32(self._invalid_code))
+            codes = per_index[encoded.indices.fill_null(len(distinct)).to_numpy()]
         else:
-            codes = np.full(len(keys), self._invalid_code, dtype=np.int32)
-            codes[valid] = distinct_codes[inverse]
+            codes = distinct_codes[encoded.indices.to_numpy()]
         # The codes present in this batch (a handful) decide each column's dictionary, so a batch carries
         # only its own strings, each once.
         present = np.unique(distinct_codes)
-        if valid is not None:
+        if invalid:
             present = np.append(present, self._invalid_code)
         compact = np.zeros(self._invalid_code + 1, dtype=np.int32)
         compact[present] = np.arange(len(present), dtype=np.int32)
@@ -160,7 +163,7 @@ class RemoteClassifier:
             class_counts={_CLASSES[i]: int(n) for i, n in enumerate(class_rows) if n},
             distinct=len(distinct),
             distinct_unknown=int(np.count_nonzero(self._class_of[distinct_codes] == _UNKNOWN_CLASS)),
-            invalid=len(keys) - len(known),
+            invalid=invalid,
         )
 
     def classify(self, address: str) -> Classification:

@@ -150,3 +150,11 @@ def test_a_batch_without_flows_is_passed_on_unchanged(tmp_path: Path) -> None:
     finally:
         proc.shutdown()
     assert sink.batches == [batch] and batch.num_flows == 0
+
+
+def test_prefixes_that_reach_the_last_address_of_their_family() -> None:
+    index = RangeIndex([("0.0.0.0/0", "all4"), ("255.255.255.255/32", "last4"), ("::/0", "all6"),
+                        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "last6")])
+    keys, _ = address_keys(pack_addresses(["255.255.255.255", "255.255.255.254", "0.0.0.0",
+                                           "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::", "::1"]))
+    assert [index.values[c] for c in index.codes(keys)] == ["last4", "all4", "all4", "last6", "all6", "all6"]
