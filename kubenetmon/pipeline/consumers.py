@@ -39,8 +39,10 @@ class FanOut:
     and after a receiver that feeds several pipelines.
 
     With ``copy`` (in front of pipelines, whose processors change batches)
-    consumers other than the last get a copy, so that one may change its batch
-    without affecting another. In front of exporters no copy is made:
+    consumers other than the last get a copy (:meth:`FlowBatch.copy`), so that
+    one may change its batch without affecting another. Arrow views are
+    immutable and shared by the copies, so copying a columnar batch costs no
+    work per record; only views held as rows (the row-wise helper) are copied. In front of exporters no copy is made:
     exporters must not change the batches they are given. When *every* consumer refuses a batch the
     refusal goes back to the caller, who keeps the batch and retries, so
     nothing is counted twice. When only some refuse, retrying the whole batch
