@@ -12,23 +12,32 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubenetmon.flows import ConntrackRecord
+import pyarrow as pa
+
+from kubenetmon.flows import RECORD_SCHEMA, ConntrackRecord, FlowBatch
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._limits import MAX_ADDRESS_BYTES
 
 __all__ = ["ByteBoundedCache", "DecodeResult"]
 
 
+def _no_records() -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=RECORD_SCHEMA)
+
+
 @dataclass
 class DecodeResult:
     """What :func:`decode_records` made of one request.
 
+    ``table`` holds the accepted records as an Arrow record batch in
+    :data:`~kubenetmon.flows.RECORD_SCHEMA` (what the receiver hands on);
+    :attr:`records` is the same as rows (the row-wise helper: tests, tools).
     ``errors`` holds one human-readable message per distinct reason;
     ``rejected_by_reason`` counts rejected points by a short reason code
     (fit for a metric label).
     """
 
-    records: list[ConntrackRecord] = field(default_factory=list)
+    table: pa.RecordBatch = field(default_factory=_no_records)
     rejected_points: int = 0
     errors: list[str] = field(default_factory=list)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -38,6 +47,11 @@ class DecodeResult:
     def error_message(self) -> str:
         """One line for OTLP partial success ``error_message``."""
         return "; ".join(self.errors)
+
+    @property
+    def records(self) -> list[ConntrackRecord]:
+        """The accepted records as rows (several Python objects per record: not for the hot path)."""
+        return FlowBatch(records=self.table).records
 
 
 class _Rejections:

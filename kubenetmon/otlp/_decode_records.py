@@ -1,4 +1,4 @@
-"""OTLP metrics requests → conntrack records (DESIGN §4.1), the gateway's hot path.
+"""OTLP metrics requests → conntrack records as Arrow columns (DESIGN §4.1, §4.2), the gateway's hot path.
 
 Two ways to read data points, with the same result (``tests/otlp`` checks it):
 
@@ -11,20 +11,28 @@ Two ways to read data points, with the same result (``tests/otlp`` checks it):
   attribute order, extra fields, bad values) is read field by field through
   the message API with every check of the contract.
 
-Both reject single data points, never a whole request.
+Both reject single data points, never a whole request, and write the same
+columns: a request's records accumulate in flat per-request lists (four
+counters per row, indexed ``row * 4 + counter``) and become one
+``pa.RecordBatch`` in :data:`~kubenetmon.flows.RECORD_SCHEMA`; the only
+Python objects kept are per distinct connection (the cached, validated key
+tuple with its packed addresses), never per record.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from kubenetmon.flows import ConntrackRecord
+from kubenetmon.flows import ADDRESS, COUNTER, PORT, RECORD_SCHEMA, TIME
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._canonical import (
     _AS_INT,
@@ -39,6 +47,7 @@ from kubenetmon.otlp._canonical import (
 from kubenetmon.otlp._checks import (
     _ADDRESSES,  # noqa: F401 (benchmarks clear it)
     _ENTRY_OVERHEAD,
+    ByteBoundedCache,
     DecodeResult,
     _NotCanonical,
     _read_point_slow,
@@ -52,8 +61,43 @@ __all__ = ["DecodeLimits", "DecodeResult", "decode_records", "decode_records_byt
 
 _DEFAULT_LIMITS = DecodeLimits()
 
-_COUNTERS = {c.METRIC_BYTES: 11, c.METRIC_PACKETS: 12}  # index of the original-direction counter
-_REPLY_OFFSET = 2  # reply_bytes = original_bytes + 2, in ConntrackRecord's field order
+# A row's four counters, in RECORD_FIELDS order: original bytes, original
+# packets, reply bytes, reply packets; the reply one is the original's + 2.
+_COUNTERS = {c.METRIC_BYTES: 0, c.METRIC_PACKETS: 1}
+_REPLY_OFFSET = 2
+
+# Dictionaries of the string columns a key carries as small ints.
+_TRANSPORT_INDEX = {"tcp": 0, "udp": 1}
+_TYPE_INDEX = {"ipv4": 0, "ipv6": 1}
+_TRANSPORT_DICT = pa.array(["tcp", "udp"])
+_TYPE_DICT = pa.array(["ipv4", "ipv6"])
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+class _Packed(ByteBoundedCache):
+    """Canonical address text → the 16 bytes of the address column (IPv4 as IPv4-mapped IPv6)."""
+
+    def __missing__(self, text: str) -> bytes:
+        if ":" in text:
+            packed = socket.inet_pton(socket.AF_INET6, text)
+        else:
+            packed = _V4_MAPPED + socket.inet_pton(socket.AF_INET, text)
+        self.put(text, packed, len(text) + 16 + _ENTRY_OVERHEAD)
+        return packed
+
+
+_PACKED = _Packed(16 * 1024 * 1024)
+
+
+def _columnar(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A validated tuple key (10 text/int fields) with what its columns need appended.
+
+    ``key[10:16]``: transport and network type as dictionary indices, then
+    src, dst, reply src, reply dst packed. Computed once per distinct
+    connection (the fast path caches it with the attribute block).
+    """
+    p = _PACKED
+    return (*key, _TRANSPORT_INDEX[key[0]], _TYPE_INDEX[key[1]], p[key[2]], p[key[4]], p[key[6]], p[key[8]])
 
 
 def _points_of(metric: Any) -> int:
@@ -85,9 +129,15 @@ class _Decoder:
         self.limits = limits or _DEFAULT_LIMITS
         self.now_ns = time.time_ns() if now_ns is None else now_ns
         self.rejections = _Rejections()
-        self.accs: dict[tuple[Any, ...], list[Any]] = {}
+        self.rows: dict[tuple[Any, ...], int] = {}  # (node, key, start, end) → row * 4
+        self.row_keys: list[tuple[Any, ...]] = []
+        self.row_nodes: list[int] = []
+        self.row_starts: list[int] = []
+        self.row_ends: list[int] = []
+        self.values: list[int] = []  # four counters per row
+        self.caps: list[int] = []  # the largest each counter may reach
         self.accepted = 0
-        self.nodes: dict[str, None] = {}
+        self.nodes: dict[str, int] = {}  # node → its index in the node column's dictionary
 
     def run(self, request: Any) -> DecodeResult:
         for rm in request.resource_metrics:
@@ -97,20 +147,40 @@ class _Decoder:
                 n = sum(_points_of(m) for sm in rm.scope_metrics for m in sm.metrics)
                 self.rejections.add(exc.reason, exc.message, n)
                 continue
-            self.nodes[node] = None
+            self.nodes.setdefault(node, len(self.nodes))
             fast_keys: dict[tuple[bytes, bytes], Any] = {}
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     self._metric(metric, node, fast_keys)
         return self._result()
 
-    def _result(self) -> DecodeResult:
-        records = [
-            ConntrackRecord(*acc[:17]) for acc in self.accs.values() if acc[11] or acc[12] or acc[13] or acc[14]
+    def _table(self) -> pa.RecordBatch:
+        n = len(self.row_keys)
+        if not n:
+            return pa.RecordBatch.from_pylist([], schema=RECORD_SCHEMA)
+        counters = np.array(self.values, dtype=np.uint64).reshape(n, 4)
+        k = list(zip(*self.row_keys, strict=True))
+        nodes = pa.array(list(self.nodes))
+        arrays = [
+            pa.DictionaryArray.from_arrays(pa.array(self.row_nodes, pa.int32()), nodes),
+            pa.DictionaryArray.from_arrays(pa.array(k[10], pa.int32()), _TRANSPORT_DICT),
+            pa.DictionaryArray.from_arrays(pa.array(k[11], pa.int32()), _TYPE_DICT),
+            pa.array(k[12], ADDRESS), pa.array(k[3], PORT),
+            pa.array(k[13], ADDRESS), pa.array(k[5], PORT),
+            pa.array(k[14], ADDRESS), pa.array(k[7], PORT),
+            pa.array(k[15], ADDRESS), pa.array(k[9], PORT),
+            *(pa.array(counters[:, i], COUNTER) for i in range(4)),
+            pa.array(self.row_starts, TIME), pa.array(self.row_ends, TIME),
         ]
+        table = pa.RecordBatch.from_arrays(arrays, schema=RECORD_SCHEMA)
+        # Rows whose every point was rejected (or zero) are not records.
+        nonzero = counters.any(axis=1)
+        return table if nonzero.all() else table.filter(pa.array(nonzero))
+
+    def _result(self) -> DecodeResult:
         rej = self.rejections
         return DecodeResult(
-            records=records,
+            table=self._table(),
             rejected_points=sum(rej.counts.values()),
             errors=[f"{reason}: {msg}" for reason, msg in rej.messages.items()],
             rejected_by_reason=dict(rej.counts),
@@ -138,7 +208,7 @@ class _Decoder:
                             node = _node_of(Resource.FromString(data[start:end]))
                         except (_Reject, DecodeError):
                             raise _NotCanonical from None
-                        self.nodes[node] = None
+                        self.nodes.setdefault(node, len(self.nodes))
                     elif tag == 0x12:
                         if not node:
                             raise _NotCanonical
@@ -205,15 +275,20 @@ class _Decoder:
         else:
             self._points_slow(s.data_points, base, node)
 
-    def _acc(self, node: str, key: tuple[Any, ...], start: int, end: int) -> list[Any]:
-        """The accumulator of one record: its 17 fields, then the cap of each of its four counters."""
-        vkey = (node, *key, start, end)
-        acc = self.accs.get(vkey)
-        if acc is None:
+    def _row(self, node: str, key: tuple[Any, ...], start: int, end: int) -> int:
+        """``row * 4`` of the record of ``(node, key, start, end)`` (added when new)."""
+        vkey = (node, key, start, end)
+        row = self.rows.get(vkey)
+        if row is None:
+            row = self.rows[vkey] = len(self.values)
+            self.row_keys.append(key)
+            self.row_nodes.append(self.nodes[node])
+            self.row_starts.append(start)
+            self.row_ends.append(end)
+            self.values.extend((0, 0, 0, 0))
             bytes_cap, packets_cap = self.limits.caps(start, end)
-            acc = self.accs[vkey] = [node, *key, 0, 0, 0, 0, start, end, bytes_cap, packets_cap, bytes_cap,
-                                     packets_cap]
-        return acc
+            self.caps.extend((bytes_cap, packets_cap, bytes_cap, packets_cap))
+        return row
 
     def _points_slow(self, points: Any, base: int, node: str) -> None:
         rej = self.rejections
@@ -230,13 +305,12 @@ class _Decoder:
             except _Reject as exc:
                 rej.add(exc.reason, exc.message)
                 continue
-            acc = self._acc(node, key, start, end)
-            index = base + _REPLY_OFFSET if is_reply else base
-            total = acc[index] + value
-            if total > acc[index + _CAP_OFFSET]:
-                rej.add("impossible_delta", _impossible(value, acc[index + _CAP_OFFSET], start, end))
+            i = self._row(node, _columnar(key), start, end) + (base + _REPLY_OFFSET if is_reply else base)
+            total = self.values[i] + value
+            if total > self.caps[i]:
+                rej.add("impossible_delta", _impossible(value, self.caps[i], start, end))
                 continue
-            acc[index] = total
+            self.values[i] = total
             self.accepted += 1
 
     def _points_fast(self, data: bytes, base: int, node: str, fast_keys: dict[tuple[bytes, bytes], Any]) -> None:
@@ -248,6 +322,7 @@ class _Decoder:
         if not data.endswith(_SUM_TRAILER):
             raise _NotCanonical
         rej = self.rejections
+        values, caps = self.values, self.caps
         as_int = _AS_INT.unpack_from
         dir_reply, dir_original = _DIR_REPLY, _DIR_ORIGINAL
         len_reply, len_original = len(dir_reply), len(dir_original)
@@ -265,7 +340,7 @@ class _Decoder:
             q = p + n
             if data[pos] != 0x0A:
                 raise _NotCanonical
-            # The key holds the three header tags; _fast_acc checks them once per key.
+            # The key holds the three header tags; _fast_row checks them once per key.
             if data.endswith(dir_reply, p, q):
                 k = (data[p : p + 19], data[p + 27 : q - len_reply])
                 index = reply_index
@@ -275,28 +350,30 @@ class _Decoder:
             else:
                 raise _NotCanonical
             pos = q
-            acc = fast_keys.get(k)
-            if acc is None:
-                acc = fast_keys[k] = self._fast_acc(node, k)
-            if type(acc) is not list:
-                rej.add(acc.reason, acc.message)
+            row = fast_keys.get(k)
+            if row is None:
+                row = fast_keys[k] = self._fast_row(node, k)
+            if type(row) is not int:
+                rej.add(row.reason, row.message)
                 continue
             value = as_int(data, p + 19)[0]
             if value < 0:
                 rej.add("negative_value", f"data point value {value} is negative; a monotonic delta cannot be")
                 continue
             # The running total, not the point: duplicates of one tuple must not sum past the cap either.
-            total = acc[index] + value
-            if total > acc[index + _CAP_OFFSET]:
-                rej.add("impossible_delta", _impossible(value, acc[index + _CAP_OFFSET], acc[15], acc[16]))
+            i = row + index
+            total = values[i] + value
+            if total > caps[i]:
+                r = row // 4
+                rej.add("impossible_delta", _impossible(value, caps[i], self.row_starts[r], self.row_ends[r]))
                 continue
-            acc[index] = total
+            values[i] = total
             accepted += 1
         if pos != end:
             raise _NotCanonical
         self.accepted += accepted
 
-    def _fast_acc(self, node: str, k: tuple[bytes, bytes]) -> Any:
+    def _fast_row(self, node: str, k: tuple[bytes, bytes]) -> Any:
         head, attrs = k
         if len(head) != 19 or head[0] != 0x11 or head[9] != 0x19 or head[18] != 0x31:
             raise _NotCanonical
@@ -304,14 +381,16 @@ class _Decoder:
         key = _TUPLES.get(attrs)
         if key is None:
             key = _parse_attrs(attrs)
-            _TUPLES.put(attrs, key, len(attrs) + _ENTRY_OVERHEAD)
+            if type(key) is tuple:
+                key = _columnar(key)
+            _TUPLES.put(attrs, key, len(attrs) + 2 * _ENTRY_OVERHEAD)
         if type(key) is _Reject:
             return key
         start, end = _TIMES.unpack(times)
         problem = self.limits.time_problem(start, end, self.now_ns)
         if problem is not None:
             return _Reject(*problem)
-        return self._acc(node, key, start, end)
+        return self._row(node, key, start, end)
 
 
 def decode_records_bytes(data: bytes, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:
@@ -341,9 +420,6 @@ def decode_records_slow(request: Any, limits: DecodeLimits | None = None, now_ns
 def _impossible(value: int, cap: int, start: int, end: int) -> str:
     return (f"data point value {value} brings its tuple's delta over {cap}, more than a link could carry in "
             f"{max(end - start, 10**9) / 1e9:.3f} s")
-
-
-_CAP_OFFSET = 6  # acc[11..14] counters → acc[17..20] their caps
 
 
 def decode_records(request: Any, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:

@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 SECOND_NS = 1_000_000_000
+_UINT64_MAX = 2**64 - 1
 
 # The last second a ClickHouse ``DateTime`` (UInt32 seconds) can hold,
 # 2106-02-07; ``Date`` ends in 2149, ``DateTime64(9)`` in 2262. A time past
@@ -63,7 +64,9 @@ class DecodeLimits:
     def caps(self, start_ns: int, end_ns: int) -> tuple[int, int]:
         """Largest byte and packet delta a link could carry over ``[start_ns, end_ns]``."""
         span = max(end_ns - start_ns, SECOND_NS)
-        return self.max_bytes_per_second * span // SECOND_NS, self.max_packets_per_second * span // SECOND_NS
+        # Never above what the uint64 counter columns hold (long intervals without a window).
+        return (min(self.max_bytes_per_second * span // SECOND_NS, _UINT64_MAX),
+                min(self.max_packets_per_second * span // SECOND_NS, _UINT64_MAX))
 
     def time_problem(self, start_ns: int, end_ns: int, now_ns: int) -> tuple[str, str] | None:
         """``(reason, message)`` when the interval is not acceptable, else None."""

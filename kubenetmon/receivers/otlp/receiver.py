@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
@@ -301,24 +302,34 @@ class OtlpReceiver(BaseComponent):
         try:
             data = next(requests, None)
         except grpc.RpcError:
-            # The call was cancelled: by our deadline, by the client, or by
-            # gRPC for a message over max_receive_message_length (gRPC
-            # answered RESOURCE_EXHAUSTED; the two look alike from here).
-            if timed_out.is_set():
-                self._refused("read_timeout", f"no complete message within grpc.read_timeout="
-                              f"{self.config.grpc.read_timeout:g} s: cancelled", peer)
-            else:
-                limit = self.config.grpc.max_recv_msg_size_mib
-                self._refused("too_large_or_cancelled", f"the message did not arrive: larger than "
-                              f"grpc.max_recv_msg_size_mib={limit} (answered RESOURCE_EXHAUSTED), or the "
-                              "client cancelled", peer)
-            return None
+            data = None
         finally:
             self._watchdog.disarm(token)
-        if data is None:
-            self._refused("invalid", "the client closed the request without a message", peer)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message: send one ExportMetricsServiceRequest")
-        return data
+        if data is not None:
+            return data
+        # The call was cancelled: by our deadline, by the client, or by gRPC
+        # for a message over max_receive_message_length (gRPC answered
+        # RESOURCE_EXHAUSTED; the two look alike from here, and the iterator
+        # either raises or just ends). Only a call still open is a client
+        # that closed its side without sending a message.
+        if timed_out.is_set():
+            self._refused("read_timeout", f"no complete message within grpc.read_timeout="
+                          f"{self.config.grpc.read_timeout:g} s: cancelled", peer)
+            return None
+        # gRPC may end an oversize call a moment after the iterator ended:
+        # wait for it briefly (an empty request is abnormal anyway).
+        deadline = time.monotonic() + 0.2
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not context.is_active():
+            limit = self.config.grpc.max_recv_msg_size_mib
+            self._refused("too_large_or_cancelled", f"the message did not arrive: larger than "
+                          f"grpc.max_recv_msg_size_mib={limit} (answered RESOURCE_EXHAUSTED), or the "
+                          "client cancelled", peer)
+            return None
+        self._refused("invalid", "the client closed the request without a message", peer)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message: send one ExportMetricsServiceRequest")
+        return None
 
     # --- the handler -----------------------------------------------------------------
 
@@ -400,10 +411,11 @@ class OtlpReceiver(BaseComponent):
             response.partial_success.error_message = result.error_message()
         payload = response.SerializeToString()
         outcome = "partial" if result.rejected_points else "ok"
-        if not result.records:
+        table = result.table
+        if not table.num_rows:
             return payload, outcome
         if not self.config.dedup.enabled or not isinstance(batch_id, str) or not batch_id:
-            self._consume(result.records, result.accepted_points)
+            self._consume(table, result.accepted_points)
             return payload, outcome
         state = self.dedup.begin(result.nodes, batch_id)
         if state == "duplicate":
@@ -419,13 +431,13 @@ class OtlpReceiver(BaseComponent):
             )
         delivered = False
         try:
-            self._consume(result.records, result.accepted_points)
+            self._consume(table, result.accepted_points)
             delivered = True
         finally:
             self.dedup.end(result.nodes, batch_id, delivered)
         return payload, outcome
 
-    def _consume(self, records: list[Any], points: int) -> None:
+    def _consume(self, records: pa.RecordBatch, points: int) -> None:
         try:
             self.consumer.consume(FlowBatch(records=records))
         except BackpressureError as exc:
@@ -438,4 +450,4 @@ class OtlpReceiver(BaseComponent):
             )
             raise _Abort(code, f"pipeline is full: {exc}", "refused", retry_after) from None
         self.m_accepted.inc(points)
-        self.m_records.inc(len(records))
+        self.m_records.inc(records.num_rows)

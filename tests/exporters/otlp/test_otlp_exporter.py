@@ -389,7 +389,9 @@ def test_a_batch_re_sent_by_its_producer_after_a_crash_is_counted_once(
     the exporter may also still hold the first copy. Both go out under that id."""
     sink = SinkConsumer()
     r = receivers(sink)
-    e = exporters(exporter_config(r.port))
+    # The exporter's own queue would drop the copy (sending_queue.dedup_window): turned off here, so
+    # that both copies go out and the receiver's dedup is what counts the batch once.
+    e = exporters(exporter_config(r.port, sending_queue={"dedup_window": 0}))
     first = batches(1)[0]
     first.batch_id = "cycle-7"
     again = first.copy()
