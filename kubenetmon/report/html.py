@@ -12,7 +12,7 @@ and each table cell with a number carries the exact value in ``data-value``
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubenetmon.report.cost import COST_QUERIES, cost_parameters
@@ -113,18 +113,41 @@ def _lines(result: Result) -> Any:
     return fig
 
 
+def _empty() -> Any:
+    """A blank chart saying so (plotly's Sankey throws on zero nodes or all-zero flows)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text="nothing to draw in this window", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font={"size": 16})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
 def _figures(results: dict[str, Result]) -> dict[str, Any]:
-    return {
-        "sankey-bytes": _sankey(results["cost-by-pair"], "billed_bytes", "bytes"),
-        "sankey-cost": _sankey(results["cost-by-pair"], "cost_usd", "USD"),
-        "cost-class-time": _stacked(results["cost-over-time"], "billed_class", "cost_usd", "USD"),
-        "cost-namespace-time": _stacked(results["cost-namespace-over-time"], "namespace", "cost_usd", "USD"),
-        "top-talkers": _bars(results["top-talkers"], ("namespace", "workload"),
-                             ("sent_bytes", "received_bytes"), "bytes"),
-        "cloud-services": _bars(results["cloud-services"], ("cloud", "service", "region"),
-                                ("sent_bytes", "received_bytes"), "bytes"),
-        "throughput-node": _lines(results["throughput-node"]),
+    """Each chart from its query's answer, or a blank one saying there is no data."""
+    pairs = results["cost-by-pair"]
+    # A Sankey draws positive flows only (plotly throws on an all-zero one: free inter-zone traffic).
+    sent, paid = (
+        Result(pairs.name, pairs.title, pairs.columns,
+               [row for row in pairs.rows if row[pairs.columns.index(value)] > 0])
+        for value in ("billed_bytes", "cost_usd")
+    )
+    makers: dict[str, tuple[Result, Callable[[], Any]]] = {
+        "sankey-bytes": (sent, lambda: _sankey(sent, "billed_bytes", "bytes")),
+        "sankey-cost": (paid, lambda: _sankey(paid, "cost_usd", "USD")),
+        "cost-class-time": (results["cost-over-time"], lambda: _stacked(
+            results["cost-over-time"], "billed_class", "cost_usd", "USD")),
+        "cost-namespace-time": (results["cost-namespace-over-time"], lambda: _stacked(
+            results["cost-namespace-over-time"], "namespace", "cost_usd", "USD")),
+        "top-talkers": (results["top-talkers"], lambda: _bars(
+            results["top-talkers"], ("namespace", "workload"), ("sent_bytes", "received_bytes"), "bytes")),
+        "cloud-services": (results["cloud-services"], lambda: _bars(
+            results["cloud-services"], ("cloud", "service", "region"), ("sent_bytes", "received_bytes"), "bytes")),
+        "throughput-node": (results["throughput-node"], lambda: _lines(results["throughput-node"])),
     }
+    return {chart: make() if source.rows else _empty() for chart, (source, make) in makers.items()}
 
 
 def _value_cell(column: str, value: Any) -> str:

@@ -115,3 +115,30 @@ def test_html_needs_an_output_file(seeded: Connection, chdb_path: Path, capsys: 
     _, err = capsys.readouterr()
     assert code == 2
     assert "--out FILE" in err
+
+
+NOTHING_TO_DRAW = {
+    "empty-window": (["--since", "2020-01-01", "--until", "2020-01-02"], "", len(CHARTS)),
+    "free-inter-zone": (["--since", SINCE, "--until", UNTIL], "cross_zone_per_gb: 0\n", 1),  # no dollar flows
+}
+
+
+@pytest.mark.parametrize("case", NOTHING_TO_DRAW)
+def test_nothing_to_draw_still_opens_cleanly(seeded: Connection, chdb_path: Path, tmp_path: Path, capsys: Any,
+                                            case: str) -> None:
+    argv, prices, blank = NOTHING_TO_DRAW[case]
+    out = tmp_path / "page.html"
+    extra = []
+    if prices:
+        (tmp_path / "prices.yaml").write_text(prices)
+        extra = ["--prices", str(tmp_path / "prices.yaml")]
+    code = main(["report", "--format", "html", "--out", str(out), "--endpoint", str(chdb_path), *argv, *extra])
+    assert code == 0, capsys.readouterr().err
+    with Chromium(tmp_path / "chromium-profile") as browser:
+        browser.open(out.as_uri())
+        charts = browser.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+        text = browser.evaluate("document.body.innerText")
+        problems = browser.problems()
+    assert problems == []
+    assert charts == len(CHARTS)
+    assert text.count("nothing to draw in this window") == blank
