@@ -1,30 +1,34 @@
 #!/usr/bin/env python3
-"""Benchmark of the conntrack receiver against ``conntrack -L``, on the same real table.
+"""Benchmark of the conntrack receiver and the node agent's whole path, against ``conntrack -L``.
 
-For each table size (default 10k, 100k, 300k UDP entries, built from real
-packets between two namespaces: see ``bench/_table.py``):
+For each table size (default 10k, 100k, 300k UDP entries with start
+timestamps, built from real packets between two namespaces: see
+``bench/_table.py``), in one run on the same table:
 
 * ``conntrack -L > /dev/null`` inside the table's namespace: CPU seconds (user
-  + system, which includes the kernel's dump work) and wall time.
-* dump + parse: one plain dump of the whole table through the receiver's hot
-  path (layout check, key and counters, state lookup), table idle.
-* full agent cycle with 1/3 of the entries active: dump, deltas, DESTROY
-  events, building ``ConntrackRecord``s, and OTLP encode + gzip of the batch
-  (``kubenetmon.otlp``), in the receiver's own ``cycle()``.
-* the write-ahead checkpoint of that state (marshal + write to tmpfs).
-* peak RSS of the process doing all that (one fresh process per size).
+  + system, which includes the kernel's work of producing the dump), the
+  reference every other number is divided by.
+* dump + parse: one plain dump through the receiver's parser, table idle.
+* cycle, **all entries active** and **1 % active** (one more datagram on that
+  fraction of the entries before each cycle): the receiver's ``cycle()`` with
+  its write-ahead checkpoint on tmpfs (as the chart runs it), the batch
+  handed to a consumer that drops it.
+* full agent path, all active and 1 % active: the same ``cycle()`` handing its
+  batch to the real ``otlp`` exporter (persistent sending queue on tmpfs,
+  OTLP encode, gzip, gRPC) sending to a local sink in another process, until
+  the queue is empty. CPU of the whole agent process (all threads).
+* peak RSS of the agent process (one fresh process per size).
 
 Each measurement is repeated (``--repeat``) and the median reported, with
-the spread and the load average, so a noisy machine is visible. Needs root;
-raises the global ``nf_conntrack_max`` for the run and restores it. Writes
-its section of docs/benchmarks.md unless ``--no-doc``.
+the spread and the load average. Needs root; raises the global
+``nf_conntrack_max`` for the run and restores it. Writes its section of
+docs/benchmarks.md unless ``--no-doc``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
 import json
 import os
 import resource
@@ -47,36 +51,55 @@ from kubenetmon.netns import Namespace, NamespaceRegistry  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- benchmarks:conntrack:start -->", "<!-- benchmarks:conntrack:end -->"
+FRACTIONS = (1.0, 0.01)
+EXPORT_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 
-# --- child: the receiver side, one process per table size ---------------------------
+class TimestampedTable(ConntrackTable):
+    """The bench table with ``nf_conntrack_timestamp=1`` before its first entry, as on a node the agent
+    runs on (it switches timestamps on at start): every entry carries its start time."""
+
+    def _send(self, targets: list[tuple[str, int]]) -> None:
+        self.namespace.set_sysctls({"net.netfilter.nf_conntrack_timestamp": 1})
+        super()._send(targets)
 
 
-class EncodingConsumer:
-    """Encodes every batch as the OTLP exporter would (requests of ≤ 20k points) and gzips it."""
+# --- the local sink: answers Export, in its own process -----------------------------------
+
+
+def sink() -> None:
+    from concurrent import futures
+
+    import grpc
+
+    def export(request: bytes, context: Any) -> bytes:
+        return b""  # an empty ExportMetricsServiceResponse: everything accepted
+
+    handler = grpc.method_handlers_generic_handler(
+        EXPORT_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 256 << 20)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()
+
+
+# --- child: the agent side, one process per table size ---------------------------------
+
+
+class SwitchConsumer:
+    """Hands batches to ``target`` (None: drops them), counting records."""
 
     def __init__(self) -> None:
-        try:
-            from kubenetmon.otlp import encode_records_bytes
-        except ImportError:  # pragma: no cover - the otlp package is another component
-            encode_records_bytes = None  # type: ignore[assignment]
-        self.encode = encode_records_bytes
+        self.target: Any = None
         self.records = 0
-        self.compressed = 0
-        self.cpu = 0.0  # spent encoding and compressing
 
     def consume(self, batch: Any) -> None:
-        self.records += len(batch.records)
-        if self.encode is None:
-            return
-        started = time.process_time()
-        for request in self.encode(batch.records, {"k8s.node.name": "bench-node"}, max_points=20_000):
-            self.compressed += len(gzip.compress(request, compresslevel=6))
-        self.cpu += time.process_time() - started
-
-
-def _cpu() -> float:
-    return time.process_time()
+        self.records += batch.num_records
+        if self.target is not None:
+            self.target.consume(batch)
 
 
 def _peak_mb() -> float:
@@ -87,57 +110,82 @@ def _peak_mb() -> float:
     return 0.0
 
 
-def child(netns: str, repeat: int) -> None:
-    """Measure the receiver in namespace ``netns``; talks to the parent over stdin/stdout."""
-    from kubenetmon.receivers.conntrack import ConntrackConfig, _checkpoint, factory
-    from kubenetmon.testing import create_component
+def _cpu() -> float:
+    return time.process_time()  # every thread of the process
 
-    consumer = EncodingConsumer()
-    config = ConntrackConfig(netns=netns, node_name="bench-node", skip_sanity_check=True, interval=3600)
+
+def _touch(fraction: float) -> None:
+    print(f"touch {fraction}", flush=True)
+    assert sys.stdin.readline().strip() == "go"
+
+
+def child(netns: str, repeat: int, sink_port: int) -> None:
+    from kubenetmon.exporters.otlp import factory as otlp_factory
+    from kubenetmon.exporters.otlp.config import OtlpExporterConfig
+    from kubenetmon.receivers.conntrack import ConntrackConfig, factory
+    from kubenetmon.testing import StaticHost, create_component
+
+    tmp = tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    consumer = SwitchConsumer()
+    config = ConntrackConfig(
+        netns=netns, node_name="bench-node", skip_sanity_check=True, interval=3600,
+        checkpoint_path=f"{tmp}/conntrack.checkpoint",
+    )
     receiver = create_component(factory, config, consumer=consumer)
     receiver.open()
     tracker = receiver._tracker
-    out: dict[str, Any] = {"otlp": consumer.encode is not None, "rss_open_mb": _peak_mb()}
+    out: dict[str, Any] = {"rss_open_mb": _peak_mb()}
 
     c, w = _cpu(), time.monotonic()
     receiver.cycle()  # baseline
     out["baseline"] = {"cpu": _cpu() - c, "wall": time.monotonic() - w, "entries": tracker.stats.entries}
 
-    parse_cpu, parse_wall = [], []
+    parse_cpu = []
     for _ in range(repeat):
         tracker.begin_dump(time.time_ns())
-        c, w = _cpu(), time.monotonic()
+        c = _cpu()
         for buf in receiver._dump():
             tracker.feed(buf)
-        parse_cpu.append(_cpu() - c)
-        parse_wall.append(time.monotonic() - w)
         tracker.end_dump()
-        entries = tracker.stats.entries
-    out["parse"] = {"cpu": parse_cpu, "wall": parse_wall, "entries": entries}
+        parse_cpu.append(_cpu() - c)
+    out["parse"] = {"cpu": parse_cpu, "entries": tracker.stats.entries}
     out["rss_parse_mb"] = _peak_mb()
 
-    cycle_cpu, cycle_wall, records, encode_cpu = [], [], [], []
-    checkpoint_cpu, checkpoint_bytes = [], 0
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+    def run_cycles(fraction: float, drain: Any) -> dict[str, Any]:
+        cpu, wall, records = [], [], []
         for _ in range(repeat):
-            print("touch", flush=True)
-            assert sys.stdin.readline().strip() == "go"
-            before, encoding_before = consumer.records, consumer.cpu
+            _touch(fraction)
+            before = consumer.records
             c, w = _cpu(), time.monotonic()
             receiver.cycle()
-            cycle_cpu.append(_cpu() - c)
-            encode_cpu.append(consumer.cpu - encoding_before)
-            cycle_wall.append(time.monotonic() - w)
+            drain()
+            cpu.append(_cpu() - c)
+            wall.append(time.monotonic() - w)
             records.append(consumer.records - before)
-            c = _cpu()
-            checkpoint_bytes = _checkpoint.save(
-                Path(tmp) / "ct.state",
-                _checkpoint.Checkpoint("bench-node", tracker.dump_ns, tracker.state, tracker.limbo, []),
-            )
-            checkpoint_cpu.append(_cpu() - c)
-    out["cycle"] = {"cpu": cycle_cpu, "wall": cycle_wall, "records": records, "encode_cpu": encode_cpu}
-    out["checkpoint"] = {"cpu": checkpoint_cpu, "bytes": checkpoint_bytes}
+        return {"cpu": cpu, "wall": wall, "records": records}
+
+    out["cycle"] = {str(f): run_cycles(f, lambda: None) for f in FRACTIONS}
+    out["checkpoint_bytes"] = receiver._m_checkpoint_bytes.value()
+    out["rss_cycle_mb"] = _peak_mb()
+
+    exporter = create_component(otlp_factory, OtlpExporterConfig.model_validate({
+        "endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True}, "compression": "gzip",
+        "sending_queue": {"storage": "persistent", "directory": f"{tmp}/queue", "full_policy": "block"},
+        "retry_on_failure": {"max_elapsed_time": 0}, "batch": {"max_wait": 0},
+    }))
+    exporter.start(StaticHost())
+
+    def drain() -> None:
+        deadline = time.monotonic() + 300
+        while exporter._queue is not None and exporter._queue.size() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    consumer.target = exporter
+    out["full"] = {str(f): run_cycles(f, drain) for f in FRACTIONS}
+    out["otlp_bytes"] = exporter.m_bytes.value() if hasattr(exporter, "m_bytes") else 0
+    out["otlp_requests"] = exporter.m_requests.value(outcome="ok") if hasattr(exporter, "m_requests") else 0
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    exporter.shutdown(30)
     receiver._shutdown_done = True  # no last cycle
     receiver._stop.set()
     receiver._close_sockets()
@@ -147,44 +195,42 @@ def child(netns: str, repeat: int) -> None:
 # --- parent: tables, conntrack -L, orchestration ------------------------------------------
 
 
-def conntrack_list(ns: Namespace) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of ``conntrack -L > /dev/null`` inside ``ns``."""
+def conntrack_list(ns: Namespace) -> float:
+    """CPU seconds of ``conntrack -L > /dev/null`` inside ``ns``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
     subprocess.run(
         ["ip", "netns", "exec", ns.name, "conntrack", "-L"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
     )
-    wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, wall
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def measure(size: int, repeat: int) -> dict[str, Any]:
+def measure(size: int, repeat: int, sink_port: int) -> dict[str, Any]:
     with NamespaceRegistry("knmct") as reg:
-        started = time.monotonic()
-        table = ConntrackTable(reg, size)
-        built = time.monotonic() - started
+        table = TimestampedTable(reg, size)
         count = table.count()
         cl = [conntrack_list(table.namespace) for _ in range(repeat)]
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", table.namespace.name, "--repeat", str(repeat)],
+            [sys.executable, __file__, "--child", table.namespace.name, "--repeat", str(repeat),
+             "--sink-port", str(sink_port)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert proc.stdin is not None and proc.stdout is not None
         result: dict[str, Any] = {}
-        touched = 0
+        seed = 0
         for line in proc.stdout:
-            if line.startswith("touch"):
-                touched = table.touch(1 / 3, seed=len(line) + touched)
+            if line.startswith("touch "):
+                seed += 1
+                table.touch(float(line.split()[1]), seed=seed)
+                cl.append(conntrack_list(table.namespace))  # the reference, interleaved with the cycles
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
             elif line.startswith("result "):
                 result = json.loads(line[len("result ") :])
         if proc.wait() != 0 or not result:
             raise RuntimeError(f"benchmark child failed for {size} entries")
-    result.update(size=size, count=count, built_s=built, touched=touched,
-                  conntrack_cpu=[c for c, _ in cl], conntrack_wall=[w for _, w in cl])
+    result.update(size=size, count=count, conntrack_cpu=cl)
     return result
 
 
@@ -192,8 +238,8 @@ def _noise(load_before: float) -> str:
     if load_before < 0.5:
         return "the machine was quiet when it started"
     if load_before < 1.5:
-        return "other work was running: wall times are somewhat noisy, CPU seconds much less so"
-    return "the machine was busy: wall times are noisy, CPU seconds less so (see the spreads)"
+        return "other work was running: CPU seconds are somewhat noisy"
+    return "the machine was busy: CPU seconds are noisy (see the spreads; ratios are within one run)"
 
 
 def _med(values: list[float]) -> float:
@@ -204,62 +250,67 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}–{max(values):.3f}"
 
 
+def _ratio(value: float, target: float) -> str:
+    return f"{value:.2f}× {'✓' if value <= target else '✗'}"
+
+
 def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]], repeat: int) -> str:
     now = dt.datetime.now(dt.UTC)
-    otlp = all(r["otlp"] for r in results)
     lines = [
         START,
-        "## conntrack receiver",
+        "## conntrack receiver and node agent",
         "",
         f"Run: {now:%Y-%m-%d %H:%M} UTC, `.venv/bin/python bench/conntrack_bench.py` (as root), "
-        f"{repeat} repetitions per number, medians (min–max in the detail table). Load average "
-        f"before / after the run: {' '.join(f'{x:.2f}' for x in load[0])} / "
-        f"{' '.join(f'{x:.2f}' for x in load[1])} on {os.cpu_count()} cores ({_noise(load[0][0])}; the "
-        "run itself adds about 1).",
+        f"{repeat} repetitions per number, medians (spreads in the detail table). Load average "
+        f"before / after: {' '.join(f'{x:.2f}' for x in load[0])} / "
+        f"{' '.join(f'{x:.2f}' for x in load[1])} on {os.cpu_count()} cores ({_noise(load[0][0])}).",
         "",
-        "Tables are real UDP conntrack entries built from packets between two namespaces (`bench/_table.py`); "
-        "`conntrack -L > /dev/null` runs inside the same namespace on the same table. CPU = user + system "
-        "seconds of the process, so the kernel's work of producing the dump counts on both sides.",
+        "Tables are real UDP conntrack entries with start timestamps, built from packets between two namespaces "
+        "(`bench/_table.py`); `conntrack -L > /dev/null` runs inside the same namespace on the same table, "
+        "interleaved with the agent's cycles. CPU = user + system seconds, so the kernel's work of producing "
+        "the dump counts on both sides. *Cycle* = the receiver's `cycle()` (dump, columnar deltas, DESTROY "
+        "events, Arrow record batch, write-ahead checkpoint on tmpfs). *Full path* = the same cycle handing its "
+        "batch to the `otlp` exporter of the tree (persistent queue on tmpfs, OTLP encode + gzip, gRPC) "
+        "sending to a local sink in another process, until the queue is empty; CPU of the whole agent process. "
+        "Targets (issue 12): full path all active ≤ 1.5×, 1 % active ≤ 1.1×, peak RSS ≤ 250 MB at 300k.",
         "",
-        "| entries | `conntrack -L` CPU s | dump+parse CPU s | parse speed vs `conntrack -L` (≥ 0.9) "
-        "| full cycle CPU s (1/3 active) | of which OTLP encode + gzip | full cycle / `conntrack -L` (≤ 2) "
-        "| checkpoint CPU s | peak RSS MB (≤ 250 at 300k) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| entries | `conntrack -L` CPU s | dump+parse | cycle, all active | cycle, 1 % active "
+        "| full path, all active (≤ 1.5×) | full path, 1 % active (≤ 1.1×) | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cl = _med(r["conntrack_cpu"])
-        parse = _med(r["parse"]["cpu"])
-        cycle = _med(r["cycle"]["cpu"])
+
+        def cell(values: list[float], target: float | None = None, cl: float = cl) -> str:
+            ratio = _med(values) / cl
+            shown = _ratio(ratio, target) if target else f"{ratio:.2f}×"
+            return f"{_med(values):.3f} s = {shown}"
+
         lines.append(
-            f"| {r['count']:,} | {cl:.3f} | {parse:.3f} | {cl / parse:.2f}× | {cycle:.3f} "
-            f"| {_med(r['cycle']['encode_cpu']):.3f} | {cycle / cl:.2f}× "
-            f"| {_med(r['checkpoint']['cpu']):.3f} | {r['rss_mb']:.0f} |"
+            f"| {r['count']:,} | {cl:.3f} | {cell(r['parse']['cpu'])} | {cell(r['cycle']['1.0']['cpu'])} "
+            f"| {cell(r['cycle']['0.01']['cpu'])} | {cell(r['full']['1.0']['cpu'], 1.5)} "
+            f"| {cell(r['full']['0.01']['cpu'], 1.1)} | {r['rss_mb']:.0f}{' ✗' if r['rss_mb'] > 250 else ''} |"
         )
-    encoding = (
-        "building the records and OTLP encode + gzip (level 6) of the batch"
-        if otlp
-        else "building the records (kubenetmon.otlp was not importable: no encoding)"
-    )
     lines += [
         "",
-        f"Full cycle = the receiver's `cycle()`: plain dump, user-space deltas, DESTROY-event drain, {encoding}; "
-        "the checkpoint (write-ahead state file, needed only with `checkpoint_path`) is measured separately "
-        "and adds to it when enabled.",
+        "<details><summary>Detail (spreads, records, wall times, memory by stage)</summary>",
         "",
-        "<details><summary>Detail (wall times, spreads, records)</summary>",
-        "",
-        "| entries | `conntrack -L` wall s | dump+parse wall s | entries/s (CPU) | full cycle wall s | records/cycle "
-        "| checkpoint MB | baseline cycle CPU s | CPU spreads (-L / parse / cycle) | peak RSS MB: started / "
-        "after idle dumps / after full cycles |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| entries | `conntrack -L` CPU spread | records per cycle (all / 1 %) | cycle CPU spread (all / 1 %) "
+        "| full path CPU spread (all / 1 %) | full path wall s (all / 1 %) | OTLP requests, MB sent (gzip) "
+        "| checkpoint MB | peak RSS MB: opened / idle dumps / cycles / full path |",
+        "|---:|---|---|---|---|---|---|---:|---|",
     ]
     for r in results:
+        cyc, full = r["cycle"], r["full"]
         lines.append(
-            f"| {r['count']:,} | {_med(r['conntrack_wall']):.3f} | {_med(r['parse']['wall']):.3f} "
-            f"| {r['parse']['entries'] / _med(r['parse']['cpu']):,.0f} | {_med(r['cycle']['wall']):.3f} "
-            f"| {int(_med(r['cycle']['records'])):,} | {r['checkpoint']['bytes'] / 1e6:.1f} "
-            f"| {r['baseline']['cpu']:.3f} | {_spread(r['conntrack_cpu'])} / {_spread(r['parse']['cpu'])} / "
-            f"{_spread(r['cycle']['cpu'])} | {r['rss_open_mb']:.0f} / {r['rss_parse_mb']:.0f} / {r['rss_mb']:.0f} |"
+            f"| {r['count']:,} | {_spread(r['conntrack_cpu'])} "
+            f"| {int(_med(cyc['1.0']['records'])):,} / {int(_med(cyc['0.01']['records'])):,} "
+            f"| {_spread(cyc['1.0']['cpu'])} / {_spread(cyc['0.01']['cpu'])} "
+            f"| {_spread(full['1.0']['cpu'])} / {_spread(full['0.01']['cpu'])} "
+            f"| {_med(full['1.0']['wall']):.3f} / {_med(full['0.01']['wall']):.3f} "
+            f"| {int(r['otlp_requests']):,}, {r['otlp_bytes'] / 1e6:.1f} "
+            f"| {r['checkpoint_bytes'] / 1e6:.1f} "
+            f"| {r['rss_open_mb']:.0f} / {r['rss_parse_mb']:.0f} / {r['rss_cycle_mb']:.0f} / {r['rss_mb']:.0f} |"
         )
     lines += [
         "",
@@ -271,19 +322,20 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
     return "\n".join(lines)
 
 
-def write_doc(section: str) -> None:
-    replace_section(START, END, section)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,300000", help="comma-separated table sizes")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each measurement")
     parser.add_argument("--no-doc", action="store_true", help="print the section instead of writing the doc")
     parser.add_argument("--child", metavar="NETNS", help=argparse.SUPPRESS)
+    parser.add_argument("--sink-port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sink:
+        sink()
+        return 0
     if args.child:
-        child(args.child, args.repeat)
+        child(args.child, args.repeat, args.sink_port)
         return 0
     if os.geteuid() != 0:
         print("conntrack_bench needs root (network namespaces, conntrack)", file=sys.stderr)
@@ -291,16 +343,21 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     load_before = list(os.getloadavg())
     results = []
-    with raised_conntrack_max(max(sizes) + 50_000):
-        for size in sizes:
-            print(f"conntrack bench: {size:,} entries…", file=sys.stderr, flush=True)
-            results.append(measure(size, args.repeat))
+    sink_proc = subprocess.Popen([sys.executable, __file__, "--sink"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert sink_proc.stdout is not None
+        sink_port = int(sink_proc.stdout.readline())
+        with raised_conntrack_max(max(sizes) + 50_000):
+            for size in sizes:
+                print(f"conntrack bench: {size:,} entries…", file=sys.stderr, flush=True)
+                results.append(measure(size, args.repeat, sink_port))
+    finally:
+        sink_proc.terminate()
+        sink_proc.wait(10)
     section = report(results, (load_before, list(os.getloadavg())), args.repeat)
-    if args.no_doc:
-        print(section)
-    else:
-        write_doc(section)
-        print(section)
+    if not args.no_doc:
+        replace_section(START, END, section)
+    print(section)
     return 0
 
 

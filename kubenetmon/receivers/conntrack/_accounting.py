@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from kubenetmon.receivers.conntrack._entries import U32, U64, Entries, hash_keys, parse_messages
+from kubenetmon.receivers.conntrack._entries import I64, U32, U64, Entries, hash_keys, parse_messages
 from kubenetmon.receivers.conntrack._layout import LayoutCache
 from kubenetmon.receivers.conntrack._netlink import CT_DELETE, CT_NEW
 from kubenetmon.receivers.conntrack._state import GRAVE, LIVE, VANISHED, EntryState, PendingRecords, unique_keys
@@ -109,11 +109,19 @@ class AddressFilter:
 
 
 def _loopback(e: Entries) -> Mask:
+    """Rows with any address in 127.0.0.0/8 or equal to ::1 (each family checked only when present)."""
+    addresses = (e.osrc, e.odst, e.rsrc, e.rdst)
     hit = np.zeros(len(e), np.bool_)
-    for address in (e.osrc, e.odst, e.rsrc, e.rdst):
-        v4_loop = (address[:, 3] & 0xFF) == 127  # first byte of the IPv4 address
-        v6_loop = (address == _LOOPBACK6).all(axis=1)
-        hit |= np.where(e.v6, v6_loop, v4_loop)
+    if not e.v6.all():
+        v4 = np.zeros(len(e), np.bool_)
+        for address in addresses:
+            v4 |= (address[:, 3] & 0xFF) == 127  # the first byte of an IPv4 address
+        hit |= v4 & ~e.v6
+    if e.v6.any():
+        v6 = np.zeros(len(e), np.bool_)
+        for address in addresses:
+            v6 |= (address == _LOOPBACK6).all(axis=1)
+        hit |= v6 & e.v6
     return hit
 
 
@@ -228,41 +236,44 @@ class DeltaTracker:
         self.has_baseline = True
 
     def _join(self, *, partial: bool) -> None:
-        dump = Entries.concat(self._parts)
+        dump = Entries.concat(self._parts, release=True)
         self._parts = []
         self._dumping = False
         key = dump.key()
         h = hash_keys(key)
+        # The identity and counters are sorted by hash (``order``, the dump's rows
+        # each key once); the other columns stay where they are and only the
+        # changed rows are gathered, so an all-active dump is never copied whole.
         order, counters = unique_keys(h, key, dump.counters, add=self.zero_on_dump)
-        dump = dump.take(order)
-        dump.counters, h, key = counters, h[order], key[order]
+        key = key[order]
+        h_dump, h = h, h[order]
         if self.zero_on_dump:
-            self.stats.changed += len(dump)
-            self._emit(dump, h, key)
+            self.stats.changed += len(order)
+            entries = dump.take(order)
+            entries.counters = counters
+            self._emit(entries, h)
             return
         state = self.state
         pos = state.lookup(h, key)
         found = pos >= 0
-        prev = np.zeros_like(dump.counters)
+        prev = np.zeros_like(counters)
         prev[found] = state.counters[pos[found]]
-        dead = np.zeros(len(dump), np.bool_)
+        dead = np.zeros(len(h), np.bool_)
         dead[found] = state.status[pos[found]] == GRAVE  # a dump racing with the destroy
-        changed = (dump.counters != prev).any(axis=1)
-        n_changed = int(changed.sum())
-        self.stats.changed += n_changed
-        self.stats.ignore("idle", len(dump) - n_changed)
-        if self._counting and n_changed:
-            rows = np.flatnonzero(changed)
-            self._emit_deltas(dump.take(rows), prev[rows], h[rows], key[rows])
-        # The new state: this dump's entries, then what it did not show.
+        # What the dump did not show stays (vanished, tombstones); the rest of the
+        # old table is not needed any more: free it before the records are built.
         seen = np.zeros(len(state), np.bool_)
         seen[pos[found & ~dead]] = True
-        alive = ~dead
-        fresh = EntryState(
-            h[alive], key[alive], dump.counters[alive], np.full(int(alive.sum()), LIVE, np.uint8),
-            np.zeros(int(alive.sum()), np.int64),
-        )
         rest = state.take(~seen)
+        self.state = state = EntryState.empty()
+        del pos, found, seen
+        changed = (counters != prev).any(axis=1)
+        n_changed = int(changed.sum())
+        self.stats.changed += n_changed
+        self.stats.ignore("idle", len(h) - n_changed)
+        if self._counting and n_changed:
+            self._emit_changed(dump, h_dump, order, changed, counters, prev)
+        del dump, h_dump, prev
         if not partial:
             vanished = rest.status == LIVE
             rest.status[vanished] = VANISHED
@@ -271,7 +282,29 @@ class DeltaTracker:
             # A vanished entry past its TTL: its remainder since the last dump is lost.
             self.stats.expired += int((expired & (rest.status == VANISHED)).sum())
             rest = rest.take(~expired)
-        self.state = EntryState.merge([fresh, rest])
+        n = len(h)
+        if dead.any():
+            alive = ~dead
+            h, key, counters, n = h[alive], key[alive], counters[alive], int(alive.sum())
+        fresh = EntryState(h, key, counters, np.full(n, LIVE, np.uint8), np.zeros(n, np.int64))
+        self.state = fresh.insert(rest)
+
+    def _emit_changed(  # noqa: PLR0917 - the join's arrays, handed on without copies
+        self, dump: Entries, h_dump: U64, order: I64, changed: Mask, counters: U64, prev: U64
+    ) -> None:
+        """Emit the deltas of the changed rows (``changed``, ``counters`` and ``prev`` are in hash
+        order, ``dump`` and ``h_dump`` in dump order)."""
+        if len(order) == len(dump) and changed.all():
+            # Every entry changed (a busy node): reuse the dump's columns, counters put back in dump order.
+            at = np.empty(len(order), np.int64)
+            at[order] = np.arange(len(order))
+            dump.counters = counters[at]
+            self._emit_deltas(dump, prev[at], h_dump)
+            return
+        rows = np.flatnonzero(changed)
+        entries = dump.take(order[rows])
+        entries.counters = counters[rows]
+        self._emit_deltas(entries, prev[rows], h_dump[order[rows]])
 
     # --- events -----------------------------------------------------------------
 
@@ -309,7 +342,7 @@ class DeltaTracker:
         self.stats.ignore("idle", int((~changed).sum()))
         if changed.any():
             rows = np.flatnonzero(changed)
-            self._emit_deltas(events.take(rows), prev[rows], h[rows], key[rows])
+            self._emit_deltas(events.take(rows), prev[rows], h[rows])
         tombstone_until = self.dump_ns + self.tombstone_ttl_ns
         rows = pos[found]
         state.status[rows] = GRAVE
@@ -322,11 +355,11 @@ class DeltaTracker:
                 h[new], key[new], events.counters[new], np.full(n, GRAVE, np.uint8),
                 np.full(n, tombstone_until, np.int64),
             )
-            self.state = EntryState.merge([state, graves])
+            self.state = state.insert(graves)
 
     # --- records ------------------------------------------------------------------
 
-    def _emit_deltas(self, entries: Entries, prev: U64, h: U64, key: U32) -> None:
+    def _emit_deltas(self, entries: Entries, prev: U64, h: U64) -> None:
         """Turn counters into deltas against ``prev`` (counters that went down count from zero) and emit."""
         current = entries.counters
         reset = (current < prev).any(axis=1)
@@ -336,9 +369,9 @@ class DeltaTracker:
         if n_reset:
             deltas[reset] = current[reset]  # what accumulated since someone zeroed them
         entries.counters = deltas
-        self._emit(entries, h, key)
+        self._emit(entries, h)
 
-    def _emit(self, entries: Entries, h: U64, key: U32) -> None:
+    def _emit(self, entries: Entries, h: U64) -> None:
         """Filter the rows with traffic and add them to the unsent records."""
         stats = self.stats
         keep = entries.counters.any(axis=1)
@@ -355,8 +388,7 @@ class DeltaTracker:
         if n:
             whole = n == len(entries)
             self.unsent.add(
-                h if whole else h[keep], key if whole else key[keep], entries if whole else entries.take(keep),
-                self.prev_dump_ns, self.dump_ns,
+                h if whole else h[keep], entries if whole else entries.take(keep), self.prev_dump_ns, self.dump_ns
             )
 
     def unsent_table(self) -> pa.RecordBatch:

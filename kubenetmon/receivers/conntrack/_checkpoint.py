@@ -16,14 +16,15 @@ holds baselines older than the last delivered batch, so the deltas after it
 would be counted twice. Writing every cycle is what makes it exact. The
 state is a handful of arrays (:class:`._state.EntryState`), written as they
 are in memory (no per-entry marshalling: ~105 bytes per entry) after a small
-JSON header; batches are Arrow IPC streams (``FlowBatch.to_ipc``). The file
+JSON header; each batch is the Arrow IPC stream of its records. The file
 belongs on a hostPath under ``/run`` (tmpfs): it must survive pod restarts,
 not reboots (a reboot empties the conntrack table anyway).
 
 Layout: ``KNMCT3\\n``, CRC32 of the rest (4 bytes, big-endian), header
 length (4 bytes), the JSON header (node, dump time, each array's name,
-dtype and shape, each batch's id and size), then the arrays' bytes and the
-batches' bytes in that order.
+dtype and shape, the batch ids), the arrays' bytes, each batch's Arrow IPC
+stream, and a trailer: the JSON list of the batches' sizes and its length
+(4 bytes). Everything is streamed from memory into the file, CRC included.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -89,42 +90,71 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _parts(checkpoint: Checkpoint) -> list[Any]:
+class _ChecksummedFile:
+    """A binary file that keeps the CRC32 and size of what is written (Arrow writes through it)."""
+
+    closed = False
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        written = self._f.write(data)
+        self.size += written
+        return written
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def save(path: Path, checkpoint: Checkpoint) -> int:
+    """Write the checkpoint atomically and reset the delivered-ids file; returns bytes written."""
     arrays = {name: np.ascontiguousarray(a) for name, a in checkpoint.state.to_arrays().items()}
-    blobs = [FlowBatch(b.records, batch_id=b.id).to_ipc() for b in checkpoint.batches]
     header = json.dumps({
         "version": _VERSION,
         "node": checkpoint.node,
         "dump_ns": checkpoint.dump_ns,
         "arrays": [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()],
-        "batches": [{"id": b.id, "bytes": len(blob)} for b, blob in zip(checkpoint.batches, blobs, strict=True)],
+        "batches": [b.id for b in checkpoint.batches],
     }).encode()
-    # Each array as a flat byte view of its own memory: written without a copy.
-    views = [a.reshape(-1).view(np.uint8).data for a in arrays.values()]
-    return [len(header).to_bytes(4, "big"), header, *views, *blobs]
-
-
-def save(path: Path, checkpoint: Checkpoint) -> int:
-    """Write the checkpoint atomically and reset the delivered-ids file; returns bytes written."""
-    parts = _parts(checkpoint)
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    size = len(_MAGIC) + 4
     with open(tmp, "wb") as f:
-        # Written in pieces, straight from the arrays' memory: no joined copy of the state.
-        f.write(_MAGIC + crc.to_bytes(4, "big"))
-        for part in parts:
-            size += f.write(part)
+        f.write(_MAGIC + bytes(4))  # the CRC, written last
+        out = _ChecksummedFile(f)
+        out.write(len(header).to_bytes(4, "big") + header)
+        # Straight from the arrays' and batches' memory: no copy of the state or of a batch.
+        for a in arrays.values():
+            out.write(a.reshape(-1).view(np.uint8).data)
+        sizes = []
+        for batch in checkpoint.batches:
+            before = out.size
+            with pa.ipc.new_stream(pa.PythonFile(out, mode="w"), RECORD_SCHEMA) as writer:
+                writer.write_batch(batch.records)
+            sizes.append(out.size - before)
+        trailer = json.dumps(sizes).encode()
+        out.write(trailer + len(trailer).to_bytes(4, "big"))
+        f.seek(len(_MAGIC))
+        f.write(out.crc.to_bytes(4, "big"))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     # The ids delivered so far belong to batches this file no longer lists.
     _delivered_path(path).unlink(missing_ok=True)
     _fsync_dir(path)
-    return size
+    return len(_MAGIC) + 4 + out.size
 
 
 def mark_delivered(path: Path, batch_id: str) -> None:
@@ -166,13 +196,15 @@ def load(path: Path) -> Checkpoint | None:
             arrays[spec["name"]] = np.frombuffer(body, dtype, count=count, offset=at).reshape(spec["shape"]).copy()
             at += count * dtype.itemsize
         state = EntryState.from_arrays(arrays)
+        trailer_size = int.from_bytes(body[-4:], "big")
+        sizes = json.loads(bytes(body[-4 - trailer_size : -4]))
         delivered = _delivered(path)
         batches = []
-        for spec in header["batches"]:
-            blob = body[at : at + spec["bytes"]]
-            at += spec["bytes"]
-            if spec["id"] not in delivered:
-                batches.append(PendingBatch(spec["id"], FlowBatch.from_ipc(bytes(blob)).record_table()))
+        for batch_id, batch_size in zip(header["batches"], sizes, strict=True):
+            blob = body[at : at + batch_size]
+            at += batch_size
+            if batch_id not in delivered:
+                batches.append(PendingBatch(batch_id, _from_ipc(blob)))
     except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
         raise CheckpointError(f"{path} cannot be read ({exc}); delete it to start from a new baseline") from exc
     return Checkpoint(header["node"], header["dump_ns"], state, batches)
@@ -194,6 +226,13 @@ def _load_marshal(path: Path, data: bytes) -> Checkpoint:
         if batch_id not in delivered
     ]
     return Checkpoint(raw["node"], raw["dump_ns"], EntryState.empty(), batches, stale_state=True)
+
+
+def _from_ipc(blob: memoryview) -> pa.RecordBatch:
+    reader = pa.ipc.open_stream(pa.py_buffer(bytes(blob)))
+    parts = list(reader)
+    table = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+    return table.replace_schema_metadata(RECORD_SCHEMA.metadata)
 
 
 def _rows_to_table(rows: Iterable[ConntrackRecord]) -> pa.RecordBatch:

@@ -86,13 +86,22 @@ class Entries:
         )
 
     @staticmethod
-    def concat(parts: Sequence[Entries]) -> Entries:
+    def concat(parts: Sequence[Entries], *, release: bool = False) -> Entries:
+        """The rows of all parts; with ``release`` each part's column is dropped as soon as it is copied,
+        so that joining a whole dump never holds it twice."""
         parts = [p for p in parts if len(p)]
         if not parts:
             return Entries.empty()
         if len(parts) == 1:
             return parts[0]
-        return Entries(*(np.concatenate([getattr(p, name) for p in parts]) for name in Entries.__slots__))
+        empty = Entries.empty()
+        columns = []
+        for name in Entries.__slots__:
+            columns.append(np.concatenate([getattr(p, name) for p in parts]))
+            if release:
+                for p in parts:
+                    setattr(p, name, getattr(empty, name))
+        return Entries(*columns)
 
     def key(self) -> U32:
         """(n, :data:`KEY_WORDS`) words identifying each entry: original tuple, id, start time, protocol."""
@@ -110,14 +119,13 @@ class Entries:
 
 def hash_keys(key: U32) -> U64:
     """A 64-bit hash of each key row, for sorting and joining; matches are always verified on the full key."""
-    words = key.astype(np.uint64)
     h = np.full(len(key), 0x9E3779B97F4A7C15, np.uint64)
     mult = np.uint64(0xBF58476D1CE4E5B9)
     shift = np.uint64(31)
     # start time, id + ports, low words of both addresses, protocol: distinct for distinct live entries
-    # in practice; the rest of the key is compared on a match.
+    # in practice; the rest of the key is compared on a match. Column by column: no wide temporary.
     for a, b in ((10, 11), (9, 8), (3, 7), (12, 2)):
-        h ^= (words[:, a] << np.uint64(32)) | words[:, b]
+        h ^= (key[:, a].astype(np.uint64) << np.uint64(32)) | key[:, b]
         h *= mult
         h ^= h >> shift
     return h
@@ -142,23 +150,67 @@ def _offsets(buf: bytes, msg_type: int, strict: bool, ignore: Callable[[str, int
     return offsets, len(offsets)
 
 
-def _matching(cols: Columns, words: U32, octets: U8, at: I64) -> npt.NDArray[np.bool_]:
-    """Which messages starting at byte offsets ``at`` have this layout (headers and protocols equal)."""
-    found = words[(at >> 2)[:, None] + cols.header_words]
-    ok: npt.NDArray[np.bool_] = (found == cols.header_values).all(axis=1)
-    ok &= octets[at + cols.proto_at[0]] == cols.proto
-    ok &= octets[at + cols.proto_at[1]] == cols.proto
+def _uniform_offsets(buf: bytes, words: U32, msg_type: int) -> I64 | None:
+    """The message offsets when every message of ``buf`` has the first one's length and ``msg_type`` (a
+    table of one kind of entry: the common case, read without a Python loop); None otherwise."""
+    n = len(buf)
+    if n < 16:
+        return None
+    length, mtype = _HDR.unpack_from(buf, 0)
+    if length < 16 or length % 4 or n % length or mtype != msg_type:
+        return None
+    starts = np.arange(0, n, length, dtype=np.int64)
+    first = starts >> 2
+    if not ((words[first] == length).all() and ((words[first + 1] & 0xFFFF) == msg_type).all()):
+        return None
+    return starts
+
+
+@dataclass(slots=True)
+class _Messages:
+    """Messages of one length in a buffer: their byte offsets and, when they are evenly spaced (a
+    buffer of one kind of entry), a 2-D view of their words, one row per message, without a copy."""
+
+    words: U32
+    octets: U8
+    at: I64
+    grid: U32 | None = None
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def column(self, word: int) -> U32:
+        """The ``word``-th uint32 of every message."""
+        found: U32 = self.grid[:, word] if self.grid is not None else self.words[(self.at >> 2) + word]
+        return found
+
+    def matrix(self, words: I64) -> U32:
+        """(n, len(words)): the given words of every message."""
+        found: U32 = self.grid[:, words] if self.grid is not None else self.words[(self.at >> 2)[:, None] + words]
+        return found
+
+    def octet(self, offset: int) -> U8:
+        found: U8 = self.octets[self.at + offset]
+        return found
+
+    def subset(self, rows: npt.NDArray[np.bool_]) -> _Messages:
+        return _Messages(self.words, self.octets, self.at[rows], None if self.grid is None else self.grid[rows])
+
+
+def _matching(cols: Columns, msgs: _Messages) -> npt.NDArray[np.bool_]:
+    """Which messages have this layout (every header word and both protocol numbers equal)."""
+    ok: npt.NDArray[np.bool_] = (msgs.matrix(cols.header_words) == cols.header_values).all(axis=1)
+    ok &= msgs.octet(cols.proto_at[0]) == cols.proto
+    ok &= msgs.octet(cols.proto_at[1]) == cols.proto
     return ok
 
 
-def _extract(cols: Columns, words: U32, at: I64) -> Entries:
-    """The fields of messages of one (proven) layout starting at byte offsets ``at``."""
-    base = at >> 2
-    n = len(at)
+def _extract(cols: Columns, msgs: _Messages) -> Entries:
+    """The fields of messages of one (proven) layout."""
+    n = len(msgs)
 
     def word(offset: int) -> U32:
-        found: U32 = words[base + (offset >> 2)]
-        return found
+        return msgs.column(offset >> 2)
 
     def be32(offset: int) -> U32:
         return word(offset).byteswap()
@@ -171,11 +223,12 @@ def _extract(cols: Columns, words: U32, at: I64) -> Entries:
         return (((w & 0xFF) << 8) | ((w >> 8) & 0xFF)).astype(np.uint16)
 
     def address(offset: int) -> U32:
-        out = np.zeros((n, 4), np.uint32)
+        out = np.empty((n, 4), np.uint32)
         if cols.v6:
             for k in range(4):
                 out[:, k] = word(offset + 4 * k)
         else:
+            out[:, :2] = 0
             out[:, 2] = _V4_MAPPED_WORD
             out[:, 3] = word(offset)
         return out
@@ -204,47 +257,57 @@ def parse_messages(
     header that does not fit the buffer raises :class:`MalformedMessage`
     (dumps), else it is counted and the rest of the buffer dropped (events).
     """
-    offsets, count = _offsets(buf, msg_type, strict, ignore)
-    if not count:
-        return Entries.empty(), 0
     usable = len(buf) & ~3
     words = np.frombuffer(buf, np.uint32, count=usable // 4)
     octets = np.frombuffer(buf, np.uint8)
-    starts = np.array(offsets, dtype=np.int64)
+    starts = _uniform_offsets(buf, words, msg_type)
+    grid = None
+    if starts is None:
+        offsets, _ = _offsets(buf, msg_type, strict, ignore)
+        starts = np.array(offsets, dtype=np.int64)
+    else:
+        stride = int(words[0]) // 4
+        grid = words[: len(starts) * stride].reshape(len(starts), stride)
+    count = len(starts)
+    if not count:
+        return Entries.empty(), 0
     lengths = words[starts >> 2]
     parts: list[Entries] = []
     distinct = np.unique(lengths).tolist()
     for length in distinct:
-        pending = starts if len(distinct) == 1 else starts[lengths == length]
+        pending = _Messages(words, octets, starts, grid) if len(distinct) == 1 else (
+            _Messages(words, octets, starts[lengths == length]))
         for layout in layouts.by_length.get(length, ()):
-            pending = _take_layout(layout, words, octets, pending, parts, ignore)
+            pending = _take_layout(layout, pending, parts, ignore)
             if not len(pending):
                 break
         while len(pending):
             try:
-                layout = layouts.learn(buf, int(pending[0]), length)
+                layout = layouts.learn(buf, int(pending.at[0]), length)
             except MalformedMessage:
                 ignore("malformed", 1)
-                pending = pending[1:]
+                rest = np.ones(len(pending), np.bool_)
+                rest[0] = False
+                pending = pending.subset(rest)
                 continue
-            if layout.columns is None:  # pragma: no cover - every compiled layout has columns
-                raise AssertionError("layout without columns")
-            pending = _take_layout(layout, words, octets, pending, parts, ignore)
+            pending = _take_layout(layout, pending, parts, ignore)
     return Entries.concat(parts), count
 
 
-def _take_layout(  # noqa: PLR0917 - the parse loop's locals, once per layout and buffer
-    layout: Layout, words: U32, octets: U8, pending: I64, parts: list[Entries], ignore: Callable[[str, int], None]
-) -> I64:
+def _take_layout(
+    layout: Layout, pending: _Messages, parts: list[Entries], ignore: Callable[[str, int], None]
+) -> _Messages:
     """Read the pending messages that have ``layout``; return the others."""
     cols = layout.columns
-    assert cols is not None
-    ok = _matching(cols, words, octets, pending)
+    if cols is None:  # pragma: no cover - every compiled layout has columns
+        raise AssertionError("layout without columns")
+    ok = _matching(cols, pending)
     hits = int(ok.sum())
     if not hits:
         return pending
+    whole = hits == len(pending)
     if layout.ignore:
         ignore(layout.ignore, hits)
     else:
-        parts.append(_extract(cols, words, pending[ok] if hits != len(pending) else pending))
-    return pending[~ok] if hits != len(pending) else pending[:0]
+        parts.append(_extract(cols, pending if whole else pending.subset(ok)))
+    return pending.subset(np.zeros(len(pending), np.bool_)) if whole else pending.subset(~ok)

@@ -10,7 +10,7 @@ run of equal hashes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,21 +26,28 @@ __all__ = ["GRAVE", "LIVE", "VANISHED", "EntryState", "PendingRecords", "lookup"
 LIVE, VANISHED, GRAVE = 0, 1, 2
 
 
-def lookup(table_h: U64, table_key: U32, h: U64, key: U32) -> I64:
-    """Row of each (h, key) in a table sorted by ``table_h``, or -1."""
+KeyOf = Callable[[I64], U32]
+_VERIFY_ROWS = 1 << 15
+
+
+def lookup(table_h: U64, key_of: KeyOf, h: U64, key: U32) -> I64:
+    """Row of each (h, key) in a table sorted by ``table_h`` whose keys ``key_of(rows)`` gives, or -1."""
     n = len(table_h)
     if n == 0 or len(h) == 0:
         return np.full(len(h), -1, np.int64)
     pos = np.minimum(np.searchsorted(table_h, h), n - 1).astype(np.int64)
     hit = table_h[pos] == h
     rows = np.flatnonzero(hit)
-    same = (table_key[pos[rows]] == key[rows]).all(axis=1)
+    same = np.empty(len(rows), np.bool_)
+    for at in range(0, len(rows), _VERIFY_ROWS):  # in slices: the full keys of 300k rows are 16 MB
+        part = rows[at : at + _VERIFY_ROWS]
+        same[at : at + _VERIFY_ROWS] = (key_of(pos[part]) == key[part]).all(axis=1)
     found = np.zeros(len(h), np.bool_)
     found[rows[same]] = True
     for i in rows[~same].tolist():  # equal hashes, other key: look along the run of equal hashes
         j = int(pos[i]) + 1
         while j < n and table_h[j] == h[i]:
-            if (table_key[j] == key[i]).all():
+            if (key_of(np.array([j]))[0] == key[i]).all():
                 pos[i], found[i] = j, True
                 break
             j += 1
@@ -96,22 +103,26 @@ class EntryState:
         return int((self.status == status).sum())
 
     def lookup(self, h: U64, key: U32) -> I64:
-        return lookup(self.h, self.key, h, key)
+        return lookup(self.h, lambda rows: self.key[rows], h, key)
 
     def take(self, rows: I64 | npt.NDArray[np.bool_]) -> EntryState:
         return EntryState(self.h[rows], self.key[rows], self.counters[rows], self.status[rows], self.expires[rows])
 
-    @staticmethod
-    def merge(parts: Sequence[EntryState]) -> EntryState:
-        """One table of the rows of several sorted ones (keys distinct), sorted again."""
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return EntryState.empty()
-        if len(parts) == 1:
-            return parts[0]
-        joined = EntryState(*(np.concatenate([getattr(p, f) for p in parts]) for f in EntryState.__slots__))
-        # Sorted runs: the stable sort (timsort) merges them in linear time.
-        return joined.take(np.argsort(joined.h, kind="stable"))
+    def insert(self, other: EntryState) -> EntryState:
+        """This table with the rows of ``other`` (sorted, keys distinct from ours) inserted in order.
+
+        One copy per column (``np.insert``), column by column, so that a few
+        vanished entries added to a large table do not double its memory."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        at = np.searchsorted(self.h, other.h)
+        merged = EntryState.empty()
+        for name in EntryState.__slots__:
+            setattr(merged, name, np.insert(getattr(self, name), at, getattr(other, name), axis=0))
+            setattr(self, name, getattr(EntryState.empty(), name))  # release it now
+        return merged
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         return {name: getattr(self, name) for name in EntryState.__slots__}
@@ -125,74 +136,94 @@ class EntryState:
         return state
 
 
-_TRANSPORTS = pa.array(["tcp", "udp"])
-_FAMILIES = pa.array(["ipv4", "ipv6"])
+def _strings(*values: str) -> pa.StringArray:
+    # Built from buffers: pa.array() would import pandas (when installed) on its first
+    # call, ~45 MB of RSS the agent never needs.
+    data = "".join(values).encode()
+    offsets = np.cumsum([0, *(len(v.encode()) for v in values)], dtype=np.int32)
+    array: pa.StringArray = pa.Array.from_buffers(pa.utf8(), len(values), [None, pa.py_buffer(offsets),
+                                                                          pa.py_buffer(data)])
+    return array
+
+
+def _numbers(values: npt.NDArray[np.generic], type_: pa.DataType) -> pa.Array:
+    data = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(type_, len(data), [None, pa.py_buffer(data)])
+
+
+def _dictionary(indices: npt.NDArray[np.int32], dictionary: pa.StringArray) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(_numbers(indices, pa.int32()), dictionary)
+
+
+_TRANSPORTS = _strings("tcp", "udp")
+_FAMILIES = _strings("ipv4", "ipv6")
 
 
 def _addresses(words: U32) -> pa.FixedSizeBinaryArray:
     data = np.ascontiguousarray(words)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data)])
+    array: pa.FixedSizeBinaryArray = pa.Array.from_buffers(pa.binary(16), len(data), [None, pa.py_buffer(data)])
+    return array
 
 
 @dataclass(slots=True)
 class PendingRecords:
-    """Deltas not yet delivered, one row per connection (sorted by ``h``), merged until taken."""
+    """Deltas not yet delivered, one row per connection, merged until taken.
+
+    Rows stay in the order they came (a dump's changed entries are added
+    without a copy); a sort index by ``h`` is built only when rows are
+    merged into (DESTROY events, deltas kept under backpressure)."""
 
     h: U64
-    key: U32
     entries: Entries  # counters are the deltas
     start_ns: I64
     end_ns: I64
+    _sorted: I64 | None = None
 
     def __len__(self) -> int:
         return len(self.h)
 
     @staticmethod
     def empty() -> PendingRecords:
-        return PendingRecords(
-            np.zeros(0, np.uint64), np.zeros((0, KEY_WORDS), np.uint32), Entries.empty(),
-            np.zeros(0, np.int64), np.zeros(0, np.int64),
-        )
+        return PendingRecords(np.zeros(0, np.uint64), Entries.empty(), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
-    def add(self, h: U64, key: U32, entries: Entries, start_ns: int, end_ns: int) -> None:
+    def add(self, h: U64, entries: Entries, start_ns: int, end_ns: int) -> None:
         """Add deltas (keys distinct): a connection already pending sums into its row and its interval grows."""
         if not len(h):
             return
         n = len(h)
         starts, ends = np.full(n, start_ns, np.int64), np.full(n, end_ns, np.int64)
         if not len(self):
-            order = np.argsort(h, kind="stable")
-            self.h, self.key, self.entries = h[order], key[order], entries.take(order)
-            self.start_ns, self.end_ns = starts, ends
+            self.h, self.entries, self.start_ns, self.end_ns, self._sorted = h, entries, starts, ends, None
             return
-        pos = lookup(self.h, self.key, h, key)
-        hit = pos >= 0
+        if self._sorted is None:
+            self._sorted = np.argsort(self.h, kind="stable")
+        index, mine = self._sorted, self.entries
+        at = lookup(self.h[index], lambda rows: mine.take(index[rows]).key(), h, entries.key())
+        hit = at >= 0
         if hit.any():
-            rows = pos[hit]
-            self.entries.counters[rows] += entries.counters[hit]
+            rows = index[at[hit]]
+            mine.counters[rows] += entries.counters[hit]
             self.start_ns[rows] = np.minimum(self.start_ns[rows], start_ns)
             self.end_ns[rows] = np.maximum(self.end_ns[rows], end_ns)
         new = ~hit
         if new.any():
-            h2 = np.concatenate([self.h, h[new]])
-            order = np.argsort(h2, kind="stable")
-            self.h = h2[order]
-            self.key = np.concatenate([self.key, key[new]])[order]
-            self.entries = Entries.concat([self.entries, entries.take(new)]).take(order)
-            self.start_ns = np.concatenate([self.start_ns, starts[new]])[order]
-            self.end_ns = np.concatenate([self.end_ns, ends[new]])[order]
+            self.h = np.concatenate([self.h, h[new]])
+            self.entries = Entries.concat([mine, entries.take(new)])
+            self.start_ns = np.concatenate([self.start_ns, starts[new]])
+            self.end_ns = np.concatenate([self.end_ns, ends[new]])
+            self._sorted = None
 
     def table(self, node: str) -> pa.RecordBatch:
         """The pending records as a batch in ``flows.RECORD_SCHEMA``."""
         e, n = self.entries, len(self)
         columns = [
-            pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([node])),
-            pa.DictionaryArray.from_arrays(pa.array((e.proto == 17).astype(np.int32)), _TRANSPORTS),
-            pa.DictionaryArray.from_arrays(pa.array(e.v6.astype(np.int32)), _FAMILIES),
-            _addresses(e.osrc), pa.array(e.osport), _addresses(e.odst), pa.array(e.odport),
-            _addresses(e.rsrc), pa.array(e.rsport), _addresses(e.rdst), pa.array(e.rdport),
-            pa.array(e.counters[:, 1]), pa.array(e.counters[:, 0]),
-            pa.array(e.counters[:, 3]), pa.array(e.counters[:, 2]),
-            pa.array(self.start_ns), pa.array(self.end_ns),
+            _dictionary(np.zeros(n, np.int32), _strings(node)),
+            _dictionary((e.proto == 17).astype(np.int32), _TRANSPORTS),
+            _dictionary(e.v6.astype(np.int32), _FAMILIES),
+            _addresses(e.osrc), _numbers(e.osport, pa.uint16()), _addresses(e.odst), _numbers(e.odport, pa.uint16()),
+            _addresses(e.rsrc), _numbers(e.rsport, pa.uint16()), _addresses(e.rdst), _numbers(e.rdport, pa.uint16()),
+            _numbers(e.counters[:, 1], pa.uint64()), _numbers(e.counters[:, 0], pa.uint64()),
+            _numbers(e.counters[:, 3], pa.uint64()), _numbers(e.counters[:, 2], pa.uint64()),
+            _numbers(self.start_ns, pa.int64()), _numbers(self.end_ns, pa.int64()),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=RECORD_SCHEMA)
