@@ -8,6 +8,9 @@ backend), the ``otlp`` receiver (gateway) and benchmarks.
   (:class:`DecodeLimits`: times and deltas it accepts; :func:`decode_records_slow`
   is the message-API reference the fast path must agree with).
 * :func:`encode_flows` / :func:`encode_flows_bytes` — §4.4, attributed flows for any backend.
+* :func:`encode_record_table_bytes` / :func:`encode_flow_table_bytes` — the same bytes from
+  Arrow record batches (``FlowBatch.record_table()`` / ``flow_table()``), without per-record
+  objects: what the exporter uses.
 
 The ``*_bytes`` variants skip building protobuf objects: the exporter sends
 their output as it is.
@@ -24,6 +27,7 @@ from kubenetmon.otlp import _contract as contract
 from kubenetmon.otlp._decode_records import DecodeResult, decode_records, decode_records_bytes, decode_records_slow
 from kubenetmon.otlp._encode_flows import FLOW_ATTRIBUTES, encode_flows_bytes
 from kubenetmon.otlp._encode_records import encode_records_bytes
+from kubenetmon.otlp._encode_table import encode_flow_table_bytes, encode_record_table_bytes
 from kubenetmon.otlp._limits import DecodeLimits
 
 __all__ = [
@@ -35,8 +39,10 @@ __all__ = [
     "decode_records",
     "decode_records_bytes",
     "decode_records_slow",
+    "encode_flow_table_bytes",
     "encode_flows",
     "encode_flows_bytes",
+    "encode_record_table_bytes",
     "encode_records",
     "encode_records_bytes",
 ]

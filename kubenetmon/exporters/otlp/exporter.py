@@ -19,7 +19,7 @@ from kubenetmon.component import CreateSettings
 from kubenetmon.errors import PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter
 from kubenetmon.exporters.otlp.config import OtlpExporterConfig
-from kubenetmon.otlp import contract, encode_flows_bytes, encode_records_bytes
+from kubenetmon.otlp import contract, encode_flow_table_bytes, encode_record_table_bytes
 from kubenetmon.otlp.status import retry_after_of
 
 __all__ = ["EXPORT_METHOD", "OtlpExporter"]
@@ -124,14 +124,18 @@ class OtlpExporter(QueuedExporter):
         batch = block.merged()
         cfg = self.config
         parts: list[bytes] = []
-        if batch.records:
+        # Columns only (issues 11, 12): never the row-wise views on this path.
+        if batch.num_records:
             try:
-                parts += encode_records_bytes(batch.records, cfg.resource, max_points=cfg.max_points_per_request)
+                parts += encode_record_table_bytes(
+                    batch.record_table(), cfg.resource, max_points=cfg.max_points_per_request
+                )
             except (ValueError, TypeError) as exc:
                 raise PermanentError(f"cannot encode conntrack records: {exc}") from exc
-        if batch.flows:
+        if batch.num_flows:
             try:
-                parts += encode_flows_bytes(batch.flows, cfg.resource, max_points=cfg.max_points_per_request)
+                parts += encode_flow_table_bytes(batch.flow_table(), cfg.resource,
+                                                 max_points=cfg.max_points_per_request)
             except (ValueError, TypeError) as exc:
                 raise PermanentError(f"cannot encode flows: {exc}") from exc
         return parts
