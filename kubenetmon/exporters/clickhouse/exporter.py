@@ -28,7 +28,7 @@ from kubenetmon.errors import KubenetmonError, PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter, backoff_intervals
 from kubenetmon.exporters.clickhouse.config import ClickHouseConfig
 from kubenetmon.exporters.clickhouse.connection import Connection, connect
-from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES, COLUMN_TYPES, PreparedRows, RowMapper
+from kubenetmon.exporters.clickhouse.rows import PreparedRows, RowMapper
 from kubenetmon.exporters.clickhouse.schema import SchemaError, check_table, create_table
 
 __all__ = ["ClickHouseExporter", "classify_error", "is_data_error"]
@@ -359,15 +359,12 @@ class ClickHouseExporter(QueuedExporter):
             self.m_rows.inc(hi - lo)
 
     def insert(self, conn: Connection, prepared: PreparedRows, token: str, lo: int = 0, hi: int | None = None) -> None:
-        """One typed, columnar insert of rows ``[lo, hi)``; never SQL text."""
+        """One typed, columnar insert of rows ``[lo, hi)`` in Arrow format; never SQL text."""
         whole = lo == 0 and (hi is None or hi == prepared.rows)
-        conn.client.insert(
-            table=self.config.table,
+        conn.client.insert_arrow(
+            self.config.table,
+            prepared.table if whole else prepared.part(lo, prepared.rows if hi is None else hi),
             database=conn.database,
-            data=prepared.columns if whole else prepared.part(lo, prepared.rows if hi is None else hi),
-            column_names=list(COLUMN_NAMES),
-            column_type_names=list(COLUMN_TYPES),
-            column_oriented=True,
             settings=self.insert_settings(token),
         )
 

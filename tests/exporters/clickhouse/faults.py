@@ -37,13 +37,19 @@ class FaultyClient:
         return getattr(self._real, name)
 
     def insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._faulty("insert", *args, **kwargs)
+
+    def insert_arrow(self, *args: Any, **kwargs: Any) -> Any:
+        return self._faulty("insert_arrow", *args, **kwargs)
+
+    def _faulty(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             n = len(self.calls)
             fault = self._plan(n)
             self.calls.append((fault, str((kwargs.get("settings") or {}).get("insert_deduplication_token"))))
         if fault == "before":
             raise OperationalError("Error HTTPConnectionPool: Connection refused (injected outage)")
-        result = self._real.insert(*args, **kwargs)
+        result = getattr(self._real, method)(*args, **kwargs)
         if fault == "after":
             raise OperationalError("Error ('Connection aborted.', RemoteDisconnected()) (injected lost ack)")
         if fault == "hang":

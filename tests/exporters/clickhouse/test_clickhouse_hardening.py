@@ -64,7 +64,7 @@ class RefusesPoison(FaultyExporter):
     error: type[Exception] | None = None
 
     def insert(self, conn: Connection, prepared: Any, token: str, lo: int = 0, hi: int | None = None) -> None:
-        pods = prepared.part(lo, prepared.rows if hi is None else hi)[list(prepared_names()).index("localPod")]
+        pods = prepared.part(lo, prepared.rows if hi is None else hi).column("localPod").to_pylist()
         if "poison" in pods:
             assert self.faulty is not None
             self.faulty.calls.append(("refused", token))
@@ -72,12 +72,6 @@ class RefusesPoison(FaultyExporter):
                 raise self.error("poisoned")
             raise DatabaseError("Code: 117. DB::Exception: Cannot parse value (INCORRECT_DATA)", code=117)
         super().insert(conn, prepared, token, lo, hi)
-
-
-def prepared_names() -> tuple[str, ...]:
-    from kubenetmon.exporters.clickhouse.rows import COLUMN_NAMES
-
-    return COLUMN_NAMES
 
 
 @pytest.mark.parametrize("error", [None, AttributeError])
