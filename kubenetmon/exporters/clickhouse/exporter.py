@@ -335,6 +335,10 @@ class ClickHouseExporter(QueuedExporter):
             lo, hi = stack.pop()
             if (lo, hi) in prepared.done_parts or (lo, hi) in prepared.dropped_parts:
                 continue
+            if (lo, hi) in prepared.refused_parts:  # refused before this retry: go straight to its halves
+                mid = (lo + hi) // 2
+                stack += [(mid, hi), (lo, mid)]
+                continue
             attempts += 1
             try:
                 self.insert(conn, prepared, key if (lo, hi) == (0, rows) else f"{key}:{lo}-{hi}", lo, hi)
@@ -343,6 +347,7 @@ class ClickHouseExporter(QueuedExporter):
                     raise
                 self.m_failures.labels(kind="data").inc()
                 if hi - lo > 1 and attempts < _SPLIT_BUDGET:
+                    prepared.refused_parts.add((lo, hi))
                     mid = (lo + hi) // 2
                     stack += [(mid, hi), (lo, mid)]
                     continue

@@ -115,6 +115,7 @@ class PreparedRows:
     # block neither re-sends parts already inserted nor counts dropped rows twice.
     done_parts: set[tuple[int, int]] = field(default_factory=set)
     dropped_parts: set[tuple[int, int]] = field(default_factory=set)
+    refused_parts: set[tuple[int, int]] = field(default_factory=set)  # refused for their data, then halved
 
     def part(self, lo: int, hi: int) -> pa.Table:
         """Rows ``[lo, hi)`` (a zero-copy slice)."""

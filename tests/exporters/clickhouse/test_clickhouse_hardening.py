@@ -113,6 +113,10 @@ def test_a_retried_split_block_is_counted_once(db: Connection, make_exporter: An
     assert exporter.m_retries.value() == 1
     assert total(db) == (15, 15)
     assert exporter.m_rejected.value(reason="insert_rejected") == 1
+    assert exporter.faulty is not None
+    tokens = [t for _, t in exporter.faulty.calls]
+    assert tokens.count(tokens[0]) == 1  # the retry resumed the split instead of re-trying the whole block
+    assert tokens.count(tokens[3]) == 2  # the part whose acknowledgement was lost: re-sent under its token
 
 
 def test_sums_past_2_64_are_split_into_rows_never_wrapped(db: Connection, make_exporter: Any) -> None:
