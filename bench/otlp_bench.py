@@ -17,6 +17,13 @@ pinned to one core, CPU time, best of a few repeats:
   state of long-lived connections); against the floor: protobuf
   ``ParseFromString`` of the same bytes; and against the field-by-field slow
   path the decoder uses for non-canonical senders.
+* **columnar vs reference** (issues 11, 12): µs per record of what the
+  exporter and the receiver now run (``encode_record_table_bytes`` on the
+  batch's Arrow table; ``decode_records_bytes`` into an Arrow batch) against
+  the same measures of a reference revision, in the same run: the bench
+  checks it out in a temporary ``git worktree`` (``--reference REV``;
+  default the last commit before the columnar codec) and runs the same
+  children with that tree's ``kubenetmon`` first on ``sys.path``.
 * peak RSS of each child.
 
 Target: the receiver's decode >= 100k records/s on one core, cold. Writes its section of
@@ -44,6 +51,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# A reference child imports kubenetmon from the worktree of another revision.
+_CODE = os.environ.get("KUBENETMON_BENCH_CODE")
+if _CODE:
+    sys.path.insert(0, _CODE)
 
 
 from _report import replace_section  # noqa: E402
@@ -51,7 +62,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (  # no
     ExportMetricsServiceRequest,
 )
 
-from kubenetmon.flows import ConntrackRecord  # noqa: E402
+import kubenetmon.otlp as otlp_api  # noqa: E402
+from kubenetmon.flows import ConntrackRecord, FlowBatch  # noqa: E402
 from kubenetmon.otlp import _decode_records as decoder  # noqa: E402
 from kubenetmon.otlp import contract, decode_records, decode_records_bytes, encode_records_bytes  # noqa: E402
 
@@ -59,6 +71,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- benchmarks:otlp:start -->", "<!-- benchmarks:otlp:end -->"
 TARGET_DECODE = 100_000
 TARGET_MEASURE = "receiver path: decode_records_bytes cold"
+# The last commit before the columnar codec (receiver decode into Arrow, encode from Arrow).
+REFERENCE = "2337616"
+EXPORTER_ENCODE = "exporter path: encode (from the batch it holds)"
 MAX_POINTS = 8000
 T0 = 1_700_000_000_000_000_000
 
@@ -140,6 +155,22 @@ def best(fn: Callable[[], Any], repeat: int, before: Callable[[], None] | None =
 def clear_caches() -> None:
     decoder._TUPLES.clear()
     decoder._ADDRESSES.clear()
+    table_codec = getattr(otlp_api, "_encode_table", None)  # absent in a reference tree before it
+    caches = [getattr(decoder, "_PACKED", None), getattr(table_codec, "_BLOCKS", None)]
+    caches += [c for family in getattr(table_codec, "_FIELDS", ()) for c in family]
+    for cache in caches:
+        if cache is not None:
+            cache.clear()
+
+
+def exporter_encode(records: list[ConntrackRecord]) -> Callable[[], Any]:
+    """What the otlp exporter runs on a block: from the Arrow table when the tree has the columnar
+    encoder (the table is what the batch holds, built outside the timing), else from the rows."""
+    encode_table = getattr(otlp_api, "encode_record_table_bytes", None)
+    if encode_table is not None:
+        table = FlowBatch(records=records).record_table()
+        return lambda: encode_table(table, {}, max_points=MAX_POINTS)
+    return lambda: encode_records_bytes(records, {}, max_points=MAX_POINTS)
 
 
 def child(n: int) -> dict[str, Any]:
@@ -161,6 +192,8 @@ def child(n: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     t: dict[str, float] = {
+        EXPORTER_ENCODE + " cold": best(exporter_encode(records), repeat, clear_caches),
+        EXPORTER_ENCODE + " warm": best(exporter_encode(records), repeat),
         "encode": best(lambda: encode_records_bytes(records, {}, max_points=MAX_POINTS), repeat),
         "encode + gzip": best(
             lambda: [gzip.compress(r, 6) for r in encode_records_bytes(records, {}, max_points=MAX_POINTS)], repeat
@@ -187,9 +220,48 @@ def child(n: int) -> dict[str, Any]:
     }
 
 
-def run_child(n: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True)
+def run_child(n: int, code: str | None = None) -> dict[str, Any]:
+    env = {**os.environ, "KUBENETMON_BENCH_CODE": code} if code else None
+    out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Any:
+    """A temporary detached worktree of ``rev``, removed afterwards."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="kubenetmon-otlp-ref-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+COMPARED = (
+    (EXPORTER_ENCODE + " cold", "encode, every connection new"),
+    (EXPORTER_ENCODE + " warm", "encode, the same connections again"),
+    ("receiver path: decode_records_bytes cold", "decode from bytes, every connection new"),
+    ("receiver path: decode_records_bytes warm", "decode from bytes, the same connections again"),
+)
+
+
+def compare(results: list[dict[str, Any]], refs: list[dict[str, Any]], rev: str) -> list[str]:
+    """µs per record, this tree vs the reference, side by side (same run, same machine load)."""
+    lines = [
+        "| µs per record (CPU) | " + " | ".join(f"{r['records']:,}: this tree / {rev} / ratio" for r in results)
+        + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    for name, label in COMPARED:
+        cells = []
+        for new, old in zip(results, refs, strict=True):
+            a, b = 1e6 * new["cpu"][name] / new["records"], 1e6 * old["cpu"][name] / old["records"]
+            cells.append(f"{a:.2f} / {b:.2f} / {a / b:.2f}x")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def rate(result: dict[str, Any], name: str) -> float:
@@ -268,12 +340,23 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reference", default=REFERENCE,
+                        help="revision measured side by side (a temporary git worktree); '' to skip")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
-    results = [run_child(n) for n in args.sizes]
+    refs: list[dict[str, Any]] = []
+    results = []
+    with contextlib.ExitStack() as stack:
+        tree = str(stack.enter_context(worktree(args.reference))) if args.reference else None
+        for n in args.sizes:  # interleaved, so that both see the same machine load
+            results.append(run_child(n))
+            if tree:
+                refs.append(run_child(n, tree))
     lines, ok = report(results)
+    if refs:
+        lines += ["", *compare(results, refs, args.reference)]
     print("\n".join(lines))
     print(f"decode target >= {TARGET_DECODE:,} records/s: {'PASS' if ok else 'FAIL'}")
     if not args.no_doc:

@@ -109,23 +109,41 @@ class _Unusual(Exception):
     """A transport or network type outside the contract: the row encoder sends it as it is."""
 
 
+_HEADS = (
+    (_attr(kv_string(c.ATTR_NETWORK_TRANSPORT, "tcp")), _attr(kv_string(c.ATTR_NETWORK_TRANSPORT, "udp"))),
+    (_attr(kv_string(c.ATTR_NETWORK_TYPE, "ipv4")), _attr(kv_string(c.ATTR_NETWORK_TYPE, "ipv6"))),
+)
+_ADDRESS_KEYS = (c.ATTR_SRC_ADDRESS, c.ATTR_DST_ADDRESS, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_DST_ADDRESS)
+_PORT_KEYS = (c.ATTR_SRC_PORT, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_PORT, c.ATTR_REPLY_DST_PORT)
+# Per family, per slot (src, dst, reply src, reply dst, then the four ports): the
+# packed value → its encoded attribute. Addresses and ports repeat across
+# connections (a service, a node's pods): a new connection is mostly
+# assembled from these. 8 MiB in all, like the other caches emptied when full.
+_FIELDS = [[ByteBoundedCache(512 * 1024) for _ in range(8)] for _ in range(2)]
+
+
+def _field(v6: int, slot: int, raw: bytes) -> bytes:
+    cache = _FIELDS[v6][slot]
+    piece: bytes | None = cache.get(raw)
+    if piece is None:
+        if slot < 4:
+            piece = _attr(kv_string(_ADDRESS_KEYS[slot], _text(raw, bool(v6))))
+        else:
+            piece = _attr(kv_int(_PORT_KEYS[slot - 4], int.from_bytes(raw, "big")))
+        cache.put(raw, piece, len(piece) + len(raw) + _ENTRY_OVERHEAD)
+    return piece
+
+
 def _blocks(key: bytes, mirrored: bool) -> tuple[bytes, bytes]:
     """The original and reply attribute blocks of the connection ``key`` encodes (built on a cache miss)."""
-    transport = ("tcp", "udp")[key[0]]
-    network_type = ("ipv4", "ipv6")[key[1]]
-    v6 = key[1] == 1
-    src, dst, rsrc, rdst = (_text(key[2 + 16 * i: 18 + 16 * i], v6) for i in range(4))
-    sport, dport, rsport, rdport = (int.from_bytes(key[66 + 2 * i: 68 + 2 * i], "big") for i in range(4))
+    v6 = key[1]
+    f = _field
     attrs = (
-        _attr(kv_string(c.ATTR_NETWORK_TRANSPORT, transport)) + _attr(kv_string(c.ATTR_NETWORK_TYPE, network_type))
-        + _attr(kv_string(c.ATTR_SRC_ADDRESS, src)) + _attr(kv_int(c.ATTR_SRC_PORT, sport))
-        + _attr(kv_string(c.ATTR_DST_ADDRESS, dst)) + _attr(kv_int(c.ATTR_DST_PORT, dport))
+        _HEADS[0][key[0]] + _HEADS[1][v6]
+        + f(v6, 0, key[2:18]) + f(v6, 4, key[66:68]) + f(v6, 1, key[18:34]) + f(v6, 5, key[68:70])
     )
     if not mirrored:
-        attrs += (
-            _attr(kv_string(c.ATTR_REPLY_SRC_ADDRESS, rsrc)) + _attr(kv_int(c.ATTR_REPLY_SRC_PORT, rsport))
-            + _attr(kv_string(c.ATTR_REPLY_DST_ADDRESS, rdst)) + _attr(kv_int(c.ATTR_REPLY_DST_PORT, rdport))
-        )
+        attrs += f(v6, 2, key[34:50]) + f(v6, 6, key[70:72]) + f(v6, 3, key[50:66]) + f(v6, 7, key[72:74])
     pair = (attrs + _DIR_ORIGINAL, attrs + _DIR_REPLY)
     _BLOCKS.put(key, pair, 2 * len(attrs) + len(key) + _ENTRY_OVERHEAD)
     return pair
