@@ -253,7 +253,7 @@ def _ipv4(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], np.ndarray[Any
 
 
 class RowMapper:
-    """Turns flow tables into the table's columns; keeps small caches of buckets and addresses."""
+    """Turns flow tables into the Arrow table inserted into ``network_flows_0``; holds no per-record state."""
 
     def __init__(
         self, identity: Identity, interval_seconds: int = 60, aggregate: bool = True, ipv6: str = "write"
