@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubenetmon.component import ComponentConfig, ComponentID, Kind
 from kubenetmon.config.errors import describe_value, problems_from_validation_error
@@ -15,7 +16,7 @@ from kubenetmon.config.model import ServiceConfig
 from kubenetmon.errors import ConfigError, ConfigProblem
 from kubenetmon.plugins import ComponentRegistry
 
-__all__ = ["Config", "validate"]
+__all__ = ["Config", "non_finite_numbers", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ def validate(raw: dict[str, Any], registry: ComponentRegistry) -> Config:
     service = _validate_service(raw.get("service"), problems)
     if service is not None:
         _check_references(service, declared, problems)
+        problems.extend(non_finite_numbers(service, "service"))
+    for kind, configured in components.items():
+        for id_, component in configured.items():
+            problems.extend(non_finite_numbers(component, f"{kind.section}::{id_}"))
     if problems:
         raise ConfigError(problems)
     assert service is not None
@@ -64,6 +69,28 @@ def validate(raw: dict[str, Any], registry: ComponentRegistry) -> Config:
             if id_ not in used:
                 log.warning("%s %s is configured but not used by any pipeline", kind.value, id_)
     return Config(components, service, raw)
+
+
+def non_finite_numbers(value: Any, path: str) -> list[ConfigProblem]:
+    """A problem for every infinite or NaN number in a validated config, with its path.
+
+    ``.inf`` (or the string ``inf`` from an environment variable) passes a
+    ``gt=0`` bound and then fails far from the config: a thread join or a
+    socket timeout of infinity raises ``OverflowError`` at shutdown. Checked
+    here once for every model instead of in each of them.
+    """
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return []
+        return [ConfigProblem(path, f"must be a finite number, got {value!r}")]
+    if isinstance(value, BaseModel):
+        return [p for name in type(value).model_fields
+                for p in non_finite_numbers(getattr(value, name), f"{path}::{name}")]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite_numbers(item, f"{path}::{key}")]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [p for i, item in enumerate(value) for p in non_finite_numbers(item, f"{path}::{i}")]
+    return []
 
 
 def _validate_section(

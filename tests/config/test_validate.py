@@ -138,3 +138,16 @@ def test_invalid_component_body_does_not_also_count_as_unconfigured(registry: Co
     found = problems(raw, registry)
     assert len(found) == 1
     assert found[0].startswith("processors::tag/a::batch_size: input should be a valid integer")
+
+
+def test_infinite_and_nan_numbers_are_rejected_everywhere_with_their_path(registry: ComponentRegistry) -> None:
+    # `.inf` passed `gt=0` and then ended in OverflowError when the service shut down.
+    raw = good()
+    raw["service"]["shutdown_timeout"] = float("inf")
+    raw["processors"]["cloud_prefix"] = {"offline": True, "files_dir": "/x", "fetch_timeout": "inf"}  # as from ${env:…}
+    raw["receivers"]["otlp"] = {"grpc": {"endpoint": "127.0.0.1:0", "keepalive": {"max_connection_age": "Infinity"}}}
+    assert sorted(p for p in problems(raw, registry) if "finite" in p) == [
+        "processors::cloud_prefix::fetch_timeout: must be a finite number, got inf",
+        "receivers::otlp::grpc::keepalive::max_connection_age: must be a finite number, got inf",
+        "service::shutdown_timeout: must be a finite number, got inf",
+    ]
