@@ -42,11 +42,51 @@ __all__ = ["BLOCK_CACHE_BYTES", "encode_flow_table_bytes", "encode_record_table_
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _KNOWN = {"transport": ("tcp", "udp"), "network_type": ("ipv4", "ipv6")}
 
-# Connection tuple bytes → (original block, reply block). A block is ~150-330
-# bytes; 32 MiB keep ~60k connections, the busy node's live set for the
-# next interval (emptied at once when full, like the decoder's caches).
-BLOCK_CACHE_BYTES = 32 * 1024 * 1024
-_BLOCKS = ByteBoundedCache(BLOCK_CACHE_BYTES)
+# Connection tuple bytes → its attribute block (the direction attribute is
+# appended per point). Two generations: a block is looked up in the current
+# one, then in the previous one (and moved back into the current); when the
+# current one holds half the budget it becomes the previous one and the
+# oldest generation is dropped. So a connection seen in consecutive
+# intervals stays cached while it lives, a gone one leaves after two
+# rotations, and a live set larger than the cache degrades gradually
+# rather than emptying it every call. A block is ~150-330 bytes and an
+# entry ~600 with its key: 64 MiB keep ~100k live connections.
+BLOCK_CACHE_BYTES = 64 * 1024 * 1024
+
+
+class _Generations:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.current: dict[bytes, bytes] = {}
+        self.previous: dict[bytes, bytes] = {}
+        self.nbytes = 0
+        self.rotations = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        block = self.current.get(key)
+        if block is None:
+            block = self.previous.pop(key, None)
+            if block is not None:
+                self.put(key, block)
+        return block
+
+    def put(self, key: bytes, block: bytes) -> None:
+        size = len(block) + len(key) + 2 * _ENTRY_OVERHEAD
+        if self.nbytes + size > self.budget // 2:
+            self.previous, self.current = self.current, {}
+            self.nbytes = 0
+            self.rotations += 1
+        self.current[key] = block
+        self.nbytes += size
+
+    def clear(self) -> None:
+        self.current, self.previous, self.nbytes = {}, {}, 0
+
+    def __len__(self) -> int:
+        return len(self.current) + len(self.previous)
+
+
+_BLOCKS = _Generations(BLOCK_CACHE_BYTES)
 
 
 def _attr(body: bytes) -> bytes:
@@ -134,8 +174,8 @@ def _field(v6: int, slot: int, raw: bytes) -> bytes:
     return piece
 
 
-def _blocks(key: bytes, mirrored: bool) -> tuple[bytes, bytes]:
-    """The original and reply attribute blocks of the connection ``key`` encodes (built on a cache miss)."""
+def _block(key: bytes, mirrored: bool) -> bytes:
+    """The attribute block (without direction) of the connection ``key`` encodes (built on a cache miss)."""
     v6 = key[1]
     f = _field
     attrs = (
@@ -144,9 +184,8 @@ def _blocks(key: bytes, mirrored: bool) -> tuple[bytes, bytes]:
     )
     if not mirrored:
         attrs += f(v6, 2, key[34:50]) + f(v6, 6, key[70:72]) + f(v6, 3, key[50:66]) + f(v6, 7, key[72:74])
-    pair = (attrs + _DIR_ORIGINAL, attrs + _DIR_REPLY)
-    _BLOCKS.put(key, pair, 2 * len(attrs) + len(key) + _ENTRY_OVERHEAD)
-    return pair
+    _BLOCKS.put(key, attrs)
+    return attrs
 
 
 def encode_record_table_bytes(
@@ -216,10 +255,10 @@ def encode_record_table_bytes(
                 parts, in_request = [], 0
             in_request += count
             key = keys[i]
-            pair = blocks.get(key)
-            if pair is None:
-                pair = _blocks(key, mirrored[i])
-            orig, reply = pair
+            attrs = blocks.get(key)
+            if attrs is None:
+                attrs = _block(key, mirrored[i])
+            orig, reply = attrs + _DIR_ORIGINAL, attrs + _DIR_REPLY
             start, end = starts[i], ends[i]
             if vob:
                 byte_points.append(length_delimited(0x0A, pack(0x11, start, 0x19, end, 0x31, vob) + orig))
