@@ -17,7 +17,8 @@ timestamps, built from real packets between two namespaces: see
   batch to the real ``otlp`` exporter (persistent sending queue on tmpfs,
   OTLP encode, gzip, gRPC) sending to a local sink in another process, until
   the queue is empty. CPU of the whole agent process (all threads).
-* peak RSS of the agent process (one fresh process per size).
+* peak RSS: the receiver alone and the full agent path each run in a fresh
+  process per table (the receiver's without the exporter's libraries).
 
 Each measurement is repeated (``--repeat``) and the median reported, with
 the spread and the load average. Needs root; raises the global
@@ -120,13 +121,24 @@ def _touch(fraction: float) -> None:
 
 
 def child(netns: str, repeat: int, sink_port: int) -> None:
-    from kubenetmon.exporters.otlp import factory as otlp_factory
-    from kubenetmon.exporters.otlp.config import OtlpExporterConfig
+    """The receiver alone (``sink_port`` 0: parse, cycles) or the full agent path (the otlp exporter)."""
     from kubenetmon.receivers.conntrack import ConntrackConfig, factory
     from kubenetmon.testing import StaticHost, create_component
 
     tmp = tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
     consumer = SwitchConsumer()
+    exporter: Any = None
+    if sink_port:  # imported only here: the receiver's own numbers are measured without the exporter's libraries
+        from kubenetmon.exporters.otlp import factory as otlp_factory
+        from kubenetmon.exporters.otlp.config import OtlpExporterConfig
+
+        exporter = create_component(otlp_factory, OtlpExporterConfig.model_validate({
+            "endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True}, "compression": "gzip",
+            "sending_queue": {"storage": "persistent", "directory": f"{tmp}/queue", "full_policy": "block"},
+            "retry_on_failure": {"max_elapsed_time": 0}, "batch": {"max_wait": 0},
+        }))
+        exporter.start(StaticHost())
+        consumer.target = exporter
     config = ConntrackConfig(
         netns=netns, node_name="bench-node", skip_sanity_check=True, interval=3600,
         checkpoint_path=f"{tmp}/conntrack.checkpoint",
@@ -140,18 +152,14 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
     receiver.cycle()  # baseline
     out["baseline"] = {"cpu": _cpu() - c, "wall": time.monotonic() - w, "entries": tracker.stats.entries}
 
-    parse_cpu = []
-    for _ in range(repeat):
-        tracker.begin_dump(time.time_ns())
-        c = _cpu()
-        for buf in receiver._dump():
-            tracker.feed(buf)
-        tracker.end_dump()
-        parse_cpu.append(_cpu() - c)
-    out["parse"] = {"cpu": parse_cpu, "entries": tracker.stats.entries}
-    out["rss_parse_mb"] = _peak_mb()
+    def drain() -> None:
+        deadline = time.monotonic() + 300
+        while exporter is not None and exporter._queue is not None and exporter._queue.size():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the exporter did not empty its queue in 300 s")
+            time.sleep(0.002)
 
-    def run_cycles(fraction: float, drain: Any) -> dict[str, Any]:
+    def run_cycles(fraction: float) -> dict[str, Any]:
         cpu, wall, records = [], [], []
         for _ in range(repeat):
             _touch(fraction)
@@ -164,28 +172,24 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
             records.append(consumer.records - before)
         return {"cpu": cpu, "wall": wall, "records": records}
 
-    out["cycle"] = {str(f): run_cycles(f, lambda: None) for f in FRACTIONS}
+    if exporter is None:
+        parse_cpu = []
+        for _ in range(repeat):
+            tracker.begin_dump(time.time_ns())
+            c = _cpu()
+            for buf in receiver._dump():
+                tracker.feed(buf)
+            tracker.end_dump()
+            parse_cpu.append(_cpu() - c)
+        out["parse"] = {"cpu": parse_cpu, "entries": tracker.stats.entries}
+        out["rss_parse_mb"] = _peak_mb()
+    out["cycles"] = {str(f): run_cycles(f) for f in FRACTIONS}
     out["checkpoint_bytes"] = receiver._m_checkpoint_bytes.value()
-    out["rss_cycle_mb"] = _peak_mb()
-
-    exporter = create_component(otlp_factory, OtlpExporterConfig.model_validate({
-        "endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True}, "compression": "gzip",
-        "sending_queue": {"storage": "persistent", "directory": f"{tmp}/queue", "full_policy": "block"},
-        "retry_on_failure": {"max_elapsed_time": 0}, "batch": {"max_wait": 0},
-    }))
-    exporter.start(StaticHost())
-
-    def drain() -> None:
-        deadline = time.monotonic() + 300
-        while exporter._queue is not None and exporter._queue.size() and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    consumer.target = exporter
-    out["full"] = {str(f): run_cycles(f, drain) for f in FRACTIONS}
-    out["otlp_bytes"] = exporter.m_bytes.value() if hasattr(exporter, "m_bytes") else 0
-    out["otlp_requests"] = exporter.m_requests.value(outcome="ok") if hasattr(exporter, "m_requests") else 0
+    if exporter is not None:
+        out["otlp_bytes"] = exporter.m_bytes.value() if hasattr(exporter, "m_bytes") else 0
+        out["otlp_requests"] = exporter.m_requests.value(outcome="ok") if hasattr(exporter, "m_requests") else 0
+        exporter.shutdown(30)
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    exporter.shutdown(30)
     receiver._shutdown_done = True  # no last cycle
     receiver._stop.set()
     receiver._close_sockets()
@@ -206,32 +210,35 @@ def conntrack_list(ns: Namespace) -> float:
     return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
+def _run_child(table: TimestampedTable, repeat: int, sink_port: int, reference: list[float]) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", table.namespace.name, "--repeat", str(repeat),
+         "--sink-port", str(sink_port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    result: dict[str, Any] = {}
+    for line in proc.stdout:
+        if line.startswith("touch "):
+            table.touch(float(line.split()[1]), seed=len(reference))
+            reference.append(conntrack_list(table.namespace))  # interleaved with the cycles
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        elif line.startswith("result "):
+            result = json.loads(line[len("result ") :])
+    if proc.wait() != 0 or not result:
+        raise RuntimeError(f"benchmark child failed for {table.entries} entries")
+    return result
+
+
 def measure(size: int, repeat: int, sink_port: int) -> dict[str, Any]:
     with NamespaceRegistry("knmct") as reg:
         table = TimestampedTable(reg, size)
         count = table.count()
-        cl = [conntrack_list(table.namespace) for _ in range(repeat)]
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", table.namespace.name, "--repeat", str(repeat),
-             "--sink-port", str(sink_port)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        result: dict[str, Any] = {}
-        seed = 0
-        for line in proc.stdout:
-            if line.startswith("touch "):
-                seed += 1
-                table.touch(float(line.split()[1]), seed=seed)
-                cl.append(conntrack_list(table.namespace))  # the reference, interleaved with the cycles
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            elif line.startswith("result "):
-                result = json.loads(line[len("result ") :])
-        if proc.wait() != 0 or not result:
-            raise RuntimeError(f"benchmark child failed for {size} entries")
-    result.update(size=size, count=count, conntrack_cpu=cl)
-    return result
+        reference = [conntrack_list(table.namespace) for _ in range(repeat)]
+        receiver = _run_child(table, repeat, 0, reference)
+        full = _run_child(table, repeat, sink_port, reference)
+    return {"size": size, "count": count, "conntrack_cpu": reference, "receiver": receiver, "full": full}
 
 
 def _noise(load_before: float) -> str:
@@ -248,6 +255,10 @@ def _med(values: list[float]) -> float:
 
 def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def _mb(value: float) -> str:
+    return f"{value:.0f}{' ✗' if value > 250 else ''}"
 
 
 def _ratio(value: float, target: float) -> str:
@@ -271,11 +282,13 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
         "the dump counts on both sides. *Cycle* = the receiver's `cycle()` (dump, columnar deltas, DESTROY "
         "events, Arrow record batch, write-ahead checkpoint on tmpfs). *Full path* = the same cycle handing its "
         "batch to the `otlp` exporter of the tree (persistent queue on tmpfs, OTLP encode + gzip, gRPC) "
-        "sending to a local sink in another process, until the queue is empty; CPU of the whole agent process. "
+        "sending to a local sink in another process, until the queue is empty; CPU of the whole agent process "
+        "(another process than the receiver's, so its RSS includes the exporter's libraries and encoding). "
         "Targets (issue 12): full path all active ≤ 1.5×, 1 % active ≤ 1.1×, peak RSS ≤ 250 MB at 300k.",
         "",
         "| entries | `conntrack -L` CPU s | dump+parse | cycle, all active | cycle, 1 % active "
-        "| full path, all active (≤ 1.5×) | full path, 1 % active (≤ 1.1×) | peak RSS MB |",
+        "| full path, all active (≤ 1.5×) | full path, 1 % active (≤ 1.1×) | peak RSS MB: receiver / full path "
+        "(≤ 250) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -286,31 +299,35 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
             shown = _ratio(ratio, target) if target else f"{ratio:.2f}×"
             return f"{_med(values):.3f} s = {shown}"
 
+        rec, full = r["receiver"], r["full"]
         lines.append(
-            f"| {r['count']:,} | {cl:.3f} | {cell(r['parse']['cpu'])} | {cell(r['cycle']['1.0']['cpu'])} "
-            f"| {cell(r['cycle']['0.01']['cpu'])} | {cell(r['full']['1.0']['cpu'], 1.5)} "
-            f"| {cell(r['full']['0.01']['cpu'], 1.1)} | {r['rss_mb']:.0f}{' ✗' if r['rss_mb'] > 250 else ''} |"
+            f"| {r['count']:,} | {cl:.3f} | {cell(rec['parse']['cpu'])} | {cell(rec['cycles']['1.0']['cpu'])} "
+            f"| {cell(rec['cycles']['0.01']['cpu'])} | {cell(full['cycles']['1.0']['cpu'], 1.5)} "
+            f"| {cell(full['cycles']['0.01']['cpu'], 1.1)} | {_mb(rec['rss_mb'])} / {_mb(full['rss_mb'])} |"
         )
     lines += [
         "",
         "<details><summary>Detail (spreads, records, wall times, memory by stage)</summary>",
         "",
         "| entries | `conntrack -L` CPU spread | records per cycle (all / 1 %) | cycle CPU spread (all / 1 %) "
-        "| full path CPU spread (all / 1 %) | full path wall s (all / 1 %) | OTLP requests, MB sent (gzip) "
-        "| checkpoint MB | peak RSS MB: opened / idle dumps / cycles / full path |",
-        "|---:|---|---|---|---|---|---|---:|---|",
+        "| full path CPU spread (all / 1 %) | cycle / full path wall s, all active | OTLP requests, MB "
+        "(uncompressed) | checkpoint MB | receiver RSS MB: opened / idle dumps / cycles | full path RSS MB: "
+        "opened / end |",
+        "|---:|---|---|---|---|---|---|---:|---|---|",
     ]
     for r in results:
-        cyc, full = r["cycle"], r["full"]
+        rec, full = r["receiver"], r["full"]
+        cyc, fc = rec["cycles"], full["cycles"]
         lines.append(
             f"| {r['count']:,} | {_spread(r['conntrack_cpu'])} "
             f"| {int(_med(cyc['1.0']['records'])):,} / {int(_med(cyc['0.01']['records'])):,} "
             f"| {_spread(cyc['1.0']['cpu'])} / {_spread(cyc['0.01']['cpu'])} "
-            f"| {_spread(full['1.0']['cpu'])} / {_spread(full['0.01']['cpu'])} "
-            f"| {_med(full['1.0']['wall']):.3f} / {_med(full['0.01']['wall']):.3f} "
-            f"| {int(r['otlp_requests']):,}, {r['otlp_bytes'] / 1e6:.1f} "
-            f"| {r['checkpoint_bytes'] / 1e6:.1f} "
-            f"| {r['rss_open_mb']:.0f} / {r['rss_parse_mb']:.0f} / {r['rss_cycle_mb']:.0f} / {r['rss_mb']:.0f} |"
+            f"| {_spread(fc['1.0']['cpu'])} / {_spread(fc['0.01']['cpu'])} "
+            f"| {_med(cyc['1.0']['wall']):.3f} / {_med(fc['1.0']['wall']):.3f} "
+            f"| {int(full['otlp_requests']):,}, {full['otlp_bytes'] / 1e6:.1f} "
+            f"| {rec['checkpoint_bytes'] / 1e6:.1f} "
+            f"| {rec['rss_open_mb']:.0f} / {rec['rss_parse_mb']:.0f} / {rec['rss_mb']:.0f} "
+            f"| {full['rss_open_mb']:.0f} / {full['rss_mb']:.0f} |"
         )
     lines += [
         "",

@@ -222,8 +222,10 @@ class PendingRecords:
             _dictionary(e.v6.astype(np.int32), _FAMILIES),
             _addresses(e.osrc), _numbers(e.osport, pa.uint16()), _addresses(e.odst), _numbers(e.odport, pa.uint16()),
             _addresses(e.rsrc), _numbers(e.rsport, pa.uint16()), _addresses(e.rdst), _numbers(e.rdport, pa.uint16()),
-            _numbers(e.counters[:, 1], pa.uint64()), _numbers(e.counters[:, 0], pa.uint64()),
-            _numbers(e.counters[:, 3], pa.uint64()), _numbers(e.counters[:, 2], pa.uint64()),
-            _numbers(self.start_ns, pa.int64()), _numbers(self.end_ns, pa.int64()),
+            # Copies: counters and times change in place when deltas merge into a row,
+            # possibly after a batch of them was handed out (and refused).
+            _numbers(e.counters[:, 1].copy(), pa.uint64()), _numbers(e.counters[:, 0].copy(), pa.uint64()),
+            _numbers(e.counters[:, 3].copy(), pa.uint64()), _numbers(e.counters[:, 2].copy(), pa.uint64()),
+            _numbers(self.start_ns.copy(), pa.int64()), _numbers(self.end_ns.copy(), pa.int64()),
         ]
         return pa.RecordBatch.from_arrays(columns, schema=RECORD_SCHEMA)

@@ -37,7 +37,7 @@ class KernelSettingsError(RuntimeError):
 
 
 class ConntrackReceiver(BaseComponent):
-    """Meters every TCP/UDP conntrack entry of one network namespace into ``ConntrackRecord`` deltas.
+    """Meters every TCP/UDP conntrack entry of one network namespace into per-interval deltas (Arrow records).
 
     One worker thread runs the cycle (dump → deltas → events → checkpoint →
     deliver) every ``interval``; one listener thread only queues raw DESTROY
@@ -92,7 +92,9 @@ class ConntrackReceiver(BaseComponent):
             "Entries not sent, by reason: protocol, no_counters, idle, loopback, cidr, no_baseline, malformed.",
             labels=("reason",),
         )
-        self._m_records = m.counter("conntrack_records_total", "ConntrackRecords delivered downstream.")
+        self._m_records = m.counter(
+            "conntrack_records_total", "Records (one per connection and interval) delivered downstream."
+        )
         self._m_errors = m.counter(
             "conntrack_errors_total", "Failures by kind: dump, checkpoint, consume, cycle.", labels=("kind",)
         )
