@@ -187,9 +187,11 @@ def _pick_with_history(  # noqa: PLR0917 - one vectorized step, its inputs
     counts = hi - lo
     s = start[rows]
     e = np.maximum(end[rows], s + 1)
-    # Candidates: every retired tenancy of each row, then the current holder (last, so it wins a full tie).
+    # Candidates: the current holder (rank 0) and every retired tenancy of each row in the order they
+    # ended (rank 1, 2…). As in pick_tenant: the most overlap wins, then the newest, then the lowest rank.
     group = np.repeat(np.arange(len(rows)), counts)
-    tpos = lo[group] + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    tpos = lo[group] + offset
     t_since = inv.hist_since[tpos]
     t_overlap = np.minimum(e[group], inv.hist_until[tpos]) - np.maximum(s[group], t_since)
     t_ent = inv.hist_ent[tpos]
@@ -201,7 +203,8 @@ def _pick_with_history(  # noqa: PLR0917 - one vectorized step, its inputs
     since = np.concatenate([t_since, c_since])
     overlap = np.concatenate([t_overlap, c_overlap])
     ent = np.concatenate([t_ent, cur[has_cur]])
-    order = np.lexsort((since, overlap, group))
+    rank = np.concatenate([offset + 1, np.zeros(len(has_cur), dtype=offset.dtype)])
+    order = np.lexsort((-rank, since, overlap, group))
     g = group[order]
     last = np.ones(len(g), dtype=bool)
     last[:-1] = g[1:] != g[:-1]

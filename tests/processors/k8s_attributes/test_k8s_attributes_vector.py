@@ -122,3 +122,23 @@ def test_compiles_once_per_inventory_change() -> None:
     table, _ = engine.attribute_table(batch)
     assert engine.compiles == 2
     assert table.column("remote_pod").to_pylist() == ["db", "db"]
+
+
+def test_equal_overlap_and_age_goes_to_the_first_ended_tenancy_in_both_engines() -> None:
+    """Found by the differential test: two retired tenancies of one IP, created in the same second and
+    overlapping the record equally; both engines keep the first that ended (the row path's order)."""
+    clock = [60 * S]
+    parser = ObjectParser(clock=lambda: clock[0])
+    index = ClusterIndex(clock=lambda: clock[0])
+    for at, name in ((60, "a"), (120, "b")):
+        clock[0] = at * S
+        index.replace_pods([parser.pod(make_pod(name, node="n", ip="10.1.0.1", created="1970-01-01T00:00:05Z"))])
+    clock[0] = 180 * S
+    index.replace_pods([])
+    record = ConntrackRecord("n", "tcp", "ipv4", "10.1.0.1", 1, "198.51.100.1", 2, "198.51.100.1", 2,
+                             "10.1.0.1", 1, 1, 1, 1, 1, 30 * S, 50 * S)
+    rows: list[Flow] = []
+    Attributor(index).attribute([record], rows)
+    table, _ = VectorAttributor(index).attribute_table(FlowBatch([record]).record_table())
+    assert rows[0].local.pod == "a"
+    assert table.column("local_pod").to_pylist() == ["a", "a"]
