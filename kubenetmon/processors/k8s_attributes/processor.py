@@ -204,18 +204,19 @@ class K8sAttributesProcessor:
         for _, index, _ in self.peers:
             index.expire()
         # A new batch either way, so that a caller retrying after backpressure downstream
-        # still holds its records untouched.
+        # still holds its records untouched. It keeps the producer's batch id: the flows are
+        # what the named records became, so a re-delivered batch is still recognised downstream.
         if self._vector is not None:
             table, outcome = self._vector.attribute_table(batch.record_table())
             if batch.num_flows:  # flows that came with the records go on, first
                 table = _concat(batch.flow_table(), table)
             self._account(outcome)
-            self._next.consume(FlowBatch(flows=table))
+            self._next.consume(FlowBatch(flows=table, batch_id=batch.batch_id))
             return
         flows: list[Flow] = list(batch.flows)
         outcome = self._attributor.attribute(batch.records, flows)
         self._account(outcome)
-        self._next.consume(FlowBatch([], flows))
+        self._next.consume(FlowBatch([], flows, batch.batch_id))
 
     def _account(self, o: BatchOutcome) -> None:
         evicted = self.index.evicted + sum(index.evicted for _, index, _ in self.peers)

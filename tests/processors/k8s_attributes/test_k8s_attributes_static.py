@@ -210,3 +210,27 @@ def test_drops_are_counted_by_reason_and_logged_at_most_once_per_interval(
     assert len(lines) == 2  # one per reason, the second node-flow batch is suppressed
     assert any("dropped 2 conntrack record(s) (node_flow" in line and "192.168.1.10:40000" in line for line in lines)
     assert any("(unknown_direction" in line for line in lines)
+
+
+@pytest.mark.parametrize("engine", ["columnar", "rows"])
+def test_the_producers_batch_id_survives_attribution(tmp_path: Path, make_processor: ProcessorMaker,
+                                                     engine: str) -> None:
+    """A batch re-delivered after a crash (conntrack checkpoint, agent re-send) keeps its name through
+    k8s_attributes, so the exporter's queue and ClickHouse can insert it once."""
+    path = tmp_path / "inventory.yaml"
+    write(path, INVENTORY)
+    processor, sink = make_processor(static_config(path, engine=engine))
+    processor.consume(FlowBatch([record("172.17.0.2", "172.17.0.3", node="laptop")], batch_id="node-a:42"))
+    assert sink.batches[-1].batch_id == "node-a:42"
+
+
+def test_the_columnar_engine_makes_no_row_objects(tmp_path: Path, make_processor: ProcessorMaker) -> None:
+    path = tmp_path / "inventory.yaml"
+    write(path, INVENTORY)
+    processor, sink = make_processor(static_config(path))
+    batch = FlowBatch(FlowBatch([record("172.17.0.2", "172.17.0.3", node="laptop")]).record_table())
+    processor.consume(batch)
+    out = sink.batches[-1]
+    assert batch._records.peek_table() is not None  # read as columns, not turned into rows
+    assert out._flows.peek_table() is not None and out.num_flows == 2
+    assert out.flow_table().column("remote_pod").to_pylist() == ["db", "db"]
