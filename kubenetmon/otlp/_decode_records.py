@@ -45,7 +45,7 @@ from kubenetmon.otlp._canonical import (
     _parse_attrs,
 )
 from kubenetmon.otlp._checks import (
-    _ADDRESSES,  # noqa: F401 (benchmarks clear it)
+    _ADDRESSES,
     _ENTRY_OVERHEAD,
     ByteBoundedCache,
     DecodeResult,
@@ -57,7 +57,7 @@ from kubenetmon.otlp._checks import (
 )
 from kubenetmon.otlp._limits import MAX_NODE_NAME_BYTES, DecodeLimits
 
-__all__ = ["DecodeLimits", "DecodeResult", "decode_records", "decode_records_bytes"]
+__all__ = ["DecodeLimits", "DecodeResult", "decode_records", "decode_records_bytes", "decoder_caches"]
 
 _DEFAULT_LIMITS = DecodeLimits()
 
@@ -409,6 +409,11 @@ def decode_records_bytes(data: bytes, limits: DecodeLimits | None = None, now_ns
     request = ExportMetricsServiceRequest()
     request.ParseFromString(data)
     return decode_records(request, limits, now)
+
+
+def decoder_caches() -> dict[str, ByteBoundedCache]:
+    """The decoder's process-wide caches by name (for the receiver's metrics)."""
+    return {"addresses": _ADDRESSES, "tuples": _TUPLES, "packed_addresses": _PACKED}
 
 
 def decode_records_slow(request: Any, limits: DecodeLimits | None = None, now_ns: int | None = None) -> DecodeResult:

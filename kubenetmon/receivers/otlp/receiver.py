@@ -41,6 +41,7 @@ from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
 from kubenetmon.otlp import DecodeLimits, contract, decode_records_bytes
+from kubenetmon.otlp._decode_records import decoder_caches
 from kubenetmon.otlp._limits import MAX_BATCH_ID_BYTES
 from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
 from kubenetmon.receivers.otlp.config import OtlpReceiverConfig
@@ -164,6 +165,14 @@ class OtlpReceiver(BaseComponent):
         )
         self.m_duplicates = m.counter(
             "receiver_duplicate_points_total", "Data points of re-sent requests acknowledged without consuming."
+        )
+        self.m_cache_bytes = m.gauge(
+            "receiver_otlp_cache_bytes", "Estimated bytes held by the decoder's caches (process-wide; each "
+            "bounded by bytes, see docs/limits.md).", ["cache"],
+        )
+        self.m_cache_clears = m.gauge(
+            "receiver_otlp_cache_clears", "Times a decoder cache was emptied because it reached its byte bound "
+            "(process-wide, since start; often means more live connections than the cache holds).", ["cache"],
         )
         self.m_latency = m.histogram(
             "receiver_request_latency_seconds", "Time to handle one export request.",
@@ -400,6 +409,9 @@ class OtlpReceiver(BaseComponent):
             ) from None
         for reason, n in result.rejected_by_reason.items():
             self.m_rejected.labels(reason=reason).inc(n)
+        for name, cache in decoder_caches().items():
+            self.m_cache_bytes.labels(cache=name).set(cache.nbytes)
+            self.m_cache_clears.labels(cache=name).set(cache.clears)
         if result.rejected_points:
             self._log_rate_limited(
                 "rejected_points", "rejected %d data points from %s: %s",

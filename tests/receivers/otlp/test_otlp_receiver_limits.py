@@ -68,3 +68,11 @@ def test_an_over_long_batch_id_is_invalid_argument(receivers: Start) -> None:
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert r.m_requests.value(outcome="bad_batch_id") == 1
     assert sink.batches == []
+
+
+def test_the_decoder_caches_are_reported_in_bytes(receivers: Start) -> None:
+    r = receivers(SinkConsumer())
+    export(r.port, encode_records(make_records(20), {})[0])
+    assert r.m_cache_bytes.value(cache="tuples") > 0
+    assert r.m_cache_bytes.value(cache="addresses") > 0
+    assert r.m_cache_clears.value(cache="tuples") >= 0
