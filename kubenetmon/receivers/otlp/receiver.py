@@ -443,15 +443,18 @@ class OtlpReceiver(BaseComponent):
             )
         delivered = False
         try:
-            self._consume(table, result.accepted_points)
+            # The id goes on with the batch (node-qualified: agents pick their ids alone), so a
+            # queue that remembers named batches also drops a copy this window missed (a kill -9
+            # between the consumer taking the batch and the journal's fsync).
+            self._consume(table, result.accepted_points, f"otlp/{','.join(result.nodes)}/{batch_id}")
             delivered = True
         finally:
             self.dedup.end(result.nodes, batch_id, delivered)
         return payload, outcome
 
-    def _consume(self, records: pa.RecordBatch, points: int) -> None:
+    def _consume(self, records: pa.RecordBatch, points: int, batch_id: str = "") -> None:
         try:
-            self.consumer.consume(FlowBatch(records=records))
+            self.consumer.consume(FlowBatch(records=records, batch_id=batch_id))
         except BackpressureError as exc:
             self.m_refused.inc(points)
             retry_after = exc.retry_after if exc.retry_after is not None else self.config.backpressure_retry_after

@@ -76,3 +76,11 @@ def test_the_decoder_caches_are_reported_in_bytes(receivers: Start) -> None:
     assert r.m_cache_bytes.value(cache="tuples") > 0
     assert r.m_cache_bytes.value(cache="addresses") > 0
     assert r.m_cache_clears.value(cache="tuples") >= 0
+
+
+def test_the_batch_id_goes_on_with_the_batch_node_qualified(receivers: Start) -> None:
+    sink = SinkConsumer()
+    r = receivers(sink)
+    export(r.port, encode_records(make_records(3), {})[0], **{"kubenetmon-batch-id": "00ab"})
+    export(r.port, encode_records(make_records(3), {})[0])  # without an id: none
+    assert [b.batch_id for b in sink.batches] == ["otlp/node-a/00ab", ""]
