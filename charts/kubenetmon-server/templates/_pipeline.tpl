@@ -66,6 +66,29 @@ exporters:
     {{- end }}
     connect_timeout: {{ include "kubenetmon-server.seconds" .Values.inserter.dialTimeout }}
     async_insert: {{ .Values.inserter.asyncInsert }}
+    {{- with .Values.inserter.failoverEndpoints }}
+    failover_endpoints: {{ toJson . }}
+    {{- end }}
+    {{- if .Values.inserter.createSchema }}
+    create_schema: true
+    {{- end }}
+    {{- $cluster := .Values.inserter.cluster }}
+    {{- if ne $cluster.mode "single" }}
+    {{- if and (eq $cluster.mode "replicated") (not $cluster.name) }}
+    {{- fail "inserter.cluster.name is required with inserter.cluster.mode=replicated (the cluster of the servers' remote_servers)" }}
+    {{- end }}
+    cluster:
+      mode: {{ $cluster.mode }}
+      {{- if eq $cluster.mode "replicated" }}
+      name: {{ $cluster.name | quote }}
+      {{- with $cluster.localTable }}
+      local_table: {{ . | quote }}
+      {{- end }}
+      {{- with $cluster.shardingKey }}
+      sharding_key: {{ . | quote }}
+      {{- end }}
+      {{- end }}
+    {{- end }}
     {{- if .Values.inserter.persistentQueue }}
     # On the pod's emptyDir: survives a crash and restart of the container (not of the pod).
     sending_queue:
