@@ -8,6 +8,7 @@ engine: a typo in the generated DDL fails here, not on a user's cluster.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from kubenetmon.exporters.clickhouse.schema import (
 )
 
 REPLICATED = ClusterConfig(mode="replicated", name="metering")
+SCALING_DOC = Path(__file__).resolve().parents[3] / "docs" / "scaling.md"
 
 
 def ast(db: Connection, statement: str) -> str:
@@ -154,3 +156,9 @@ def test_single_layout_is_unchanged(db: Connection) -> None:
     create_table(db.client, "default", "network_flows_0", 1000, ClusterConfig())
     assert check_table(db.client, "default", "network_flows_0") == []
 
+
+
+def test_scaling_doc_shows_exactly_the_ddl_we_run() -> None:
+    doc = SCALING_DOC.read_text()
+    for statement in render_cluster_ddl("default", "network_flows_0", REPLICATED):
+        assert statement + ";" in doc, statement.splitlines()[0]
