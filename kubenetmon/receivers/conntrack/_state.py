@@ -57,7 +57,7 @@ def lookup(table_h: U64, key_of: KeyOf, h: U64, key: U32) -> I64:
 def unique_keys(h: U64, key: U32, counters: U64, *, add: bool) -> tuple[I64, U64]:
     """Rows in hash order with each key once, and their counters: the largest of repeated rows
     (an entry listed twice by one dump), or their sum with ``add`` (deltas)."""
-    order = np.argsort(h, kind="stable")
+    order = np.argsort(h)  # repeated keys fold by max or sum: their order does not matter
     hs = h[order]
     counters = counters[order]
     if len(hs) < 2 or not (hs[1:] == hs[:-1]).any():
