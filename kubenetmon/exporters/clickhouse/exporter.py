@@ -127,7 +127,7 @@ class ClickHouseExporter(QueuedExporter):
         self._conn: Connection | None = None
         self._ready_schema = False
         self._conn_lock = threading.Lock()
-        # Columns of blocks being retried: a retry re-sends without re-mapping.
+        # Prepared rows of blocks being retried: a retry re-sends without re-mapping.
         self._prepared: OrderedDict[str, PreparedRows] = OrderedDict()
         self._prepared_lock = threading.Lock()
         # Why the embedded engine cannot be opened now (None: it can); /ready reports it.
