@@ -36,9 +36,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from kubenetmon.flows import FLAGS, FLOW_FIELDS, FLOW_SCHEMA, ConntrackRecord, FlowBatch, pack_addresses
+from kubenetmon.flows import (
+    ADDRESS,
+    ENDPOINT_STRING_FIELDS,
+    FLAGS,
+    FLOW_FIELDS,
+    FLOW_SCHEMA,
+    ConntrackRecord,
+    pack_addresses,
+    unpack_addresses,
+)
 from kubenetmon.processors.k8s_attributes.decision import UNKNOWN_CLUSTER, BatchOutcome
 from kubenetmon.processors.k8s_attributes.index import Attrs, ClusterIndex, Tenancy
 
@@ -108,6 +116,10 @@ class _Snapshot:
         self.strings: list[str] = ["", UNKNOWN_CLUSTER]
         self._ids: dict[str, int] = {"": _EMPTY, UNKNOWN_CLUSTER: _UNKNOWN}
         self.cluster_names = [name for name, _ in inventories]
+        for name in self.cluster_names:
+            self.intern(name)
+        # Observing node name → (node id, zone id, inventory ordinal, cluster id), filled by batches.
+        self.observers: dict[str, tuple[int, int, int, int]] = {}
         columns: dict[str, list[int]] = {f: [] for f in _ENTITY_FIELDS}
         cluster_ord: list[int] = []
         created: list[int] = []
@@ -306,25 +318,31 @@ class VectorAttributor:
         obs_zone = np.empty(len(names), dtype=np.int32)
         obs_cluster = np.empty(len(names), dtype=np.int32)
         obs_cluster_name = np.empty(len(names), dtype=np.int32)
-        extra: list[str] = []
-        ids = dict(snap._ids)
+        extra: list[str] = []  # strings this batch needs that the snapshot lacks (an unknown observer)
+        extra_ids: dict[str, int] = {}
 
         def string_id(value: str) -> int:
-            found = ids.get(value)
+            found = snap._ids.get(value)
             if found is None:
-                found = ids[value] = len(snap.strings) + len(extra)
-                extra.append(value)
+                found = extra_ids.get(value)
+                if found is None:
+                    found = extra_ids[value] = len(snap.strings) + len(extra)
+                    extra.append(value)
             return found
 
+        cache = snap.observers
         for i, text in enumerate(names):
             name = text or ""
-            ordinal = 0
-            if len(snap.inventories) > 1 and name not in snap.inventories[0].node_names:
-                ordinal = next((k for k, inv in enumerate(snap.inventories) if name in inv.node_names), 0)
-            obs_node[i] = string_id(name)
-            obs_zone[i] = string_id(snap.inventories[ordinal].zone_of.get(name, ""))
-            obs_cluster[i] = ordinal
-            obs_cluster_name[i] = string_id(snap.cluster_names[ordinal])
+            hit = cache.get(name)
+            if hit is None:
+                ordinal = 0
+                if len(snap.inventories) > 1 and name not in snap.inventories[0].node_names:
+                    ordinal = next((k for k, inv in enumerate(snap.inventories) if name in inv.node_names), 0)
+                zone = snap.inventories[ordinal].zone_of.get(name, "")
+                hit = (string_id(name), string_id(zone), ordinal, snap._ids[snap.cluster_names[ordinal]])
+                if name in snap._ids and zone in snap._ids:  # only what needs no per-batch string
+                    cache[name] = hit
+            obs_node[i], obs_zone[i], obs_cluster[i], obs_cluster_name[i] = hit
         obs_idx = observer.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         row_obs_node = obs_node[obs_idx]
         row_obs_cluster = obs_cluster[obs_idx]
@@ -370,95 +388,139 @@ class VectorAttributor:
                 keep &= ~unknown
         kept = np.nonzero(keep)[0]
         res.attributed = len(kept)
-        return self._flows(snap, table, kept, local_is_src[kept], sa[kept], da[kept], obs_idx[kept],
+        columns = _Columns(table, kept, local_is_src[kept], (src, src_valid), (dst, dst_valid), start, end)
+        return self._flows(snap, columns, sa[kept], da[kept], obs_idx[kept],
                            (obs_node, obs_zone, obs_cluster_name), extra), res
 
+    @staticmethod
     def _flows(  # noqa: PLR0917 - the pieces attribute_table computed
-        self, snap: _Snapshot, table: pa.RecordBatch, kept: I64, lis: Bool, sa: I32, da: I32, obs_idx: I64,
-        obs: tuple[I32, I32, I32], extra: list[str],
+        snap: _Snapshot, c: _Columns, sa: I32, da: I32, obs_idx: I64, obs: tuple[I32, I32, I32], extra: list[str],
     ) -> pa.RecordBatch:
-        k = len(kept)
-        rows = np.repeat(kept, 2)  # out, in, out, in…: the row view keeps the order of the row path
-        take = pa.array(rows, type=pa.int64())
-        lis2 = np.repeat(lis, 2)
-        la = np.where(lis, sa, da)
-        ra = np.where(lis, da, sa)
+        k = len(c.kept)
+        lis = c.local_is_src
+        # out, in, out, in…: each kept record twice, in the order of the row path.
+        la2 = np.repeat(np.where(lis, sa, da), 2)
+        ra2 = np.repeat(np.where(lis, da, sa), 2)
+        obs2 = np.repeat(obs_idx, 2)
         obs_node, obs_zone, obs_cluster_name = obs
-        local_default = {"node": obs_node[obs_idx], "availability_zone": obs_zone[obs_idx],
-                         "cluster": obs_cluster_name[obs_idx]}
+        # A local side that is no known pod or node is the observing node, in its zone and cluster;
+        # the sentinel entity (-1) already has "" everywhere else.
+        local_default = {"node": obs_node, "availability_zone": obs_zone, "cluster": obs_cluster_name}
+        unknown_local = la2 < 0
         ids: dict[str, I32] = {}
         for f in _ENTITY_FIELDS:
             column = snap.ent[f]
+            local = column[la2]
             default = local_default.get(f)
-            local = np.where(la >= 0, column[la], _EMPTY if default is None else default)
-            ids[f"local_{f}"] = np.repeat(local, 2)
-            ids[f"remote_{f}"] = np.repeat(column[ra], 2)
+            if default is not None:
+                local = np.where(unknown_local, default[obs2], local)
+            ids[f"local_{f}"] = local
+            ids[f"remote_{f}"] = column[ra2]
         # One dictionary for every string column of the batch: the compiled strings the batch uses.
-        size = len(snap.strings) + len(extra)
-        used = np.zeros(size, dtype=bool)
+        used = np.zeros(len(snap.strings) + len(extra), dtype=bool)
         used[_EMPTY] = True
         for values in ids.values():
             used[values] = True
         remap = (np.cumsum(used) - 1).astype(np.int32)
         full = snap.dictionary if not extra else pa.concat_arrays([snap.dictionary, pa.array(extra, pa.utf8())])
         dictionary = full.filter(pa.array(used))
-        empty_id = int(remap[_EMPTY])
+        empty = pa.DictionaryArray.from_arrays(
+            pa.array(np.full(2 * k, remap[_EMPTY], dtype=np.int32), type=pa.int32()), dictionary)
 
         def strings(values: I32 | None) -> pa.DictionaryArray:
-            indices = np.full(2 * k, empty_id, dtype=np.int32) if values is None else remap[values]
-            return pa.DictionaryArray.from_arrays(pa.array(indices, type=pa.int32()), dictionary)
+            if values is None:
+                return empty  # immutable: one array for every column left to later processors
+            return pa.DictionaryArray.from_arrays(pa.array(remap[values], type=pa.int32()), dictionary)
 
-        def pick(when_src: str, when_dst: str) -> pa.Array:
-            a = table.column(when_src).take(take)
-            b = table.column(when_dst).take(take)
-            chosen: pa.Array = pc.if_else(pa.array(lis2), a, b)
-            return chosen
-
-        def counters(first: str, second: str) -> pa.Array:
-            one = table.column(first).to_numpy(zero_copy_only=False)[kept]
-            two = table.column(second).to_numpy(zero_copy_only=False)[kept]
-            out = np.empty(2 * k, dtype=np.uint64)
-            out[0::2] = np.where(lis, one, two)
-            out[1::2] = np.where(lis, two, one)
-            return pa.array(out, type=pa.uint64())
-
-        direction = pa.DictionaryArray.from_arrays(
-            pa.array(np.tile(np.array([0, 1], dtype=np.int32), k), type=pa.int32()), pa.array(["out", "in"]))
         columns: dict[str, Any] = {
-            "direction": direction,
-            "transport": table.column("transport").take(take),
-            "network_type": table.column("network_type").take(take),
-            "observer": table.column("node").take(take),
-            "local_address": pick("src", "reply_src"),
-            "local_port": pick("sport", "reply_sport"),
-            "remote_address": pick("reply_src", "src"),
-            "remote_port": pick("reply_sport", "sport"),
-            "connection_class": strings(None),
+            "direction": pa.DictionaryArray.from_arrays(
+                pa.array(np.tile(np.array([0, 1], dtype=np.int32), k), type=pa.int32()), _DIRECTIONS),
+            "transport": c.dictionary_column("transport"),
+            "network_type": c.dictionary_column("network_type"),
+            "observer": c.dictionary_column("node"),
+            "local_address": c.address(local=True),
+            "local_port": c.pick("sport", "reply_sport"),
+            "remote_address": c.address(local=False),
+            "remote_port": c.pick("reply_sport", "sport"),
+            "connection_class": empty,
             "connection_flags": pa.MapArray.from_arrays(
                 pa.array(np.zeros(2 * k + 1, dtype=np.int32)), pa.array([], pa.utf8()), pa.array([], pa.bool_())
             ).cast(FLAGS),
-            "bytes": counters("original_bytes", "reply_bytes"),
-            "packets": counters("original_packets", "reply_packets"),
-            "start_ns": table.column("start_ns").take(take),
-            "end_ns": table.column("end_ns").take(take),
+            "bytes": c.counters("original_bytes", "reply_bytes"),
+            "packets": c.counters("original_packets", "reply_packets"),
+            "start_ns": pa.array(np.repeat(c.start[c.kept], 2), type=pa.int64()),
+            "end_ns": pa.array(np.repeat(c.end[c.kept], 2), type=pa.int64()),
         }
         for side in ("local", "remote"):
-            for f in ("pod", "namespace", "node", "app", "instance_id", "availability_zone", "cloud", "region",
-                      "cluster", "cell", "cloud_service", "owner_kind", "owner_name"):
+            for f in ENDPOINT_STRING_FIELDS:
                 columns[f"{side}_{f}"] = strings(ids.get(f"{side}_{f}"))
         arrays = []
         for spec in FLOW_FIELDS:
             array = columns[spec.name]
-            if isinstance(array, pa.ChunkedArray):
-                array = array.combine_chunks()
             if array.type != spec.type:
                 array = array.cast(spec.type)
             arrays.append(array)
         return pa.RecordBatch.from_arrays(arrays, schema=FLOW_SCHEMA)
 
 
+_DIRECTIONS = pa.array(["out", "in"], type=pa.utf8())
+
+
+class _Columns:
+    """The record columns a flows batch is built from, for the kept records (each one twice)."""
+
+    def __init__(  # noqa: PLR0917 - what attribute_table already holds
+        self, table: pa.RecordBatch, kept: I64, local_is_src: Bool, src: tuple[Keys, Bool],
+        dst: tuple[Keys, Bool], start: I64, end: I64,
+    ) -> None:
+        self.table = table
+        self.kept = kept
+        self.local_is_src = local_is_src
+        self.rows = np.repeat(kept, 2)
+        self.lis2 = np.repeat(local_is_src, 2)
+        self.src, self.dst = src, dst
+        self.start, self.end = start, end
+
+    def dictionary_column(self, name: str) -> pa.Array:
+        column = self.table.column(name)
+        if not isinstance(column, pa.DictionaryArray):
+            taken: pa.Array = column.take(pa.array(self.rows))
+            return taken
+        indices = column.indices.to_numpy(zero_copy_only=False)[self.rows]
+        return pa.DictionaryArray.from_arrays(pa.array(indices, type=column.indices.type), column.dictionary)
+
+    def pick(self, when_src: str, when_dst: str) -> pa.Array:
+        one = self.table.column(when_src).to_numpy(zero_copy_only=False)[self.rows]
+        two = self.table.column(when_dst).to_numpy(zero_copy_only=False)[self.rows]
+        return pa.array(np.where(self.lis2, one, two))
+
+    def address(self, *, local: bool) -> pa.Array:
+        (src, src_valid), (dst, dst_valid) = self.src, self.dst
+        when_src, when_dst = (src, dst) if local else (dst, src)
+        keys = np.where(self.lis2, when_src[self.rows], when_dst[self.rows]).astype("S16")
+        valid = np.where(self.lis2, (src_valid if local else dst_valid)[self.rows],
+                         (dst_valid if local else src_valid)[self.rows])
+        data = pa.py_buffer(keys.tobytes())
+        if valid.all():
+            return pa.FixedSizeBinaryArray.from_buffers(ADDRESS, len(keys), [None, data])
+        mask = pa.array(valid).buffers()[1]
+        return pa.FixedSizeBinaryArray.from_buffers(ADDRESS, len(keys), [mask, data], null_count=int((~valid).sum()))
+
+    def counters(self, first: str, second: str) -> pa.Array:
+        one = self.table.column(first).to_numpy(zero_copy_only=False)[self.kept]
+        two = self.table.column(second).to_numpy(zero_copy_only=False)[self.kept]
+        lis = self.local_is_src
+        out = np.empty(2 * len(self.kept), dtype=np.uint64)
+        out[0::2] = np.where(lis, one, two)
+        out[1::2] = np.where(lis, two, one)
+        return pa.array(out, type=pa.uint64())
+
+
 def _example(table: pa.RecordBatch, mask: Bool) -> ConntrackRecord:
     """One record of ``mask`` as a row, for the drop log line (one object per batch)."""
     i = int(np.argmax(mask))
-    return FlowBatch(records=table.slice(i, 1)).records[0]
+    row = {name: table.column(name)[i].as_py() for name in table.schema.names}
+    for name in ("src", "dst", "reply_src", "reply_dst"):
+        row[name] = unpack_addresses(table.column(name).slice(i, 1))[0]
+    return ConntrackRecord(**row)
 
