@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from kubenetmon.receivers.conntrack._entries import I64, U32, U64, Entries, hash_keys, parse_messages
+from kubenetmon.receivers.conntrack._entries import I64, U32, U64, Entries, parse_messages
 from kubenetmon.receivers.conntrack._layout import LayoutCache
 from kubenetmon.receivers.conntrack._netlink import CT_DELETE, CT_NEW
 from kubenetmon.receivers.conntrack._state import GRAVE, LIVE, VANISHED, EntryState, PendingRecords, unique_keys
@@ -239,13 +239,12 @@ class DeltaTracker:
         dump = Entries.concat(self._parts, release=True)
         self._parts = []
         self._dumping = False
-        key = dump.key()
-        h = hash_keys(key)
+        h = dump.hash()
         # The identity and counters are sorted by hash (``order``, the dump's rows
         # each key once); the other columns stay where they are and only the
         # changed rows are gathered, so an all-active dump is never copied whole.
-        order, counters = unique_keys(h, key, dump.counters, add=self.zero_on_dump)
-        key = key[order]
+        order, counters = unique_keys(h, dump.key, dump.counters, add=self.zero_on_dump)
+        key = dump.key(order)
         h_dump, h = h, h[order]
         if self.zero_on_dump:
             self.stats.changed += len(order)
@@ -324,11 +323,11 @@ class DeltaTracker:
         self.stats.events += count
         if not len(events):
             return
-        key = events.key()
-        h = hash_keys(key)
-        order, final = unique_keys(h, key, events.counters, add=False)
+        h = events.hash()
+        order, final = unique_keys(h, events.key, events.counters, add=False)
         events = events.take(order)
-        events.counters, h, key = final, h[order], key[order]
+        events.counters, h = final, h[order]
+        key = events.key()
         state = self.state
         pos = state.lookup(h, key)
         found = pos >= 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -103,32 +104,59 @@ class Entries:
                     setattr(p, name, getattr(empty, name))
         return Entries(*columns)
 
-    def key(self) -> U32:
-        """(n, :data:`KEY_WORDS`) words identifying each entry: original tuple, id, start time, protocol."""
-        n = len(self)
-        key = np.empty((n, KEY_WORDS), np.uint32)
-        key[:, 0:4] = self.osrc
-        key[:, 4:8] = self.odst
-        key[:, 8] = (self.osport.astype(np.uint32) << 16) | self.odport
-        key[:, 9] = self.ct_id
-        key[:, 10] = (self.start >> np.uint64(32)).astype(np.uint32)
-        key[:, 11] = self.start.astype(np.uint32)
-        key[:, 12] = self.proto.astype(np.uint32) | (self.v6.astype(np.uint32) << 8)
+    def key(self, rows: I64 | None = None) -> U32:
+        """(n, :data:`KEY_WORDS`) words identifying each entry (of ``rows``, in that order: a gather and the
+        key in one pass): original tuple, id, start time, protocol."""
+
+        def col(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return array if rows is None else array[rows]
+
+        start = col(self.start)
+        key = np.empty((len(start), KEY_WORDS), np.uint32)
+        key[:, 0:4] = col(self.osrc)
+        key[:, 4:8] = col(self.odst)
+        key[:, 8] = (col(self.osport).astype(np.uint32) << 16) | col(self.odport)
+        key[:, 9] = col(self.ct_id)
+        key[:, 10] = (start >> np.uint64(32)).astype(np.uint32)
+        key[:, 11] = start.astype(np.uint32)
+        key[:, 12] = col(self.proto).astype(np.uint32) | (col(self.v6).astype(np.uint32) << 8)
         return key
 
+    def hash(self) -> U64:
+        """:func:`hash_keys` of :meth:`key`, computed from the columns without building the keys."""
+        proto = self.proto.astype(np.uint64) | (self.v6.astype(np.uint64) << np.uint64(8))
+        return _mix((
+            self.start,
+            (self.ct_id.astype(np.uint64) << np.uint64(32)) | (self.osport.astype(np.uint64) << np.uint64(16))
+            | self.odport,
+            (self.osrc[:, 3].astype(np.uint64) << np.uint64(32)) | self.odst[:, 3],
+            (proto << np.uint64(32)) | self.osrc[:, 2],
+        ), len(self))
 
-def hash_keys(key: U32) -> U64:
-    """A 64-bit hash of each key row, for sorting and joining; matches are always verified on the full key."""
-    h = np.full(len(key), 0x9E3779B97F4A7C15, np.uint64)
+
+def _mix(words: tuple[U64, ...], n: int) -> U64:
+    h = np.full(n, 0x9E3779B97F4A7C15, np.uint64)
     mult = np.uint64(0xBF58476D1CE4E5B9)
     shift = np.uint64(31)
-    # start time, id + ports, low words of both addresses, protocol: distinct for distinct live entries
-    # in practice; the rest of the key is compared on a match. Column by column: no wide temporary.
-    for a, b in ((10, 11), (9, 8), (3, 7), (12, 2)):
-        h ^= (key[:, a].astype(np.uint64) << np.uint64(32)) | key[:, b]
+    for word in words:
+        h ^= word
         h *= mult
         h ^= h >> shift
     return h
+
+
+def hash_keys(key: U32) -> U64:
+    """A 64-bit hash of each key row, for sorting and joining; matches are always verified on the full key.
+
+    Mixes the start time, id + ports, the low words of both addresses and the
+    protocol (+ the address's third word): distinct for distinct live entries
+    in practice. Column by column: no wide temporary.
+    """
+
+    def pair(a: int, b: int) -> U64:
+        return (key[:, a].astype(np.uint64) << np.uint64(32)) | key[:, b]
+
+    return _mix((pair(10, 11), pair(9, 8), pair(3, 7), pair(12, 2)), len(key))
 
 
 def _offsets(buf: bytes, msg_type: int, strict: bool, ignore: Callable[[str, int], None]) -> tuple[list[int], int]:

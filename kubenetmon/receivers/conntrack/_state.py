@@ -1,7 +1,7 @@
 """The receiver's memory as arrays: last counters per entry, and records not yet delivered.
 
 Both tables are sorted by a 64-bit hash of the entry key
-(:func:`._entries.hash_keys`), so joining a dump of 300k entries against the
+(:meth:`._entries.Entries.hash`), so joining a dump of 300k entries against the
 previous one is one ``searchsorted`` plus a comparison of the full keys of
 the hits, with no Python object per entry. Equal hashes of different keys
 (never seen in practice, but possible) are resolved exactly by scanning the
@@ -54,16 +54,17 @@ def lookup(table_h: U64, key_of: KeyOf, h: U64, key: U32) -> I64:
     return np.where(found, pos, -1)
 
 
-def unique_keys(h: U64, key: U32, counters: U64, *, add: bool) -> tuple[I64, U64]:
+def unique_keys(h: U64, key_of: KeyOf, counters: U64, *, add: bool) -> tuple[I64, U64]:
     """Rows in hash order with each key once, and their counters: the largest of repeated rows
-    (an entry listed twice by one dump), or their sum with ``add`` (deltas)."""
+    (an entry listed twice by one dump), or their sum with ``add`` (deltas). ``key_of(rows)``
+    gives the keys of rows, needed only where hashes repeat."""
     order = np.argsort(h)  # repeated keys fold by max or sum: their order does not matter
     hs = h[order]
     counters = counters[order]
     if len(hs) < 2 or not (hs[1:] == hs[:-1]).any():
         return order, counters
     keep = np.ones(len(order), np.bool_)
-    sorted_key = key[order]
+    sorted_key = key_of(order)
     starts = np.flatnonzero(np.concatenate(([True], hs[1:] != hs[:-1])))
     ends = np.append(starts[1:], len(hs))
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):

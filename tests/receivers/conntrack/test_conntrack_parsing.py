@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from kubenetmon.flows import ConntrackRecord, FlowBatch
@@ -374,3 +375,17 @@ def test_columnar_parsing_agrees_with_the_generic_walk_on_a_mixed_dump() -> None
     ]
     assert sorted(got) == sorted(expected)
     assert tracker.layouts.slow_path == tracker.layouts.count  # one generic walk per kind, then columns
+
+
+def test_the_column_hash_equals_the_hash_of_the_key_words() -> None:
+    from kubenetmon.receivers.conntrack._entries import hash_keys, parse_messages
+    from kubenetmon.receivers.conntrack._layout import LayoutCache
+
+    buf = b"".join([
+        entry("10.0.0.1", 1, "10.0.0.2", 2, ct_id=5, start=123_456_789_012, counters=(1, 1, 1, 1)),
+        entry("fd00::1", 3, "fd00::2", 4, ct_id=6, proto=17, counters=(1, 1, 1, 1)),
+    ])
+    entries, count = parse_messages(buf, 0x100, LayoutCache(), lambda reason, n: None)
+    assert count == 2 and len(entries) == 2
+    assert np.array_equal(entries.hash(), hash_keys(entries.key()))
+    assert np.array_equal(entries.key(np.array([1, 0])), entries.key()[[1, 0]])
