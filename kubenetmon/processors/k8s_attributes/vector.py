@@ -29,6 +29,7 @@ gets ``UNKNOWN`` for free.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,14 +114,12 @@ class _Snapshot:
 
     def __init__(self, inventories: list[tuple[str, ClusterIndex]], owners: bool) -> None:
         self.versions = tuple(index.version for _, index in inventories)
-        self.strings: list[str] = ["", UNKNOWN_CLUSTER]
-        self._ids: dict[str, int] = {"": _EMPTY, UNKNOWN_CLUSTER: _UNKNOWN}
         self.cluster_names = [name for name, _ in inventories]
-        for name in self.cluster_names:
-            self.intern(name)
         # Observing node name → (node id, zone id, inventory ordinal, cluster id), filled by batches.
         self.observers: dict[str, tuple[int, int, int, int]] = {}
-        columns: dict[str, list[int]] = {f: [] for f in _ENTITY_FIELDS}
+        # One row of endpoint strings per entity (a pod's v4 and v6 share one: one per Attrs object);
+        # interned all at once below by Arrow's dictionary encoding, not string by string.
+        rows: list[tuple[str, ...]] = []
         cluster_ord: list[int] = []
         created: list[int] = []
         self.inventories: list[_Inventory] = []
@@ -130,27 +129,23 @@ class _Snapshot:
                 retired = list(index.retired_by_ip.items())
                 nodes = list(index.node_by_ip.items())
                 zone_of = dict(index.zone_of)
-                rs_owner = dict(index.rs_owner)
+                rs_owner = dict(index.rs_owner) if owners else {}
                 node_names = index.node_names()
             entity_of: dict[int, int] = {}
+            first = len(rows)
 
-            def entity(a: Attrs, ctx: tuple[str, int, dict[str, str], dict[str, tuple[str, str]]] = (
-                    name, ordinal, zone_of, rs_owner), entity_of: dict[int, int] = entity_of) -> int:
-                """The entity id of ``a`` (one per Attrs object: a pod's v4 and v6 share it)."""
-                found = entity_of.get(id(a))
-                if found is not None:
-                    return found
-                cluster, ordinal, zones, rs = ctx
-                owner_kind, owner_name = (a.owner_kind, a.owner_name) if owners else ("", "")
-                if owners and a.rs_key:
-                    owner_kind, owner_name = rs.get(a.rs_key, (owner_kind, owner_name))
-                values = (a.pod, a.namespace, a.node, a.app, a.instance_id,
-                          zones.get(a.node, "") if a.node else "", a.cluster or cluster, owner_kind, owner_name)
-                for f, value in zip(_ENTITY_FIELDS, values, strict=True):
-                    columns[f].append(self.intern(value))
-                cluster_ord.append(ordinal)
-                created.append(a.created_ns)
-                entity_of[id(a)] = e = len(cluster_ord) - 1
+            def entity(a: Attrs, entity_of: dict[int, int] = entity_of, cluster: str = name,
+                       zones: dict[str, str] = zone_of, rs: dict[str, tuple[str, str]] = rs_owner) -> int:
+                e = entity_of.get(id(a))
+                if e is None:
+                    owner_kind, owner_name = (a.owner_kind, a.owner_name) if owners else ("", "")
+                    if a.rs_key and rs:
+                        owner_kind, owner_name = rs.get(a.rs_key, (owner_kind, owner_name))
+                    node = a.node
+                    rows.append((a.pod, a.namespace, node, a.app, a.instance_id,
+                                 zones.get(node, "") if node else "", a.cluster or cluster, owner_kind, owner_name))
+                    created.append(a.created_ns)
+                    e = entity_of[id(a)] = len(rows) - 1
                 return e
 
             inv = _Inventory(node_names=node_names, zone_of=zone_of)
@@ -164,23 +159,24 @@ class _Snapshot:
                 inv.hist_since = np.array([t[0] for _, t in tenancies], dtype=np.int64)[order]
                 inv.hist_until = np.array([t[1] for _, t in tenancies], dtype=np.int64)[order]
                 inv.hist_ent = np.array([entity(t[2]) for _, t in tenancies], dtype=np.int32)[order]
+            cluster_ord += [ordinal] * (len(rows) - first)
             self.inventories.append(inv)
         # The sentinel entity (index -1): an unknown remote.
-        for f in _ENTITY_FIELDS:
-            columns[f].append(_UNKNOWN if f == "cluster" else _EMPTY)
+        rows.append(tuple(UNKNOWN_CLUSTER if f == "cluster" else "" for f in _ENTITY_FIELDS))
         cluster_ord.append(-1)
         created.append(0)
-        self.ent = {f: np.array(v, dtype=np.int32) for f, v in columns.items()}
+        # Dictionary-encode every string at once; "" and UNKNOWN come first, so their ids are fixed.
+        columns = list(zip(*rows, strict=True))
+        head = ["", UNKNOWN_CLUSTER, *self.cluster_names]
+        encoded = pa.array(list(itertools.chain(head, *columns)), type=pa.utf8()).dictionary_encode()
+        indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        n = len(rows)
+        self.ent = {f: indices[len(head) + i * n: len(head) + (i + 1) * n] for i, f in enumerate(_ENTITY_FIELDS)}
+        self.dictionary: pa.Array = encoded.dictionary
+        self.strings: list[str] = self.dictionary.to_pylist()
+        self._ids: dict[str, int] = {value: i for i, value in enumerate(self.strings)}
         self.ent_cluster = np.array(cluster_ord, dtype=np.int32)
         self.ent_created = np.array(created, dtype=np.int64)
-        self.dictionary = pa.array(self.strings, type=pa.utf8())
-
-    def intern(self, value: str) -> int:
-        found = self._ids.get(value)
-        if found is None:
-            found = self._ids[value] = len(self.strings)
-            self.strings.append(value)
-        return found
 
     @staticmethod
     def _table(addresses: list[str], entities: list[int]) -> tuple[Keys, I32]:
