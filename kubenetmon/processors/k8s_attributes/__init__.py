@@ -9,14 +9,17 @@ from kubenetmon.hookspecs import hookimpl
 from kubenetmon.processors.k8s_attributes.config import (
     K8sAttributesConfig,
     KubernetesSourceConfig,
+    PeerClusterConfig,
     StaticSourceConfig,
 )
-from kubenetmon.processors.k8s_attributes.decision import Attributor, BatchOutcome
+from kubenetmon.processors.k8s_attributes.decision import UNKNOWN_CLUSTER, Attributor, BatchOutcome
 from kubenetmon.processors.k8s_attributes.index import ClusterIndex, ObjectParser
 from kubenetmon.processors.k8s_attributes.processor import K8sAttributesProcessor
 from kubenetmon.processors.k8s_attributes.static_source import InventoryError, load_inventory
+from kubenetmon.processors.k8s_attributes.vector import VectorAttributor
 
 __all__ = [
+    "UNKNOWN_CLUSTER",
     "Attributor",
     "BatchOutcome",
     "ClusterIndex",
@@ -25,7 +28,9 @@ __all__ = [
     "K8sAttributesProcessor",
     "KubernetesSourceConfig",
     "ObjectParser",
+    "PeerClusterConfig",
     "StaticSourceConfig",
+    "VectorAttributor",
     "factory",
     "load_inventory",
 ]
