@@ -80,6 +80,15 @@ def _sequence(value: Any, where: str) -> list[Any]:
     return value
 
 
+def _flag(value: Any, where: str) -> bool:
+    """A boolean field; the text "false" is no true value (bool("false") would be)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidObject(f"{where} must be true or false, got {str(value)[:40]!r}")
+
+
 def _labels(value: Any, where: str) -> dict[str, str]:
     return {_text(k, where): _text(v, f"{where}.{str(k)[:64]}") for k, v in _mapping(value, where).items()}
 
@@ -282,7 +291,7 @@ class ObjectParser:
         )
         return PodInfo(
             f"{namespace}/{name}", ips, _text(status.get("phase"), "status.phase") or "Pending",
-            created, bool(spec.get("hostNetwork")), attrs,
+            created, _flag(spec.get("hostNetwork"), "spec.hostNetwork"), attrs,
         )
 
     def node(self, obj: dict[str, Any]) -> NodeInfo:

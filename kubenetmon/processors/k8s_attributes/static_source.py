@@ -93,7 +93,7 @@ def _pod_object(entry: dict[str, Any], where: str) -> dict[str, Any]:
             "labels": _labels(entry, where), "creationTimestamp": entry.get("created") or "",
             "ownerReferences": _owner_refs(entry, where),
         },
-        "spec": {"nodeName": entry.get("node") or "", "hostNetwork": bool(entry.get("host_network"))},
+        "spec": {"nodeName": entry.get("node") or "", "hostNetwork": entry.get("host_network")},
         "status": status,
     }
 

@@ -233,3 +233,14 @@ def test_inventory_mutation_fuzz_no_traceback_no_dead_thread_last_good_kept(
     check()
     assert processor.health() is None
     assert time.monotonic() - started < 120 or FUZZ_EXAMPLES > 200
+
+
+def test_host_network_given_as_text_is_read_as_a_boolean_or_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text('pods:\n  - {name: a, ip: 10.1.0.1, host_network: "false"}\n'
+                    '  - {name: b, ip: 10.1.0.2, host_network: true}\n')
+    pods, _, _ = load_inventory(path, ObjectParser())
+    assert [p.host_network for p in pods] == [False, True]
+    path.write_text("pods:\n  - {name: a, ip: 10.1.0.1, host_network: 3}\n")
+    with pytest.raises(InventoryError, match=r"pods\[0\]: spec.hostNetwork must be true or false"):
+        load_inventory(path, ObjectParser())
