@@ -35,7 +35,16 @@ from kubenetmon.otlp._encode_records import (
     encode_records_bytes,
     resource_attributes,
 )
-from kubenetmon.otlp._wire import POINT_HEADER, kv_bool, kv_int, kv_kvlist, kv_string, length_delimited, string_field
+from kubenetmon.otlp._wire import (
+    POINT_HEADER,
+    kv_bool,
+    kv_int,
+    kv_kvlist,
+    kv_string,
+    length_delimited,
+    string_field,
+    varint,
+)
 
 __all__ = ["BLOCK_CACHE_BYTES", "encode_flow_table_bytes", "encode_record_table_bytes"]
 
@@ -174,6 +183,12 @@ def _field(v6: int, slot: int, raw: bytes) -> bytes:
     return piece
 
 
+# Tag and length of a NumberDataPoint whose attributes are ``n`` bytes: 27
+# bytes of times and value before them. A block is at most ~700 bytes (four
+# 45-character addresses, four ports, the keys).
+_POINT_HEADS = [b"\x0a" + varint(POINT_HEADER.size + n) for n in range(4096)]
+
+
 def _block(key: bytes, mirrored: bool) -> bytes:
     """The attribute block (without direction) of the connection ``key`` encodes (built on a cache miss)."""
     v6 = key[1]
@@ -229,6 +244,10 @@ def encode_record_table_bytes(
     scope = _scope()
     limit = max_points or 1 << 62
     blocks = _BLOCKS
+    current = blocks.current
+    heads = _POINT_HEADS
+    dir_o, dir_r = _DIR_ORIGINAL, _DIR_REPLY
+    len_o, len_r = len(dir_o), len(dir_r)
     requests: list[bytes] = []
     parts: list[bytes] = []
     in_request = 0
@@ -255,19 +274,23 @@ def encode_record_table_bytes(
                 parts, in_request = [], 0
             in_request += count
             key = keys[i]
-            attrs = blocks.get(key)
+            attrs = current.get(key)
             if attrs is None:
-                attrs = _block(key, mirrored[i])
-            orig, reply = attrs + _DIR_ORIGINAL, attrs + _DIR_REPLY
+                attrs = blocks.get(key) or _block(key, mirrored[i])
+                current = blocks.current  # a put may have started a new generation
+            # A point is 0x0A, its length, the fixed 25-byte header, the block and the
+            # direction: the tag and length come from a table by block length (no call per point).
+            n = len(attrs)
+            head_o, head_r = heads[n + len_o], heads[n + len_r]
             start, end = starts[i], ends[i]
             if vob:
-                byte_points.append(length_delimited(0x0A, pack(0x11, start, 0x19, end, 0x31, vob) + orig))
+                byte_points.append(head_o + pack(0x11, start, 0x19, end, 0x31, vob) + attrs + dir_o)
             if vrb:
-                byte_points.append(length_delimited(0x0A, pack(0x11, start, 0x19, end, 0x31, vrb) + reply))
+                byte_points.append(head_r + pack(0x11, start, 0x19, end, 0x31, vrb) + attrs + dir_r)
             if vop:
-                packet_points.append(length_delimited(0x0A, pack(0x11, start, 0x19, end, 0x31, vop) + orig))
+                packet_points.append(head_o + pack(0x11, start, 0x19, end, 0x31, vop) + attrs + dir_o)
             if vrp:
-                packet_points.append(length_delimited(0x0A, pack(0x11, start, 0x19, end, 0x31, vrp) + reply))
+                packet_points.append(head_r + pack(0x11, start, 0x19, end, 0x31, vrp) + attrs + dir_r)
         if byte_points or packet_points:
             parts.append(_resource_metrics(res, byte_points, packet_points, scope))
     if parts:
