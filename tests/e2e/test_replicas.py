@@ -260,15 +260,13 @@ def delete_pod(replica: Replica) -> None:
 
 # --- the tests ---------------------------------------------------------------------------
 
-# What today's gateway lacks for the two failure tests (docs/scaling.md, "Status"): the otlp
-# receiver does not put the agent's kubenetmon-batch-id into FlowBatch.batch_id, k8s_attributes
-# does not carry it to its output, and the exporter helper acknowledges on enqueue even with
-# sending_queue.enabled: false (no "acknowledge once durable" mode). Measured on today's code:
-# the first doubles the batch (14500 bytes out instead of 7500), the second loses it. With
-# those three changes made in a copy of the tree, all three tests pass (tokens alone fix the
-# first; the second also needs the synchronous acknowledgement).
-NEEDS_AGENT_BATCH_TOKENS = pytest.mark.xfail(
-    strict=True, reason="gateway: agent batch id as insert token, acknowledge once durable (docs/scaling.md)"
+# What the gateway still lacks for the deleted-replica test (docs/scaling.md, "Status"): the
+# exporter helper acknowledges on enqueue even with sending_queue.enabled: false, so a replica
+# deleted while ClickHouse refuses inserts takes the batch with it (measured: lost). With a
+# synchronous push for a disabled queue (retryable failure -> BackpressureError) applied to a
+# copy of the tree, all three tests here pass.
+NEEDS_ACK_ONCE_DURABLE = pytest.mark.xfail(
+    strict=True, reason="exporter helper: push synchronously when sending_queue.enabled is false (docs/scaling.md)"
 )
 
 
@@ -285,7 +283,6 @@ def test_two_replicas_behind_one_address_store_every_batch_once(deployment: Depl
     assert all(r.metric("kubenetmon_receiver_accepted_records_total") > 0 for r in deployment.replicas)
 
 
-@NEEDS_AGENT_BATCH_TOKENS
 def test_batch_retried_to_another_replica_after_a_lost_answer_is_stored_once(deployment: Deployment) -> None:
     a, b = deployment.replicas
     agent = deployment.agent()
@@ -304,9 +301,11 @@ def test_batch_retried_to_another_replica_after_a_lost_answer_is_stored_once(dep
     wait_until(lambda: b.metric("kubenetmon_clickhouse_blocks_inserted_total") >= 1, what="B's insert")
     time.sleep(1.0)  # a double would be visible by now
     assert deployment.totals() == {"out": 7500, "in": 750}
+    by_a, by_b = deployment.ch.stats()["insert_tokens"][-2:]
+    assert by_a == by_b and "node-a-000001" in by_a  # one token, from the agent's batch id
 
 
-@NEEDS_AGENT_BATCH_TOKENS
+@NEEDS_ACK_ONCE_DURABLE
 def test_replica_deleted_while_clickhouse_refuses_inserts_loses_nothing(deployment: Deployment) -> None:
     a, _ = deployment.replicas
     agent = deployment.agent()
