@@ -190,3 +190,31 @@ def test_failover_mid_run_loses_and_doubles_nothing(tmp_path: Path, make_exporte
         assert wait_until(lambda: exporter.m_blocks.value() == 3)
         assert totals(b) == (330, 2)
         assert exporter.m_dropped.value(reason="permanent_error") == 0
+
+
+def test_many_blocks_through_mixed_faults_are_stored_exactly_once(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    # Every kind of fault the endpoint makes, interleaved over twelve blocks.
+    ch.fault("status", count=2, match="INSERT", status=503, code=202)
+    ch.fault("drop_after", count=3, match="INSERT")
+    ch.fault("drop", count=2, match="INSERT")
+    ch.fault("status", count=2, match="INSERT", status=500, code=999, message="Keeper session expired")
+    ch.fault("drop_after", count=2, match="INSERT")
+    exporter = http_exporter(make_exporter, ch)
+    batches = [minute_batch(m, *(7 * m + k for k in range(1, 4))) for m in range(12)]
+    for batch in batches:
+        exporter.consume(batch)
+    assert wait_until(lambda: exporter.m_blocks.value() == len(batches), timeout=60)
+    assert totals(ch) == (sum(f.bytes for b in batches for f in b.flows), len(batches))
+    assert ch.stats()["faults_applied"] == 11
+    assert exporter.m_dropped.value(reason="permanent_error") == 0
+
+
+def test_async_inserts_over_http_count_a_lost_answer_once(ch: ClickHouseHTTP, make_exporter: Any) -> None:
+    # async_insert: true sends wait_for_async_insert=1 and async_insert_deduplicate=1 with the token.
+    ch.fault("drop_after", count=1, match="INSERT")
+    exporter = http_exporter(make_exporter, ch, async_insert=True)
+    exporter.consume(minute_batch(0, 100, 20, 3))
+    assert wait_until(lambda: exporter.m_blocks.value() == 1)
+    tokens = ch.stats()["insert_tokens"]
+    assert len(tokens) == 2 and tokens[0] == tokens[1]
+    assert totals(ch) == (123, 1)
