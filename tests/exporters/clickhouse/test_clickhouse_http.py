@@ -10,6 +10,10 @@ wrong; fail over to the next endpoint. Nothing is lost or doubled.
 
 from __future__ import annotations
 
+import base64
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +222,35 @@ def test_async_inserts_over_http_count_a_lost_answer_once(ch: ClickHouseHTTP, ma
     tokens = ch.stats()["insert_tokens"]
     assert len(tokens) == 2 and tokens[0] == tokens[1]
     assert totals(ch) == (123, 1)
+
+
+def _raw(ch: ClickHouseHTTP, query: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
+         auth: tuple[str, str] | None = ("default", PASSWORD)) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"{ch.url}/?{urllib.parse.urlencode({'query': query})}", data=body or None,
+                                     headers=dict(headers or {}), method="POST")
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_the_endpoint_answers_as_clickhouse_does(ch: ClickHouseHTTP) -> None:
+    # The fixture's own fidelity: what the client relies on, as a server sends it.
+    status, headers, body = _raw(ch, "SELECT 1 + 1")
+    assert (status, body) == (200, b"2\n")
+    assert headers["X-ClickHouse-Format"] == "TabSeparated" and "X-ClickHouse-Query-Id" in headers
+    status, headers, body = _raw(ch, "SELECT 1", auth=("default", "nope"))
+    assert status == 401 and headers["X-ClickHouse-Exception-Code"] == "516"
+    assert body.startswith(b"Code: 516. DB::Exception:")
+    status, headers, body = _raw(ch, "SELECT 1", auth=None,
+                                 headers={"X-ClickHouse-User": "default", "X-ClickHouse-Key": PASSWORD})
+    assert status == 200
+    status, headers, body = _raw(ch, "SELECT * FROM default.no_such_table")
+    assert status == 404 and headers["X-ClickHouse-Exception-Code"] == "60"
+    # The query parameter and the body are one statement: INSERT's data follows in the body.
+    assert _raw(ch, "CREATE TABLE default.t (x UInt8) ENGINE = MergeTree ORDER BY x")[0] == 200
+    assert _raw(ch, "INSERT INTO default.t FORMAT TSV", body=b"1\n2\n")[0] == 200
+    assert _raw(ch, "SELECT sum(x) FROM default.t")[2] == b"3\n"
