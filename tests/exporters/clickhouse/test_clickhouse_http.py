@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from kubenetmon.exporters.clickhouse import ClickHouseExporter
+from kubenetmon.exporters.clickhouse import ClickHouseConfig, ClickHouseExporter
+from kubenetmon.exporters.clickhouse.connection import connect
 from kubenetmon.exporters.clickhouse.schema import SchemaError
 from kubenetmon.flows import FlowBatch
 from tests.exporters.clickhouse.clickhouse_testkit import SECOND, T0_NS, make_flow, wait_until
@@ -254,3 +255,17 @@ def test_the_endpoint_answers_as_clickhouse_does(ch: ClickHouseHTTP) -> None:
     assert _raw(ch, "CREATE TABLE default.t (x UInt8) ENGINE = MergeTree ORDER BY x")[0] == 200
     assert _raw(ch, "INSERT INTO default.t FORMAT TSV", body=b"1\n2\n")[0] == 200
     assert _raw(ch, "SELECT sum(x) FROM default.t")[2] == b"3\n"
+
+
+def test_replicated_cluster_mode_sends_inserts_synchronously_to_the_shards(ch: ClickHouseHTTP) -> None:
+    def setting(**cluster: Any) -> str:
+        config = ClickHouseConfig(endpoint=ch.dsn(), password=PASSWORD, cluster=cluster or {"mode": "single"})
+        conn = connect(config)
+        try:
+            return str(conn.client.query("SELECT getSetting('insert_distributed_sync')").result_rows[0][0])
+        finally:
+            conn.close()
+
+    # Every request of the exporter's client carries it (a Distributed insert then waits for the shards).
+    assert setting(mode="replicated", name="metering") in ("1", "True", "true")
+    assert setting() in ("0", "False", "false")
