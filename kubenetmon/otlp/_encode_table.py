@@ -164,21 +164,24 @@ _HEADS = (
 )
 _ADDRESS_KEYS = (c.ATTR_SRC_ADDRESS, c.ATTR_DST_ADDRESS, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_DST_ADDRESS)
 _PORT_KEYS = (c.ATTR_SRC_PORT, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_PORT, c.ATTR_REPLY_DST_PORT)
-# Per family, per slot (src, dst, reply src, reply dst, then the four ports): the
-# packed value → its encoded attribute. Addresses and ports repeat across
+# Per family, per address slot (src, dst, reply src, reply dst): the packed
+# address → its encoded attribute. Addresses and ports repeat across
 # connections (a service, a node's pods): a new connection is mostly
 # assembled from these. 8 MiB in all, like the other caches emptied when full.
-_FIELDS = [[ByteBoundedCache(512 * 1024) for _ in range(8)] for _ in range(2)]
+_FIELDS = [[ByteBoundedCache(1024 * 1024) for _ in range(4)] for _ in range(2)]
+
+
+# Per address slot, by the text's length: the attribute's bytes up to the
+# text (tag, lengths, key): an address attribute is then head + text.
+_ADDRESS_HEADS = [[_attr(kv_string(key, "0" * n))[: -n or None] for n in range(64)] for key in _ADDRESS_KEYS]
 
 
 def _field(v6: int, slot: int, raw: bytes) -> bytes:
     cache = _FIELDS[v6][slot]
     piece: bytes | None = cache.get(raw)
     if piece is None:
-        if slot < 4:
-            piece = _attr(kv_string(_ADDRESS_KEYS[slot], _text(raw, bool(v6))))
-        else:
-            piece = _attr(kv_int(_PORT_KEYS[slot - 4], int.from_bytes(raw, "big")))
+        text = _text(raw, bool(v6)).encode()
+        piece = _ADDRESS_HEADS[slot][len(text)] + text
         cache.put(raw, piece, len(piece) + len(raw) + _ENTRY_OVERHEAD)
     return piece
 
@@ -189,16 +192,35 @@ def _field(v6: int, slot: int, raw: bytes) -> bytes:
 _POINT_HEADS = [b"\x0a" + varint(POINT_HEADER.size + n) for n in range(4096)]
 
 
+# Per port slot, by the varint's length (1-3 bytes): the attribute's bytes up
+# to the varint. A port attribute is then head + varint, with the varint of
+# every port from one table (built on first use, ~2.5 MB).
+_PORT_HEADS = [[b"", *(_attr(kv_int(key, p))[:-n] for n, p in ((1, 1), (2, 300), (3, 40000)))]
+               for key in _PORT_KEYS]
+_PORT_VARINTS: list[bytes] = []
+
+
+def _port_varints() -> list[bytes]:
+    if not _PORT_VARINTS:
+        _PORT_VARINTS.extend(varint(p) for p in range(65536))
+    return _PORT_VARINTS
+
+
 def _block(key: bytes, mirrored: bool) -> bytes:
     """The attribute block (without direction) of the connection ``key`` encodes (built on a cache miss)."""
     v6 = key[1]
     f = _field
+    ports = _PORT_VARINTS or _port_varints()
+    ph = _PORT_HEADS
+    sport, dport = ports[key[66] << 8 | key[67]], ports[key[68] << 8 | key[69]]
     attrs = (
         _HEADS[0][key[0]] + _HEADS[1][v6]
-        + f(v6, 0, key[2:18]) + f(v6, 4, key[66:68]) + f(v6, 1, key[18:34]) + f(v6, 5, key[68:70])
+        + f(v6, 0, key[2:18]) + ph[0][len(sport)] + sport + f(v6, 1, key[18:34]) + ph[1][len(dport)] + dport
     )
     if not mirrored:
-        attrs += f(v6, 2, key[34:50]) + f(v6, 6, key[70:72]) + f(v6, 3, key[50:66]) + f(v6, 7, key[72:74])
+        rsport, rdport = ports[key[70] << 8 | key[71]], ports[key[72] << 8 | key[73]]
+        attrs += (f(v6, 2, key[34:50]) + ph[2][len(rsport)] + rsport
+                  + f(v6, 3, key[50:66]) + ph[3][len(rdport)] + rdport)
     _BLOCKS.put(key, attrs)
     return attrs
 
