@@ -3,7 +3,10 @@
 An exporter subclasses :class:`QueuedExporter` and implements :meth:`push`
 (send one block, raise :class:`~kubenetmon.errors.RetryableError` or
 :class:`~kubenetmon.errors.PermanentError`), and optionally
-:meth:`open`/:meth:`close` for its client.
+:meth:`open`/:meth:`close` for its client. Any other exception is retried
+at most three times, then the block is dropped (``reason="unexpected_error"``)
+and the traceback logged: an unexpected error is never retried for the whole
+retry window.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from kubenetmon.exporterhelper.retry import backoff_intervals
 from kubenetmon.flows import FlowBatch
 
 __all__ = ["QueuedExporter"]
+
+# Attempts of a block whose push raised neither RetryableError nor PermanentError.
+_UNEXPECTED_ATTEMPTS = 3
 
 
 class QueuedExporter(BaseComponent):
@@ -218,6 +224,7 @@ class QueuedExporter(BaseComponent):
         retry = self.helper_config.retry_on_failure
         waits = backoff_intervals(retry, self._rng)
         attempt = 0
+        unexpected = 0
         while True:
             started = time.monotonic()
             try:
@@ -231,6 +238,19 @@ class QueuedExporter(BaseComponent):
             except Exception as exc:
                 self.m_send_failed.inc(n)
                 retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+                if not isinstance(exc, RetryableError):
+                    # Neither retryable nor permanent by the exporter's own judgement: a bug or
+                    # bad data more often than an outage. Retried a few times (it may be
+                    # transient), never for the whole retry window (which may be forever).
+                    unexpected += 1
+                    if unexpected >= _UNEXPECTED_ATTEMPTS:
+                        self.m_dropped.labels(reason="unexpected_error").inc(n)
+                        self.log.error(
+                            "dropping %d flows: the exporter failed %d times with an unexpected error; the "
+                            "last one follows (a bug: please report it)", n, unexpected, exc_info=exc,
+                        )
+                        self._queue.ack(block)
+                        return
                 wait = next(waits, None) if retry.enabled else None
                 if wait is None:
                     self.m_dropped.labels(reason="retries_exhausted").inc(n)
