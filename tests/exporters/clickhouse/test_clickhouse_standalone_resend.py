@@ -89,12 +89,6 @@ class Standalone:
 
 
 @pytest.mark.skipif(not RANGES.is_dir(), reason=f"the real cloud-range files are expected in {RANGES}")
-@pytest.mark.xfail(
-    strict=True,
-    reason="k8s_attributes hands on FlowBatch(flows=table) without the incoming batch's batch_id "
-    "(processor.py consume), so the exporter cannot key the re-sent copy; pass batch_id=batch.batch_id "
-    "there and remove this mark",
-)
 def test_a_batch_resent_by_the_conntrack_receiver_after_a_crash_is_inserted_once(tmp_path: Path) -> None:
     cycle = [_record(40001, 1000), _record(40002, 30)]
     first = Standalone(tmp_path)
