@@ -162,3 +162,17 @@ def test_scaling_doc_shows_exactly_the_ddl_we_run() -> None:
     doc = SCALING_DOC.read_text()
     for statement in render_cluster_ddl("default", "network_flows_0", REPLICATED):
         assert statement + ";" in doc, statement.splitlines()[0]
+
+
+def test_scaling_doc_configurations_validate() -> None:
+    import yaml
+
+    from kubenetmon.exporters.otlp import OtlpExporterConfig
+
+    blocks = [b.split("```")[0] for b in SCALING_DOC.read_text().split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    gateway, agent = yaml.safe_load_all(blocks[0])
+    ClickHouseConfig.model_validate(gateway["exporters"]["clickhouse"])
+    OtlpExporterConfig.model_validate(agent["exporters"]["otlp"])
+    cluster = yaml.safe_load(blocks[1])["exporters"]["clickhouse"]
+    assert ClickHouseConfig.model_validate(cluster).cluster.mode == "replicated"
