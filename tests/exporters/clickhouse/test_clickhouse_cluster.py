@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from kubenetmon.exporters.clickhouse.config import ClickHouseConfig, ClusterConfig
@@ -24,6 +25,7 @@ from kubenetmon.exporters.clickhouse.schema import (
     render_ddl,
     render_statements,
 )
+from kubenetmon.exporters.otlp import OtlpExporterConfig
 
 REPLICATED = ClusterConfig(mode="replicated", name="metering")
 SCALING_DOC = Path(__file__).resolve().parents[3] / "docs" / "scaling.md"
@@ -165,10 +167,6 @@ def test_scaling_doc_shows_exactly_the_ddl_we_run() -> None:
 
 
 def test_scaling_doc_configurations_validate() -> None:
-    import yaml
-
-    from kubenetmon.exporters.otlp import OtlpExporterConfig
-
     blocks = [b.split("```")[0] for b in SCALING_DOC.read_text().split("```yaml\n")[1:]]
     assert len(blocks) == 2
     gateway, agent = yaml.safe_load_all(blocks[0])
