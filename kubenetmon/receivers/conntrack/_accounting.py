@@ -227,13 +227,24 @@ class DeltaTracker:
         """A dump failed midway: entries already read get their new counters (their deltas are
         in ``unsent``), the others keep the previous ones (nothing is taken as vanished)."""
         self._buffers, self._buffered = [], 0  # a partial batch may end inside a message
-        self._join(partial=True)
+        self._join_or_forget(partial=True)
 
     def end_dump(self) -> None:
         """Finish the dump: deltas, vanished entries, expiry; this dump becomes the baseline."""
         self._parse_buffered()
-        self._join(partial=False)
+        self._join_or_forget(partial=False)
         self.has_baseline = True
+
+    def _join_or_forget(self, *, partial: bool) -> None:
+        try:
+            self._join(partial=partial)
+        except BaseException:
+            # The old state is freed during the join (memory): after a failure
+            # (e.g. MemoryError) it cannot be trusted, and comparing the next dump
+            # with nothing would count every entry's whole history again. The
+            # next dump sets a new baseline instead (its interval is lost, logged).
+            self.state, self.has_baseline, self._dumping = EntryState.empty(), False, False
+            raise
 
     def _join(self, *, partial: bool) -> None:
         dump = Entries.concat(self._parts, release=True)

@@ -389,3 +389,26 @@ def test_the_column_hash_equals_the_hash_of_the_key_words() -> None:
     assert count == 2 and len(entries) == 2
     assert np.array_equal(entries.hash(), hash_keys(entries.key()))
     assert np.array_equal(entries.key(np.array([1, 0])), entries.key()[[1, 0]])
+
+
+def test_a_join_that_fails_midway_makes_the_next_dump_a_baseline_instead_of_counting_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubenetmon.receivers.conntrack._state import EntryState
+
+    tracker = DeltaTracker("n")
+    _cycle(tracker, entry(counters=(10, 1000, 10, 1000)))
+
+    def fail(self: EntryState, other: EntryState) -> EntryState:
+        raise MemoryError("test")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EntryState, "insert", fail)
+        tracker.begin_dump(tracker.dump_ns + 5 * SECOND)
+        tracker.feed(entry(counters=(11, 1100, 10, 1000)))
+        with pytest.raises(MemoryError):
+            tracker.end_dump()
+    tracker.take_unsent()  # what the failed cycle had emitted (delivered or not, it was correct)
+    assert _cycle(tracker, entry(counters=(12, 1200, 10, 1000))) == []  # a baseline, not 12 packets again
+    [record] = _cycle(tracker, entry(counters=(13, 1300, 10, 1000)))
+    assert _counts(record) == (1, 100, 0, 0)
