@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -193,6 +194,7 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
     receiver._shutdown_done = True  # no last cycle
     receiver._stop.set()
     receiver._close_sockets()
+    shutil.rmtree(tmp, ignore_errors=True)  # tmpfs: the checkpoint and queue would hold memory
     print("result " + json.dumps(out), flush=True)
 
 
