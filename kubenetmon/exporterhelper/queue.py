@@ -57,6 +57,7 @@ _PICKLE = b"\x80"  # how a pickle (protocol 2+) starts; an Arrow IPC stream star
 
 
 _MAX_REMEMBERED = 100_000  # delivered batch ids kept at most (oldest forgotten first)
+_COMPACT_SLACK = 1000  # delivered.log is rewritten once it holds this many more lines than twice the ids kept
 
 
 class PutResult(IntEnum):
@@ -148,6 +149,7 @@ class SendingQueue:
         self._dedup_window = dedup_window
         self._held: dict[str, int] = {}  # ids of named batches queued or in flight → how many
         self._delivered: OrderedDict[str, float] = OrderedDict()  # id → wall time it was handled
+        self._log_lines = 0  # lines in delivered.log
         self._cond = threading.Condition()
         self._pending: deque[tuple[int, float, FlowBatch]] = deque()  # (seq, enqueued monotonic, batch)
         self._recovered: deque[Block] = deque()
@@ -190,6 +192,7 @@ class SendingQueue:
             with open(path, "a") as fh:
                 fh.write("\n")
         lines = text.splitlines()
+        self._log_lines = len(lines)
         for line in lines:
             at, _, batch_id = line.partition(" ")
             try:
@@ -201,21 +204,32 @@ class SendingQueue:
                 self._delivered.move_to_end(batch_id)
         while len(self._delivered) > _MAX_REMEMBERED:
             self._delivered.popitem(last=False)
-        if len(lines) > 2 * len(self._delivered) + 1000:  # compact what expired
+        if len(lines) > 2 * len(self._delivered) + _COMPACT_SLACK:  # compact what expired
             _write_atomic(path, "".join(f"{t:.3f} {i}\n" for i, t in self._delivered.items()).encode())
+            self._log_lines = len(self._delivered)
 
     def _remember_delivered(self, ids: list[str]) -> None:
         now = time.time()
-        if self._dir is not None:
-            with open(self._dir / "delivered.log", "a") as fh:
-                fh.write("".join(f"{now:.3f} {i}\n" for i in ids))
-                fh.flush()
-                os.fsync(fh.fileno())
         for batch_id in ids:
             self._delivered[batch_id] = now
             self._delivered.move_to_end(batch_id)
-        while len(self._delivered) > _MAX_REMEMBERED:
+        while self._delivered and (
+            len(self._delivered) > _MAX_REMEMBERED or now - next(iter(self._delivered.values())) > self._dedup_window
+        ):
             self._delivered.popitem(last=False)
+        if self._dir is None:
+            return
+        path = self._dir / "delivered.log"
+        self._log_lines += len(ids)
+        if self._log_lines > 2 * len(self._delivered) + _COMPACT_SLACK:
+            # Rewritten (atomically) with what is still remembered, so the log stays bounded.
+            _write_atomic(path, "".join(f"{t:.3f} {i}\n" for i, t in self._delivered.items()).encode())
+            self._log_lines = len(self._delivered)
+            return
+        with open(path, "a") as fh:
+            fh.write("".join(f"{now:.3f} {i}\n" for i in ids))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     # --- persistence -----------------------------------------------------------------
 

@@ -6,7 +6,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from kubenetmon.exporterhelper import PutResult, SendingQueue
+from kubenetmon.exporterhelper import queue as queue_module
 from kubenetmon.flows import FlowBatch
 from tests.flowgen import batch
 
@@ -71,3 +74,16 @@ def test_ids_appended_after_a_torn_line_are_read_back(tmp_path: Path) -> None:
     take_and_ack(again)
     assert SendingQueue(capacity=10, directory=tmp_path, dedup_window=60).put(named("c-9")) == PutResult.DUPLICATE
     assert q.size() == 0
+
+
+def test_the_delivered_log_stays_bounded_while_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "_COMPACT_SLACK", 10)
+    q = SendingQueue(capacity=10, directory=tmp_path, dedup_window=0.05)
+    for i in range(60):
+        q.put(named(f"c-{i}"))
+        take_and_ack(q)
+        if i == 40:
+            time.sleep(0.1)  # the first 41 ids expire
+    lines = (tmp_path / "delivered.log").read_text().splitlines()
+    assert len(lines) <= 2 * 19 + 10
+    assert SendingQueue(capacity=10, directory=tmp_path, dedup_window=60).put(named("c-59")) == PutResult.DUPLICATE
