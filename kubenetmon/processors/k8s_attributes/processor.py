@@ -116,7 +116,10 @@ class K8sAttributesProcessor:
             "peers": [(name, index) for name, index, _ in self.peers],
         }
         self._attributor = Attributor(self.index, **options)
-        self._vector = VectorAttributor(self.index, **options) if config.engine == "columnar" else None
+        self._vector = (
+            VectorAttributor(self.index, **options, compile_min_interval=config.compile_min_interval)
+            if config.engine == "columnar" else None
+        )
         m = settings.metrics
         self._m_records = m.counter("k8s_attributes_records_total", "Conntrack records attributed into flows.")
         self._m_dropped = m.counter(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,8 +236,11 @@ class VectorAttributor:
         keep_unknown_direction: bool = True,
         owners: bool = False,
         peers: list[tuple[str, ClusterIndex]] | tuple[tuple[str, ClusterIndex], ...] = (),
+        compile_min_interval: float = 0.0,
     ) -> None:
         self._inventories = [(cluster, index), *peers]
+        self._min_interval = compile_min_interval
+        self._compiled_at = -float("inf")
         self._keep_node_flows = keep_node_flows
         self._keep_unknown = keep_unknown_direction
         self._owners = owners
@@ -245,14 +249,17 @@ class VectorAttributor:
         self.compiles = 0
 
     def snapshot(self) -> _Snapshot:
-        """The compiled inventories, recompiled if any index changed since."""
+        """The compiled inventories, recompiled if any index changed since (but not more often than
+        ``compile_min_interval`` seconds: a snapshot that recent is used even if stale)."""
         snap = self._snapshot
         versions = tuple(index.version for _, index in self._inventories)
-        if snap is None or snap.versions != versions:
+        if snap is None or (snap.versions != versions
+                            and time.monotonic() - self._compiled_at >= self._min_interval):
             with self._lock:
                 snap = self._snapshot
                 if snap is None or snap.versions != tuple(index.version for _, index in self._inventories):
                     snap = self._snapshot = _Snapshot(self._inventories, self._owners)
+                    self._compiled_at = time.monotonic()
                     self.compiles += 1
         return snap
 

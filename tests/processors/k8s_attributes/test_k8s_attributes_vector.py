@@ -5,6 +5,7 @@ node flows, unknown remotes, late intervals) — and what it costs in compiles."
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from hypothesis import given, settings
@@ -142,3 +143,19 @@ def test_equal_overlap_and_age_goes_to_the_first_ended_tenancy_in_both_engines()
     table, _ = VectorAttributor(index).attribute_table(FlowBatch([record]).record_table())
     assert rows[0].local.pod == "a"
     assert table.column("local_pod").to_pylist() == ["a", "a"]
+
+
+def test_compile_min_interval_reuses_a_recent_snapshot_then_catches_up() -> None:
+    parser = ObjectParser()
+    index = ClusterIndex()
+    index.replace_pods([parser.pod(make_pod("web", node="node-a", ip="10.1.0.5"))])
+    engine = VectorAttributor(index, cluster="east", compile_min_interval=0.3)
+    batch = FlowBatch([ConntrackRecord("node-a", "tcp", "ipv4", "10.1.0.5", 1, "10.1.0.6", 2, "10.1.0.6", 2,
+                                       "10.1.0.5", 1)]).record_table()
+    engine.attribute_table(batch)
+    index.upsert_pod(parser.pod(make_pod("db", node="node-a", ip="10.1.0.6")))
+    table, _ = engine.attribute_table(batch)
+    assert engine.compiles == 1 and table.column("remote_pod").to_pylist() == ["", ""]  # stale, by choice
+    time.sleep(0.35)
+    table, _ = engine.attribute_table(batch)
+    assert engine.compiles == 2 and table.column("remote_pod").to_pylist() == ["db", "db"]
