@@ -53,19 +53,16 @@ class ImageProcess:
 
     def __init__(self, image: MountedImage, pair: Pair, configs: list[str], env: dict[str, str], tmp: Path) -> None:
         self.log = tmp / "kubenetmon.log"
-        volumes = {tmp / "state": STATE_DIR, tmp / "tmp": "/tmp", tmp / "etc": "/etc/kubenetmon"}
-        for host in volumes:
+        self._volumes = {tmp / "state": STATE_DIR, tmp / "tmp": "/tmp", tmp / "etc": "/etc/kubenetmon"}
+        for host in self._volumes:
             host.mkdir(exist_ok=True)
-        self.etc = tmp / "etc"
-        self.state = tmp / "state"
-        self._spawn = lambda: image.popen(
-            ["kubenetmon", "run", *(a for c in configs for a in ("--config", c))], log=self.log,
-            netns=pair.server.name, volumes=volumes, env=env, **NET_ADMIN_ONLY,
-        )
+        self._image, self._netns, self._env = image, pair.server.name, env
+        self._args = ["kubenetmon", "run", *(a for c in configs for a in ("--config", c))]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = self._spawn()
+        self.proc = self._image.popen(self._args, log=self.log, netns=self._netns, volumes=self._volumes,
+                                      env=self._env, **NET_ADMIN_ONLY)
 
     def wait_until_healthy(self, pair: Pair, port: int, timeout: float = 60.0) -> None:
         assert self.proc is not None
