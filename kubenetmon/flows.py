@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 __all__ = [
@@ -227,15 +228,30 @@ def unpack_addresses(column: pa.Array | pa.ChunkedArray) -> list[str]:
 # ---------------------------------------------------------------------------
 
 
+def _zeros(type_: pa.DataType, n: int) -> pa.Array:
+    # From buffers, not from Python values: any conversion from Python objects imports pandas when it is
+    # installed (+45 MB RSS in an agent that otherwise never needs it).
+    return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(np.zeros(n, dtype=type_.to_pandas_dtype()))])
+
+
+_NOT_KNOWN_STRING = pa.StringArray.from_buffers(1, pa.py_buffer(np.zeros(2, dtype=np.int32)), pa.py_buffer(b""))
+
+
+def _not_known(spec: FieldSpec, n: int) -> pa.Array:
+    """A column of the field's "not known" value: '' strings, null addresses, no flags, zeros."""
+    if spec.type == STRING:
+        return pa.DictionaryArray.from_arrays(_zeros(pa.int32(), n), _NOT_KNOWN_STRING)
+    if spec.type == ADDRESS:
+        return pa.nulls(n, ADDRESS)
+    if spec.type == FLAGS:
+        no_entries = pa.nulls(0, pa.utf8()), pa.nulls(0, pa.bool_())
+        return pa.MapArray.from_arrays(_zeros(pa.int32(), n + 1), *no_entries)
+    return _zeros(spec.type, n)
+
+
 def _column(spec: FieldSpec, values: Any, n: int) -> pa.Array:
-    if values is None:  # the field's "not known" value
-        if spec.type == STRING:
-            return pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()).fill_null(0), pa.array([""]))
-        if spec.type == ADDRESS:
-            return pa.nulls(n, ADDRESS)
-        if spec.type == FLAGS:
-            return pa.array([[]] * n, type=FLAGS)
-        return pa.repeat(pa.scalar(0, spec.type), n)
+    if values is None:
+        return _not_known(spec, n)
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not isinstance(values, pa.Array):
@@ -293,6 +309,11 @@ def with_columns(table: pa.RecordBatch, columns: Mapping[str, Any]) -> pa.Record
             raise ValueError(f"unknown column {name!r}; the view has {list(specs)}")
         arrays[table.schema.get_field_index(name)] = _column(spec, values, table.num_rows)
     return pa.RecordBatch.from_arrays(arrays, schema=table.schema)
+
+
+def _empty(schema: pa.Schema) -> pa.RecordBatch:
+    # Not RecordBatch.from_pylist, which imports pandas (see _zeros).
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 def _check(table: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -495,7 +516,7 @@ class _View:
         with self._lock:
             if self._table is None:
                 rows = self._rows
-                self._table = convert(rows) if rows else pa.RecordBatch.from_pylist([], schema=schema)
+                self._table = convert(rows) if rows else _empty(schema)
                 self._rows = None
             return self._table
 
@@ -640,7 +661,7 @@ class FlowBatch:
                 batch_id = (reader.schema.metadata or {}).get(b"kubenetmon.batch_id", b"").decode()
             parts = [b for b in reader if b.num_rows]
             if not parts:
-                views.append(pa.RecordBatch.from_pylist([], schema=schema))
+                views.append(_empty(schema))
             else:
                 table = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
                 views.append(table.replace_schema_metadata(schema.metadata))

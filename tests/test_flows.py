@@ -114,3 +114,20 @@ def test_copy_of_a_columnar_batch_shares_the_immutable_tables() -> None:
     batch = FlowBatch(flows=FlowBatch(flows=[_flow()]).flow_table(), batch_id="x")
     copy = batch.copy()
     assert copy.flow_table() is batch.flow_table() and copy.batch_id == "x"
+
+
+def test_serialising_a_columnar_batch_does_not_import_pandas() -> None:
+    # pandas (+45 MB) comes in with any conversion from Python objects; the agent's queue must not need it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from kubenetmon.flows import FlowBatch, records_from_columns\n"
+        "import pyarrow as pa\n"
+        "t = records_from_columns({}, num_rows=3)\n"
+        "FlowBatch.from_ipc(FlowBatch(records=t).to_ipc()).flow_table()\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
