@@ -126,7 +126,11 @@ def test_sysctls_set_by_a_privileged_init_container_by_default(render: RenderFn)
     (init,) = rendered.pod_spec()["initContainers"]
     assert init["securityContext"]["privileged"] is True
     script = init["command"][-1]
-    assert "nf_conntrack_acct" in script and "nf_conntrack_events" in script
+    # Every sysctl the conntrack receiver requires in its default (delta) mode, from its own list.
+    from kubenetmon.receivers.conntrack.receiver import _SYSCTLS, _TIMESTAMP_SYSCTL
+
+    for key in (*_SYSCTLS, _TIMESTAMP_SYSCTL):
+        assert key.rsplit(".", 1)[1] in script.split("for key in", 1)[1].split(";", 1)[0], key
     assert _conntrack(rendered)["configure_sysctls"] is False
     # Only the short init step is privileged; the agent keeps NET_ADMIN only.
     assert rendered.container("kubenetmon-agent")["securityContext"]["privileged"] is False
