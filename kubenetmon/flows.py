@@ -201,10 +201,10 @@ def _pack(text: str | None) -> bytes | None:
         raise ValueError(f"{shown!r} is not an IPv4 or IPv6 address (give '' for an unknown one)") from None
 
 
-def _unpack(raw: bytes | None) -> str:
+def _unpack(raw: bytes | None, ipv6: bool = False) -> str:
     if raw is None:
         return ""
-    if raw[:12] == _V4_PREFIX:
+    if raw[:12] == _V4_PREFIX and not ipv6:
         return socket.inet_ntop(socket.AF_INET, raw[12:])
     return socket.inet_ntop(socket.AF_INET6, raw)
 
@@ -218,9 +218,18 @@ def pack_addresses(texts: Iterable[str | None]) -> pa.FixedSizeBinaryArray:
     return pa.array([_pack(t) for t in texts], type=ADDRESS)
 
 
-def unpack_addresses(column: pa.Array | pa.ChunkedArray) -> list[str]:
-    """An address column as text; IPv4-mapped values print as IPv4, null as ``''``."""
-    return [_unpack(v) for v in column.to_pylist()]
+def unpack_addresses(
+    column: pa.Array | pa.ChunkedArray, network_types: pa.Array | pa.ChunkedArray | None = None
+) -> list[str]:
+    """An address column as text, null as ``''``.
+
+    IPv4-mapped values print as IPv4, except in rows whose ``network_type``
+    (given as ``network_types``) is ``ipv6``: an IPv6 connection to
+    ``::ffff:10.0.0.1`` stays IPv6 text.
+    """
+    if network_types is None:
+        return [_unpack(v) for v in column.to_pylist()]
+    return [_unpack(v, t == "ipv6") for v, t in zip(column.to_pylist(), network_types.to_pylist(), strict=True)]
 
 
 # ---------------------------------------------------------------------------
@@ -436,7 +445,10 @@ def _table_to_records(table: pa.RecordBatch) -> list[ConntrackRecord]:
     columns: dict[str, list[Any]] = {}
     for f in RECORD_FIELDS:
         column = table.column(f.name)
-        columns[f.name] = unpack_addresses(column) if f.name in _ADDRESS_RECORD_FIELDS else column.to_pylist()
+        columns[f.name] = (
+            unpack_addresses(column, table.column("network_type")) if f.name in _ADDRESS_RECORD_FIELDS
+            else column.to_pylist()
+        )
     names = list(columns)
     return [ConntrackRecord(**dict(zip(names, values, strict=True))) for values in zip(*columns.values(), strict=True)]
 
@@ -464,7 +476,7 @@ def _table_to_flows(table: pa.RecordBatch) -> list[Flow]:
 
     sides: dict[str, list[Endpoint]] = {}
     for side in ("local", "remote"):
-        values = [unpack_addresses(table.column(f"{side}_address")), col(f"{side}_port")]
+        values = [unpack_addresses(table.column(f"{side}_address"), table.column("network_type")), col(f"{side}_port")]
         values += [col(f"{side}_{name}") for name in ENDPOINT_STRING_FIELDS]
         names = ("address", "port", *ENDPOINT_STRING_FIELDS)
         sides[side] = [Endpoint(**dict(zip(names, v, strict=True))) for v in zip(*values, strict=True)]

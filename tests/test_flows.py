@@ -131,3 +131,14 @@ def test_serialising_a_columnar_batch_does_not_import_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
+
+
+def test_an_ipv4_mapped_address_of_an_ipv6_connection_stays_ipv6_text() -> None:
+    rec = record()
+    rec.network_type, rec.src, rec.reply_dst = "ipv6", "::ffff:10.0.0.1", "::ffff:10.0.0.1"
+    rec.dst = rec.reply_src = "fd00::1"
+    back = FlowBatch(records=FlowBatch(records=[rec]).record_table()).records[0]
+    assert back.src == "::ffff:10.0.0.1" and back.dst == "fd00::1"
+    flow = _flow(local="::ffff:10.0.0.1")
+    flow.network_type = "ipv6"
+    assert FlowBatch(flows=FlowBatch(flows=[flow]).flow_table()).flows[0].local.address == "::ffff:10.0.0.1"
