@@ -366,7 +366,8 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
         },
     }))
     probe_out = work / f"probe-{label}.json"
-    env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out),
+           "KUBENETMON_STATE_DIR": str(state)}  # whatever else the shipped config keeps (dedup journal)
     with open(work / f"gateway-{label}.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,

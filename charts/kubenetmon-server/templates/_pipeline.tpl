@@ -24,6 +24,10 @@ receivers:
     auth:
       bearer_token: "${env:KUBENETMON_AGENT_TOKEN}"
     {{- end }}
+    # Batch ids already delivered, on the same volume as the queue: a batch re-sent after a lost
+    # acknowledgement is counted once across a gateway restart too.
+    dedup:
+      path: /var/lib/kubenetmon/otlp-dedup.jsonl
 processors:
   k8s_attributes:
     source: kubernetes
