@@ -181,7 +181,8 @@ class ClickHouseExporter(QueuedExporter):
             if not self._ready_schema:
                 conn = self._conn
                 if self.config.creates_schema():
-                    create_table(conn.client, conn.database, self.config.table, self.config.deduplication_window)
+                    create_table(conn.client, conn.database, self.config.table, self.config.deduplication_window,
+                                 self.config.cluster)
                 for warning in check_table(conn.client, conn.database, self.config.table):
                     self.log.warning("%s", warning)
                 self._ready_schema = True

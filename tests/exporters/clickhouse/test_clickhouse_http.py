@@ -271,8 +271,6 @@ def test_replicated_cluster_mode_sends_inserts_synchronously_to_the_shards(ch: C
     assert setting() in ("0", "False", "false")
 
 
-@pytest.mark.xfail(strict=True, reason="the clickhouse exporter does not pass config.cluster to create_table yet "
-                   "(exporter.py _connection); docs/scaling.md, Status (d)")
 def test_the_exporter_creates_the_cloud_layout(ch: ClickHouseHTTP, make_exporter: Any) -> None:
     # Cloud: the shipped DDL without non_replicated_deduplication_window (Cloud's engine dedups).
     exporter = http_exporter(make_exporter, ch, cluster={"mode": "cloud"})
