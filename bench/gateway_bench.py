@@ -344,11 +344,32 @@ def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: i
 
 
 def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *, records: int,
-                label: str) -> Run:
-    state = work / f"state-{label}"
-    state.mkdir()
+                label: str, clickhouse: str) -> Run:
+    """One gateway of ``tree`` fed ``requests``; ``clickhouse``: ``embedded`` (chDB in the gateway, the
+    standalone default) or ``http`` (a ClickHouse-HTTP endpoint on chDB in another process, as a gateway in a
+    cluster writes to a ClickHouse server)."""
+    with ExitStack() as stack:
+        state = work / f"state-{label}-{clickhouse}"
+        state.mkdir()
+        endpoint, server = f"chdb://{state}/chdb", None
+        if clickhouse == "http":
+            sys.path.insert(0, str(ROOT))
+            from tests.fixtures.clickhouse_http import clickhouse_http
+
+            server = stack.enter_context(clickhouse_http(state / "server-chdb"))
+            endpoint = server.dsn()
+        run = _run_gateway(tree, work, state, inv, requests, records=records, label=label, endpoint=endpoint)
+        sql = ("SELECT direction, connectionClass, remoteCloudService, count(), sum(bytes), sum(packets) "
+               "FROM default.network_flows_0 FINAL GROUP BY ALL ORDER BY ALL")
+        run.stored = server.query(sql) if server is not None else _query(tree, state / "chdb", sql)
+        run.stored = [[str(v) for v in row] for row in run.stored]
+        return run
+
+
+def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *,
+                 records: int, label: str, endpoint: str) -> Run:
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
-    overlay = work / f"overlay-{label}.yaml"
+    overlay = state / "overlay.yaml"
     overlay.write_text(json.dumps({
         "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}},
         "processors": {
@@ -356,7 +377,7 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
             "cloud_prefix": {"files_dir": str(RANGES), "cache_dir": str(state / "ranges"), "offline": True},
         },
         "exporters": {"clickhouse": {
-            "endpoint": f"chdb://{state}/chdb",
+            "endpoint": endpoint, "create_schema": True,
             "sending_queue": {"storage": "persistent", "directory": str(state / "queue")},
         }},
         "extensions": {"health_check": {"endpoint": f"127.0.0.1:{health_port}"}},
@@ -365,10 +386,10 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
             "telemetry": {"metrics": {"address": f"127.0.0.1:{metrics_port}"}, "logs": {"level": "warning"}},
         },
     }))
-    probe_out = work / f"probe-{label}.json"
+    probe_out = state / "probe.json"
     env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out),
            "KUBENETMON_STATE_DIR": str(state)}  # whatever else the shipped config keeps (dedup journal)
-    with open(work / f"gateway-{label}.log", "wb") as log:
+    with open(state / "gateway.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,
             stdout=subprocess.DEVNULL, stderr=log,
@@ -407,13 +428,10 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
             proc.wait()
     if probe_out.exists():
         run.stages = json.loads(probe_out.read_text())["stats"]
-    run.stored = _query(tree, state / "chdb")
     return run
 
 
-def _query(tree: Path, path: Path) -> list[Any]:
-    sql = ("SELECT direction, connectionClass, remoteCloudService, count(), sum(bytes), sum(packets) "
-           "FROM default.network_flows_0 GROUP BY ALL ORDER BY ALL")
+def _query(tree: Path, path: Path, sql: str) -> list[Any]:
     code = ("import json, sys, clickhouse_connect\n"
             "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
             "print(json.dumps([list(r) for r in c.query(sys.argv[2]).result_rows], default=str))\n")
@@ -471,6 +489,9 @@ def main() -> int:
     ap.add_argument("--reference", default=DEFAULT_REFERENCE, help="git revision to compare with")
     ap.add_argument("--no-reference", action="store_true", help="measure this checkout only")
     ap.add_argument("--sizes", default="10000x500,50000x2000", help="PODSxNODES,…")
+    ap.add_argument("--clickhouse", default="http,embedded",
+                    help="where the gateway writes: http (a ClickHouse-HTTP endpoint on chDB in another process, "
+                    "as in a cluster), embedded (chDB inside the gateway), or both")
     ap.add_argument("--agents", type=int, default=25)
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=4)
@@ -492,21 +513,25 @@ def main() -> int:
             sub.mkdir()
             inv, requests, records = make_load(ref or ROOT, sub, pods, nodes, agents=args.agents,
                                                connections=args.connections, rounds=args.rounds, seed=pods)
-            runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout")]
-            if ref is not None:
-                runs.append(run_gateway(ref, sub, inv, requests, records=records, label=f"reference {args.reference}"))
-            label = f"{pods // 1000}k pods / {nodes:,} nodes"
-            lines = report(label, runs)
-            print("\n".join(lines), flush=True)
-            sections += [*lines, ""]
-            mine = runs[0]
-            no_chdb = (mine.cpu_total - mine.cpu_by_group.get("chdb", 0.0)) / mine.records * 1e7
-            if no_chdb > 60:
-                failures.append(f"{label}: {no_chdb:.0f} ms per 10k records without chDB threads (target ≤ 60)")
-            if pods >= 50000 and mine.peak_rss_mb > 400:
-                failures.append(f"{label}: peak RSS {mine.peak_rss_mb:.0f} MB (target ≤ 400)")
-            if any(r.stored != mine.stored for r in runs):
-                failures.append(f"{label}: stored totals differ from the reference")
+            for clickhouse in args.clickhouse.split(","):
+                runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout",
+                                    clickhouse=clickhouse)]
+                if ref is not None:
+                    runs.append(run_gateway(ref, sub, inv, requests, records=records,
+                                            label=f"reference {args.reference}", clickhouse=clickhouse))
+                where = "ClickHouse over HTTP (another process)" if clickhouse == "http" else "embedded chDB"
+                label = f"{pods // 1000}k pods / {nodes:,} nodes, {where}"
+                lines = report(label, runs)
+                print("\n".join(lines), flush=True)
+                sections += [*lines, ""]
+                mine = runs[0]
+                no_chdb = (mine.cpu_total - mine.cpu_by_group.get("chdb", 0.0)) / mine.records * 1e7
+                if no_chdb > 60:
+                    failures.append(f"{label}: {no_chdb:.0f} ms per 10k records without chDB threads (target ≤ 60)")
+                if pods >= 50000 and mine.peak_rss_mb > 400:
+                    failures.append(f"{label}: peak RSS {mine.peak_rss_mb:.0f} MB (target ≤ 400)")
+                if any(r.stored != mine.stored for r in runs):
+                    failures.append(f"{label}: stored totals differ from the reference")
     verdict = "PASS" if not failures else "MISS: " + "; ".join(failures)
     print(verdict)
     if not args.no_doc:
@@ -517,10 +542,12 @@ def main() -> int:
             f"`bench/gateway_bench.py` — {when}, load average {load:.2f} at the end, {os.cpu_count()} cores. "
             f"{args.agents} agents × {args.connections:,} connections × {args.rounds} intervals of mixed traffic "
             "(pod→pod across nodes and zones, ClusterIP DNAT, node↔pod, IPv6, Internet, S3 and EC2 from the real "
-            "AWS ranges) through the shipped gateway config (static inventory, real range files, persistent queue, "
-            "chDB). Stages are thread CPU inside the gateway, exclusive of nested stages; chDB engine threads by "
-            "thread name from /proc. The reference is a git worktree of the commit before the columnar rewrite, "
-            "fed the same requests.", "", *sections, f"Verdict: {verdict}", END])
+            "AWS ranges) through the shipped gateway config (static inventory, real range files, persistent queue), "
+            "writing to ClickHouse over HTTP (a ClickHouse-HTTP endpoint on chDB in another process, as in a "
+            "cluster) and to embedded chDB (the standalone default). Stages are thread CPU inside the gateway, "
+            "exclusive of nested stages; chDB engine threads by thread name from /proc. The reference is a git "
+            "worktree of the commit before the columnar rewrite, fed the same requests.",
+            "", *sections, f"Verdict: {verdict}", END])
         replace_section(START, END, text)
     return 0 if not failures else 1
 
