@@ -1,0 +1,32 @@
+"""OTAP — the OpenTelemetry Protocol with Apache Arrow — for the agent → gateway contract (DESIGN §4.1).
+
+The same metrics as the OTLP contract, as Arrow tables on a gRPC stream
+(otel-arrow's ``ArrowMetricsService``): several times fewer bytes on the
+wire and no per-point work in Python on either side. Plain OTLP stays the
+default and the interoperable path; the ``otlp`` exporter negotiates OTAP
+(``arrow.enabled``) and falls back to OTLP when the server does not offer it.
+
+* :class:`RecordsProducer` — per gRPC stream: a records batch → one ``BatchArrowRecords``.
+* :class:`RecordsConsumer` — per gRPC stream: a ``BatchArrowRecords`` → a :class:`~kubenetmon.otlp.DecodeResult`
+  with the OTLP decoder's checks, or :class:`BarError` when the BAR is refused whole.
+"""
+
+from __future__ import annotations
+
+from kubenetmon.otap._consumer import BarError, RecordsConsumer
+from kubenetmon.otap._headers import HeaderDecoder, encode_headers
+from kubenetmon.otap._producer import RecordsProducer
+from kubenetmon.otap._proto import ARROW_METRICS_METHOD, ArrowPayloadType, BatchArrowRecords, BatchStatus, StatusCode
+
+__all__ = [
+    "ARROW_METRICS_METHOD",
+    "ArrowPayloadType",
+    "BarError",
+    "BatchArrowRecords",
+    "BatchStatus",
+    "HeaderDecoder",
+    "RecordsConsumer",
+    "RecordsProducer",
+    "StatusCode",
+    "encode_headers",
+]

@@ -1,0 +1,770 @@
+"""``BatchArrowRecords`` → conntrack records (``RECORD_SCHEMA``), one consumer per gRPC stream.
+
+The gateway's other door (DESIGN §4.1): a BAR carries the same metrics,
+resources, points and attributes as an OTLP request, and every data point
+gets the OTLP decoder's checks, in its order and with its reason codes and
+messages (``otlp/_checks``, ``otlp/_limits``, the resource and metric checks
+of ``otlp/_decode_records``). A point breaking a rule is rejected alone;
+a BAR whose structure is broken (not Arrow IPC, a payload type other than
+metrics, no root table, ids pointing nowhere, a column of the wrong type) is
+refused whole with :class:`BarError`, which says what is wrong.
+
+All per-point work is numpy over the tables' columns. Python runs per
+resource, per metric, per distinct ``(start, end)`` and per distinct string
+of the stream's attribute dictionary — the last one once per stream, as a
+delta dictionary only brings new strings.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from kubenetmon.flows import ADDRESS, COUNTER, PORT, RECORD_SCHEMA, TIME
+from kubenetmon.otap._headers import HeaderDecoder
+from kubenetmon.otap._proto import ArrowPayloadType, StatusCode
+from kubenetmon.otap._tables import (
+    ATTR_TYPE_BOOL,
+    ATTR_TYPE_BYTES,
+    ATTR_TYPE_DOUBLE,
+    ATTR_TYPE_INT,
+    ATTR_TYPE_STR,
+    DELTA,
+    ENCODING,
+    METRIC_TYPE_NAMES,
+    METRIC_TYPE_SUM,
+    PLAIN,
+    QUASI_DELTA,
+)
+from kubenetmon.otlp import _contract as c
+from kubenetmon.otlp._checks import _ADDRESSES, DecodeResult, _address, _Reject, _Rejections, _show
+from kubenetmon.otlp._decode_records import _impossible, _node_of
+from kubenetmon.otlp._limits import MAX_ADDRESS_BYTES, DecodeLimits
+
+__all__ = ["BarError", "RecordsConsumer"]
+
+T = ArrowPayloadType
+_METRICS_TYPES = {T.RESOURCE_ATTRS, T.SCOPE_ATTRS, T.UNIVARIATE_METRICS, T.NUMBER_DATA_POINTS, T.NUMBER_DP_ATTRS}
+# A hostile stream could open a reader per made-up schema id: a few per payload type are plenty.
+MAX_READERS_PER_STREAM = 16
+_COUNTERS = {c.METRIC_BYTES: 0, c.METRIC_PACKETS: 1}
+_KEYS = (
+    c.ATTR_NETWORK_TRANSPORT, c.ATTR_NETWORK_TYPE, c.ATTR_SRC_ADDRESS, c.ATTR_SRC_PORT,
+    c.ATTR_DST_ADDRESS, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_SRC_PORT,
+    c.ATTR_REPLY_DST_ADDRESS, c.ATTR_REPLY_DST_PORT, c.ATTR_DIRECTION,
+)
+_STRING_SLOTS = (0, 1, 2, 4, 6, 8, 10)
+_IS_STRING_SLOT = np.isin(np.arange(11), _STRING_SLOTS)
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+_TRANSPORT_DICT = pa.array(["tcp", "udp"])
+_TYPE_DICT = pa.array(["ipv4", "ipv6"])
+
+
+class BarError(Exception):
+    """A BAR refused whole: ``code`` (a BatchStatus code), ``reason`` (a metric label), ``message``."""
+
+    def __init__(self, reason: str, message: str, code: int = StatusCode.INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
+
+class _Feed:
+    """A readable file the IPC reader pulls from; a payload's bytes are fed before it reads them."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.data = memoryview(b"")
+        self.pos = 0
+
+    def feed(self, data: bytes) -> None:
+        self.data = memoryview(bytes(self.data[self.pos:]) + data) if self.pos < len(self.data) else memoryview(data)
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
+        out = bytes(self.data[self.pos:end])
+        self.pos = end
+        return out
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+class _Reader:
+    """One payload type's IPC stream (per schema id): opened by its Schema message."""
+
+    def __init__(self) -> None:
+        self.feed = _Feed()
+        self.reader: Any = None
+
+    def read(self, data: bytes) -> pa.RecordBatch:
+        self.feed.feed(data)
+        if self.reader is None:
+            self.reader = pa.ipc.open_stream(self.feed)
+        batches = []
+        while self.feed.remaining():
+            batches.append(self.reader.read_next_batch())
+        if not batches:
+            raise ValueError("the payload holds no record batch")
+        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+class _Strings:
+    """What each distinct attribute string means, computed once per string per stream.
+
+    Kept aligned with the stream's dictionary: when the next batch's
+    dictionary extends it (a delta), only the new entries are looked at.
+    """
+
+    def __init__(self) -> None:
+        self.dictionary: pa.Array | None = None
+        self.canonical = np.zeros(0, dtype=np.int64)  # dictionary index → first index of an equal string
+        self.first: dict[str, int] = {}
+        self.texts: list[str] = []
+        self.transport = np.zeros(0, dtype=np.int8)  # 0 tcp, 1 udp, -1 neither
+        self.network_type = np.zeros(0, dtype=np.int8)  # 0 ipv4, 1 ipv6
+        self.direction = np.zeros(0, dtype=np.int8)  # 0 original, 1 reply
+        self.address = np.zeros(0, dtype=np.int8)  # 0 IPv4, 1 IPv6, 2 too long, 3 not an address
+        self.packed = np.zeros((0, 16), dtype=np.uint8)
+        self.address_id = np.zeros(0, dtype=np.int64)  # equal packed addresses share one id; -1: none
+        self.ids: dict[bytes, int] = {}
+
+    def update(self, dictionary: pa.Array) -> None:
+        old = self.dictionary
+        start = 0
+        if old is not None and len(dictionary) >= len(old) and dictionary.slice(0, len(old)).equals(old):
+            start = len(old)
+        else:
+            self.__init__()  # type: ignore[misc]  # a replacement dictionary: start over
+        self.dictionary = dictionary
+        new = dictionary.slice(start).to_pylist()
+        if not new:
+            return
+        canonical, transport, network_type, direction, address, address_id = [], [], [], [], [], []
+        packed = np.zeros((len(new), 16), dtype=np.uint8)
+        first = self.first
+        for i, value in enumerate(new):
+            text = "" if value is None else value
+            j = first.get(text)
+            if j is None:
+                j = first[text] = start + i
+            canonical.append(j)
+            transport.append({"tcp": 0, "udp": 1}.get(text, -1))
+            network_type.append({"ipv4": 0, "ipv6": 1}.get(text, -1))
+            direction.append({c.DIRECTION_ORIGINAL: 0, c.DIRECTION_REPLY: 1}.get(text, -1))
+            if len(text) > MAX_ADDRESS_BYTES:
+                address.append(2)  # never parsed nor cached (see _checks._address)
+                address_id.append(-1)
+                continue
+            canon = _ADDRESSES[text]
+            if canon is None:
+                address.append(3)
+                address_id.append(-1)
+                continue
+            if ":" in canon:
+                address.append(1)
+                raw = socket.inet_pton(socket.AF_INET6, canon)
+            else:
+                address.append(0)
+                raw = _V4_MAPPED + socket.inet_pton(socket.AF_INET, canon)
+            packed[i] = np.frombuffer(raw, dtype=np.uint8)
+            address_id.append(self.ids.setdefault(raw, len(self.ids)))
+        self.canonical = np.concatenate([self.canonical, np.array(canonical, dtype=np.int64)])
+        self.transport = np.concatenate([self.transport, np.array(transport, dtype=np.int8)])
+        self.network_type = np.concatenate([self.network_type, np.array(network_type, dtype=np.int8)])
+        self.direction = np.concatenate([self.direction, np.array(direction, dtype=np.int8)])
+        self.address = np.concatenate([self.address, np.array(address, dtype=np.int8)])
+        self.packed = np.concatenate([self.packed, packed])
+        self.address_id = np.concatenate([self.address_id, np.array(address_id, dtype=np.int64)])
+        self.texts.extend("" if t is None else t for t in new)
+
+
+class _Verdicts:
+    """A rejection reason per point; the first rule a point breaks is its reason (the OTLP order)."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.zeros(n, dtype=np.int16)
+        self.names: list[str] = [""]
+        self.messages: dict[str, str] = {}
+
+    def reject(self, mask: np.ndarray[Any, Any], reason: str, message_of: Callable[[int], str]) -> None:
+        new = mask & (self.reason == 0)
+        if not new.any():
+            return
+        if reason not in self.names:
+            self.names.append(reason)
+        self.reason[new] = self.names.index(reason)
+        if reason not in self.messages:
+            self.messages[reason] = message_of(int(np.argmax(new)))
+
+    def accepted(self) -> np.ndarray[Any, Any]:
+        ok: np.ndarray[Any, Any] = self.reason == 0
+        return ok
+
+    def into(self, rejections: _Rejections) -> None:
+        counts = np.bincount(self.reason, minlength=len(self.names))
+        for code, name in enumerate(self.names[1:], start=1):
+            rejections.add(name, self.messages[name], int(counts[code]))
+
+
+def _int64(column: Any, what: str) -> np.ndarray[Any, Any]:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not (pa.types.is_integer(column.type) or pa.types.is_timestamp(column.type)):
+        raise BarError("wrong_schema", f"{what} has type {column.type}; expected an integer column")
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    if column.null_count:
+        column = column.fill_null(0)
+    values: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return values
+
+
+def _column(table: pa.RecordBatch, name: str, what: str) -> Any:
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        raise BarError("wrong_schema", f"{what} has no column {name!r}")
+    return table.column(index)
+
+
+def _ids(table: pa.RecordBatch, name: str, default: bytes, what: str) -> np.ndarray[Any, Any]:
+    """An id column decoded (plain or delta); quasi-delta is the attribute tables' own."""
+    field = table.schema.field(name) if table.schema.get_field_index(name) >= 0 else None
+    column = _column(table, name, what)
+    if column.null_count:
+        raise BarError("wrong_schema", f"{what} column {name!r} has nulls; ids are required")
+    values = _int64(column, f"{what} column {name!r}")
+    encoding = (field.metadata or {}).get(ENCODING, default) if field is not None else default
+    if encoding == DELTA:
+        return np.cumsum(values)
+    if encoding == PLAIN:
+        return values
+    raise BarError("wrong_schema", f"{what} column {name!r} has encoding {encoding!r}; expected plain or delta")
+
+
+def _positions(ids: np.ndarray[Any, Any], refs: np.ndarray[Any, Any], what: str) -> np.ndarray[Any, Any]:
+    """Row positions of the ids ``refs`` points to; a reference to no row refuses the BAR."""
+    n = len(ids)
+    if n and ids[0] == 0 and ids[-1] == n - 1 and (n < 2 or bool((np.diff(ids) == 1).all())):
+        if len(refs) and (refs.min() < 0 or refs.max() >= n):
+            raise BarError("bad_ids", f"{what}: a row refers to an id that the BAR does not have")
+        pos = refs
+    else:
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        if n > 1 and bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
+            raise BarError("bad_ids", f"{what}: ids are not unique")
+        found = np.searchsorted(sorted_ids, refs)
+        found[found >= n] = 0
+        if len(refs) and not bool((sorted_ids[found] == refs).all() if n else False):
+            raise BarError("bad_ids", f"{what}: a row refers to an id that the BAR does not have")
+        pos = order[found]
+    return pos.astype(np.int64, copy=False)
+
+
+def _codes(column: Any) -> tuple[np.ndarray[Any, Any], pa.Array]:
+    """A string/binary column as (code per row, -1 for null; the distinct values), equal values equal codes."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    dictionary = column.dictionary
+    canonical = dictionary.dictionary_encode()
+    mapping = canonical.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    indices = column.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = mapping[indices] if len(mapping) else np.zeros(len(column), dtype=np.int64)
+    if column.null_count:
+        codes[column.is_null().to_numpy(zero_copy_only=False)] = -1
+    return codes, canonical.dictionary
+
+
+class RecordsConsumer:
+    """Reads the BARs of one gRPC stream (its IPC readers, header decoder and string meanings)."""
+
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+        self._readers: dict[tuple[int, str], _Reader] = {}
+        self._headers = HeaderDecoder()
+        self._strings: dict[str, _Strings] = {}
+
+    def headers(self, bar: Any) -> dict[str, str]:
+        """The BAR's headers; read every BAR's in order, even one refused (HPACK keeps state)."""
+        try:
+            return self._headers.decode(bar.headers)
+        except ValueError as exc:
+            raise BarError("bad_headers", str(exc)) from None
+
+    def tables(self, bar: Any) -> dict[int, tuple[str, pa.RecordBatch]]:
+        """Each payload's record batch by type (and its schema id)."""
+        tables: dict[int, tuple[str, pa.RecordBatch]] = {}
+        for i, payload in enumerate(bar.arrow_payloads):
+            kind, sid = int(payload.type), str(payload.schema_id)
+            if kind not in _METRICS_TYPES:
+                raise BarError("unknown_payload_type", f"payload {i} has type {kind}: this gateway reads metrics "
+                               "payloads (UNIVARIATE_METRICS 10, NUMBER_DATA_POINTS 11, NUMBER_DP_ATTRS 15, "
+                               "RESOURCE_ATTRS 1, SCOPE_ATTRS 2)")
+            if kind in tables:
+                raise BarError("duplicate_payload", f"payload {i}: a second payload of type {kind} in one BAR")
+            key = (kind, sid)
+            reader = self._readers.get(key)
+            if reader is None:
+                if len(self._readers) >= MAX_READERS_PER_STREAM:
+                    raise BarError("too_many_schemas", f"payload {i}: more than {MAX_READERS_PER_STREAM} schemas "
+                                   "on one stream; open a new stream")
+                reader = self._readers[key] = _Reader()
+            try:
+                tables[kind] = (sid, reader.read(bytes(payload.record)))
+            except (pa.ArrowException, ValueError, OSError, StopIteration) as exc:
+                # The reader's position in its stream is lost: forget it (the sender starts a new stream).
+                del self._readers[key]
+                raise BarError("invalid_ipc", f"payload {i} (type {kind}, schema_id {sid[:80]!r}) is not a "
+                               f"readable Arrow IPC stream message: {exc}") from None
+        return tables
+
+    def decode(self, bar: Any, now_ns: int) -> DecodeResult:
+        """The BAR's records; raises :class:`BarError` when the BAR must be refused whole."""
+        tables = self.tables(bar)
+        if not tables:
+            return DecodeResult()
+        if T.UNIVARIATE_METRICS not in tables:
+            raise BarError("missing_root", "the BAR has no UNIVARIATE_METRICS payload (the root table); "
+                           "send it first in every BAR that has data")
+        try:
+            return _Decode(self, tables, now_ns).run()
+        except (pa.ArrowException, TypeError) as exc:
+            raise BarError("wrong_schema", f"a table does not have the OTAP metrics schema: {exc}") from None
+
+    def strings(self, sid: str, dictionary: pa.Array) -> _Strings:
+        state = self._strings.get(sid)
+        if state is None:
+            state = self._strings[sid] = _Strings()
+        state.update(dictionary)
+        return state
+
+
+class _Decode:
+    def __init__(self, consumer: RecordsConsumer, tables: dict[int, tuple[str, pa.RecordBatch]], now: int) -> None:
+        self.consumer = consumer
+        self.tables = tables
+        self.now = now
+        self.limits = consumer.limits
+        self.rejections = _Rejections()
+
+    def run(self) -> DecodeResult:
+        root = self.tables[T.UNIVARIATE_METRICS][1]
+        metric_ids = _ids(root, "id", DELTA, "UNIVARIATE_METRICS")
+        resource_of_metric, nodes, node_of_resource, resource_problem = self._resources(root)
+        names = _column(root, "name", "UNIVARIATE_METRICS").to_pylist()
+        types = _int64(_column(root, "metric_type", "UNIVARIATE_METRICS"), "metric_type").tolist()
+        temporality = root.column("aggregation_temporality").to_pylist() if "aggregation_temporality" in \
+            root.schema.names else [0] * root.num_rows
+        monotonic = root.column("is_monotonic").to_pylist() if "is_monotonic" in root.schema.names \
+            else [False] * root.num_rows
+
+        if T.NUMBER_DATA_POINTS not in self.tables:
+            return self._result(self._empty(), 0, nodes)
+        points = self.tables[T.NUMBER_DATA_POINTS][1]
+        point_ids = _ids(points, "id", DELTA, "NUMBER_DATA_POINTS")
+        metric = _positions(metric_ids, _ids(points, "parent_id", DELTA, "NUMBER_DATA_POINTS"),
+                            "NUMBER_DATA_POINTS parent_id")
+        n = points.num_rows
+        verdicts = _Verdicts(n)
+
+        # Resource and metric rules first: they reject every point of theirs (the OTLP decoder's order).
+        per_metric_reason: list[tuple[str, str] | None] = []
+        for m in range(root.num_rows):
+            problem = resource_problem[resource_of_metric[m]]
+            name = names[m]
+            if problem is None:
+                if name not in _COUNTERS:
+                    problem = ("unknown_metric", f"unknown metric {name!r}: the contract has {c.METRIC_BYTES} and "
+                               f"{c.METRIC_PACKETS}")
+                elif types[m] != METRIC_TYPE_SUM:
+                    problem = ("not_sum", f"metric {name} is a {METRIC_TYPE_NAMES.get(types[m], 'metric')}, "
+                               "not a Sum")
+                elif temporality[m] != c.TEMPORALITY_DELTA:
+                    problem = ("not_delta", f"metric {name} must have DELTA temporality")
+                elif not monotonic[m]:
+                    problem = ("not_monotonic", f"metric {name} must be monotonic")
+            per_metric_reason.append(problem)
+        for m, problem in enumerate(per_metric_reason):
+            if problem is not None:
+                verdicts.reject(metric == m, problem[0], _const(problem[1]))
+        base = np.array([_COUNTERS.get(nm, 0) for nm in names] or [0], dtype=np.int64)[metric]
+        node = np.array([node_of_resource[r] for r in resource_of_metric] or [0], dtype=np.int64)[metric]
+
+        slots = self._attributes(point_ids, n, verdicts)
+        value = self._values(points, verdicts)
+        starts = _int64(_column(points, "start_time_unix_nano", "NUMBER_DATA_POINTS"), "start_time_unix_nano")
+        ends = _int64(_column(points, "time_unix_nano", "NUMBER_DATA_POINTS"), "time_unix_nano")
+        caps, interval = self._times(starts, ends, base, verdicts)
+        verdicts.reject(value < 0, "negative_value",
+                        lambda i: f"data point value {value[i]} is negative; a monotonic delta cannot be")
+        table, accepted = self._records(slots, node=node, base=base, value=value, starts=starts, ends=ends,
+                                        interval=interval, caps=caps, verdicts=verdicts, nodes=nodes)
+        verdicts.into(self.rejections)
+        return self._result(table, accepted, nodes)
+
+    # --- resources ----------------------------------------------------------------------
+
+    def _resources(self, root: pa.RecordBatch) -> tuple[list[int], list[str], list[int], list[Any]]:
+        """Per metric its resource's position; the node names; per resource its node index or problem."""
+        resource = _column(root, "resource", "UNIVARIATE_METRICS")
+        if not pa.types.is_struct(resource.type) or resource.type.get_field_index("id") < 0:
+            raise BarError("wrong_schema", "UNIVARIATE_METRICS column 'resource' must be a struct with an id")
+        rid_column = resource.field("id")
+        rids = rid_column.to_pylist()
+        attrs: dict[int, list[KeyValue]] = {}
+        if T.RESOURCE_ATTRS in self.tables:
+            table = self.tables[T.RESOURCE_ATTRS][1]
+            parents = self._attr_parents(table, "RESOURCE_ATTRS")
+            keys = _column(table, "key", "RESOURCE_ATTRS").to_pylist()
+            types = _int64(_column(table, "type", "RESOURCE_ATTRS"), "type").tolist()
+            none = [None] * table.num_rows
+            values = {name: table.column(name).to_pylist() if name in table.schema.names else none
+                      for name in ("str", "int", "double", "bool")}
+            for i, parent in enumerate(parents.tolist()):
+                kv = KeyValue(key=keys[i] or "")
+                kind = types[i]
+                if kind == ATTR_TYPE_STR:
+                    kv.value.string_value = values["str"][i] or ""
+                elif kind == ATTR_TYPE_INT:
+                    kv.value.int_value = values["int"][i] or 0
+                elif kind == ATTR_TYPE_BOOL:
+                    kv.value.bool_value = bool(values["bool"][i])
+                elif kind == ATTR_TYPE_DOUBLE:
+                    kv.value.double_value = values["double"][i] or 0.0
+                attrs.setdefault(parent, []).append(kv)
+        distinct: dict[Any, int] = {}
+        resource_of_metric = []
+        for rid in rids:
+            resource_of_metric.append(distinct.setdefault(rid, len(distinct)))
+        nodes: dict[str, int] = {}
+        node_of_resource: list[int] = []
+        problems: list[Any] = []
+        for rid in distinct:
+            try:
+                name = _node_of(Resource(attributes=attrs.get(rid, []) if rid is not None else []))
+            except _Reject as exc:
+                problems.append((exc.reason, exc.message))
+                node_of_resource.append(0)
+                continue
+            problems.append(None)
+            node_of_resource.append(nodes.setdefault(name, len(nodes)))
+        return resource_of_metric, list(nodes), node_of_resource, problems
+
+    def _attr_parents(self, table: pa.RecordBatch, what: str, key_codes: np.ndarray[Any, Any] | None = None,
+                      types: np.ndarray[Any, Any] | None = None,
+                      str_codes: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
+        """Parent ids of an attribute table: plain, delta, or quasi-delta (the default).
+
+        ``key_codes``, ``types``, ``str_codes``: the caller's, when it has them already.
+        """
+        field = table.schema.field("parent_id") if "parent_id" in table.schema.names else None
+        raw = _int64(_column(table, "parent_id", what), f"{what} parent_id")
+        encoding = (field.metadata or {}).get(ENCODING, QUASI_DELTA) if field is not None else QUASI_DELTA
+        if encoding == PLAIN:
+            return raw
+        if encoding == DELTA:
+            return np.cumsum(raw)
+        if encoding != QUASI_DELTA:
+            raise BarError("wrong_schema", f"{what} parent_id has encoding {encoding!r}")
+        n = len(raw)
+        if not n:
+            return raw
+        if key_codes is None:
+            key_codes, _ = _codes(_column(table, "key", what))
+        if types is None:
+            types = _int64(_column(table, "type", what), f"{what} type")
+        if str_codes is None and "str" in table.schema.names:
+            str_codes, _ = _codes(table.column("str"))
+        # A row continues a run when its key, type and value (the column its type names) equal the
+        # previous row's.
+        value = _run_values(table, types, str_codes)
+        same = (key_codes[1:] == key_codes[:-1]) & (types[1:] == types[:-1]) & (value[1:] == value[:-1])
+        start = np.ones(n, dtype=bool)
+        start[1:] = ~same
+        total = np.cumsum(raw)
+        run = np.cumsum(start) - 1
+        before = (total - raw)[start]
+        parents: np.ndarray[Any, Any] = total - before[run]
+        return parents
+
+    # --- point attributes ---------------------------------------------------------------
+
+    def _attributes(self, point_ids: np.ndarray[Any, Any], n: int, verdicts: _Verdicts) -> dict[str, Any]:
+        """Per contract key: which points have it and its value per point (string code or int)."""
+        has = np.zeros((11, n), dtype=bool)
+        wrong = np.zeros((11, n), dtype=bool)
+        value = np.zeros((11, n), dtype=np.int64)
+        strings: _Strings | None = None
+        if T.NUMBER_DP_ATTRS in self.tables:
+            sid, table = self.tables[T.NUMBER_DP_ATTRS]
+            what = "NUMBER_DP_ATTRS"
+            key_codes, key_values = _codes(_column(table, "key", what))
+            types = _int64(_column(table, "type", what), f"{what} type")
+            slot_of_code = np.full(len(key_values) + 1, -1, dtype=np.int64)
+            for code, key in enumerate(key_values.to_pylist()):
+                if key in _KEYS:
+                    slot_of_code[code] = _KEYS.index(key)
+            slot = slot_of_code[key_codes]  # -1 (null key) picks the extra -1 entry
+            str_codes = None
+            if "str" in table.schema.names:
+                column = table.column("str")
+                if not pa.types.is_dictionary(column.type):
+                    column = column.dictionary_encode()
+                    sid = ""  # a dictionary made here lives for this BAR only
+                strings = self.consumer.strings(sid, column.dictionary) if sid else _Strings()
+                if not sid:
+                    strings.update(column.dictionary)
+                idx = column.indices.fill_null(0).to_numpy(zero_copy_only=False)
+                str_codes = strings.canonical[idx] if len(strings.canonical) else np.zeros(len(idx), np.int64)
+                if column.null_count:
+                    str_codes[column.is_null().to_numpy(zero_copy_only=False)] = -1
+            parents = _positions(point_ids, self._attr_parents(table, what, key_codes, types, str_codes),
+                                 f"{what} parent_id")
+            ints = (_int64(table.column("int"), f"{what} int") if "int" in table.schema.names
+                    else np.zeros(table.num_rows, dtype=np.int64))
+            known = slot >= 0
+            s, t = slot[known], types[known]
+            flat = s * n + parents[known]
+            has.reshape(-1)[flat] = True
+            is_string = _IS_STRING_SLOT[s]
+            wrong.reshape(-1)[flat] = t != np.where(is_string, ATTR_TYPE_STR, ATTR_TYPE_INT)
+            strs = str_codes[known] if str_codes is not None else np.full(len(s), -1, dtype=np.int64)
+            value.reshape(-1)[flat] = np.where(is_string, strs, ints[known])
+        if strings is None:
+            strings = _Strings()
+        for k in range(11):
+            kind = "a string" if k in _STRING_SLOTS else "an int"
+            verdicts.reject(wrong[k], "wrong_attribute_type", _const(f"attribute {_KEYS[k]} must be {kind}"))
+        texts = strings.texts
+
+        def text(k: int, i: int) -> str:
+            code = int(value[k, i])
+            return texts[code] if 0 <= code < len(texts) else ""
+
+        def lookup(table: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+            codes = value[k]
+            if not len(table):
+                return np.full(n, -1, dtype=np.int64)
+            out: np.ndarray[Any, Any] = table[np.clip(codes, 0, len(table) - 1)].astype(np.int64)
+            out[(codes < 0) | ~has[k]] = -1
+            return out
+
+        direction = lookup(strings.direction, 10)
+        verdicts.reject(direction < 0, "bad_direction", lambda i: "kubenetmon.conntrack.direction="
+                        f"{_show(text(10, i)) if has[10, i] else None} is not original or reply")
+        for k in range(6):
+            verdicts.reject(~has[k], "missing_attribute", _const(f"data point has no {_KEYS[k]} attribute"))
+        transport = lookup(strings.transport, 0)
+        verdicts.reject(transport < 0, "bad_attribute_value",
+                        lambda i: f"network.transport={_show(text(0, i))} is not tcp or udp")
+        network_type = lookup(strings.network_type, 1)
+        verdicts.reject(network_type < 0, "bad_attribute_value",
+                        lambda i: f"network.type={_show(text(1, i))} is not ipv4 or ipv6")
+        reply = has[6:10]
+        nat: np.ndarray[Any, Any] = np.asarray(reply.all(axis=0))
+        partial_reply: np.ndarray[Any, Any] = reply.any(axis=0) & ~nat
+        verdicts.reject(partial_reply, "incomplete_reply_tuple",
+                        _const("kubenetmon.reply.* attributes must be all four present (NAT) or all absent "
+                               "(mirror)"))
+        for k in (3, 5, 7, 9):
+            verdicts.reject(has[k] & ((value[k] < 0) | (value[k] > 65535)), "bad_port",
+                            partial(_port_message, value, k))
+        address: dict[int, np.ndarray[Any, Any]] = {}
+        for k in (2, 4, 6, 8):
+            family = lookup(strings.address, k)
+            relevant = has[k] if k < 6 else nat
+            # Not an address (or no text), too long, or of the other family than the point's network.type.
+            bad = relevant & ((family < 0) | (family >= 2) | (family != network_type))
+
+            def message(i: int, k: int = k) -> str:
+                try:
+                    _address(text(k, i), "ipv6" if network_type[i] == 1 else "ipv4", _KEYS[k])
+                except _Reject as exc:
+                    return exc.message
+                return f"attribute {_KEYS[k]} is not an address of the point's network.type"
+
+            verdicts.reject(bad & (family == 2), "attribute_too_long", message)
+            verdicts.reject(bad, "bad_address", message)
+            address[k] = np.clip(value[k], 0, None)  # string codes; rejected points do not matter
+        return {"value": value, "nat": nat, "transport": transport, "network_type": network_type,
+                "direction": direction, "address": address, "strings": strings}
+
+    # --- values, times, caps ------------------------------------------------------------
+
+    def _values(self, points: pa.RecordBatch, verdicts: _Verdicts) -> np.ndarray[Any, Any]:
+        n = points.num_rows
+        ints = points.column("int_value") if "int_value" in points.schema.names else pa.nulls(n, pa.int64())
+        doubles = points.column("double_value") if "double_value" in points.schema.names else None
+        int_null = ints.is_null().to_numpy(zero_copy_only=False)
+        is_double = (~doubles.is_null().to_numpy(zero_copy_only=False)) if doubles is not None \
+            else np.zeros(n, dtype=bool)
+        verdicts.reject(int_null | is_double, "wrong_value_type", lambda i: "data point value is "
+                        f"{'as_double' if is_double[i] else 'missing'}; the contract sends as_int")
+        return _int64(ints, "NUMBER_DATA_POINTS int_value")
+
+    def _times(self, starts: np.ndarray[Any, Any], ends: np.ndarray[Any, Any], base: np.ndarray[Any, Any],
+               verdicts: _Verdicts) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Checks each distinct interval once: per point the largest delta its counter may reach, its interval."""
+        n = len(starts)
+        caps = np.zeros(n, dtype=np.uint64)
+        if not n:
+            return caps, np.zeros(0, dtype=np.int64)
+        if bool((starts == starts[0]).all() and (ends == ends[0]).all()):  # one interval: the usual BAR
+            pairs, inverse = [(int(starts[0]), int(ends[0]))], np.zeros(n, dtype=np.int64)
+        else:
+            inverse, first = _distinct(np.stack([starts, ends], axis=1))
+            pairs = list(zip(starts[first].tolist(), ends[first].tolist(), strict=True))
+        for j, (start, end) in enumerate(pairs):
+            mask = inverse == j
+            problem = self.limits.time_problem(start, end, self.now)
+            if problem is not None:
+                verdicts.reject(mask, problem[0], _const(problem[1]))
+                continue
+            byte_cap, packet_cap = self.limits.caps(start, end)
+            caps[mask & (base == 0)] = byte_cap
+            caps[mask & (base == 1)] = packet_cap
+        return caps, inverse
+
+    # --- records --------------------------------------------------------------------------
+
+    def _records(self, s: dict[str, Any], *, node: np.ndarray[Any, Any], base: np.ndarray[Any, Any],
+                 value: np.ndarray[Any, Any], starts: np.ndarray[Any, Any], ends: np.ndarray[Any, Any],
+                 interval: np.ndarray[Any, Any], caps: np.ndarray[Any, Any], verdicts: _Verdicts,
+                 nodes: list[str]) -> tuple[pa.RecordBatch, int]:
+        """Points → records (one per node, tuple and interval; four counters), in order of first point."""
+        ok = np.flatnonzero(verdicts.accepted())
+        if not len(ok):
+            return self._empty(), 0
+        strings: _Strings = s["strings"]
+        v, nat, code = s["value"], s["nat"][ok], s["address"]
+        # A record's identity as small ints: equal addresses (whatever their text) share an id.
+        src, dst = code[2][ok], code[4][ok]
+        sport, dport = v[3][ok], v[5][ok]
+        rsrc = np.where(nat, code[6][ok], dst)
+        rdst = np.where(nat, code[8][ok], src)
+        rsport = np.where(nat, v[7][ok], dport)
+        rdport = np.where(nat, v[9][ok], sport)
+        aid = strings.address_id
+        identity = np.stack([
+            node[ok], s["transport"][ok] * 2 + s["network_type"][ok], interval[ok],
+            aid[src], aid[dst], aid[rsrc], aid[rdst], (sport << 16) | dport, (rsport << 16) | rdport,
+        ], axis=1).astype(np.int64)
+        record, first = _distinct(identity)  # records in order of first appearance
+        n_records = len(first)
+        counter = record * 4 + base[ok] + 2 * s["direction"][ok]
+        values = value[ok].astype(np.uint64)
+        cap = caps[ok]
+        counts = np.bincount(counter, minlength=4 * n_records)
+        totals = np.zeros(4 * n_records, dtype=np.uint64)
+        over = values > cap
+        single = counts[counter] == 1
+        verdicts.reject(_scatter(len(verdicts.reason), ok[over & single]), "impossible_delta",
+                        lambda i: _impossible(int(value[i]), int(caps[i]), int(starts[i]), int(ends[i])))
+        take = single & ~over
+        totals[counter[take]] = values[take]
+        # Several points of one tuple, direction and metric (a sender's duplicates): running totals in
+        # point order, as the OTLP decoder sums them (rare: a Python loop over those points only).
+        for j in np.flatnonzero(~single).tolist():
+            i, g = int(ok[j]), int(counter[j])
+            total = int(totals[g]) + int(values[j])
+            if total > int(cap[j]):
+                verdicts.reject(_scatter(len(verdicts.reason), np.array([i])), "impossible_delta",
+                                _const(_impossible(int(value[i]), int(caps[i]), int(starts[i]), int(ends[i]))))
+                continue
+            totals[g] = total
+        accepted = int(verdicts.accepted().sum())
+        counters = totals.reshape(n_records, 4)
+        f = first
+        packed = strings.packed
+        arrays = [
+            pa.DictionaryArray.from_arrays(pa.array(node[ok][f], pa.int32()), pa.array(nodes, pa.utf8())),
+            pa.DictionaryArray.from_arrays(pa.array(s["transport"][ok][f], pa.int32()), _TRANSPORT_DICT),
+            pa.DictionaryArray.from_arrays(pa.array(s["network_type"][ok][f], pa.int32()), _TYPE_DICT),
+            _addresses(packed[src[f]]), pa.array(sport[f], PORT), _addresses(packed[dst[f]]), pa.array(dport[f], PORT),
+            _addresses(packed[rsrc[f]]), pa.array(rsport[f], PORT), _addresses(packed[rdst[f]]),
+            pa.array(rdport[f], PORT),
+            *(pa.array(counters[:, i], COUNTER) for i in range(4)),
+            pa.array(starts[ok][f], TIME), pa.array(ends[ok][f], TIME),
+        ]
+        table = pa.RecordBatch.from_arrays(arrays, schema=RECORD_SCHEMA)
+        nonzero = counters.any(axis=1)
+        return (table if nonzero.all() else table.filter(pa.array(nonzero))), accepted
+
+    def _empty(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist([], schema=RECORD_SCHEMA)
+
+    def _result(self, table: pa.RecordBatch, accepted: int, nodes: list[str]) -> DecodeResult:
+        rej = self.rejections
+        return DecodeResult(
+            table=table, rejected_points=sum(rej.counts.values()),
+            errors=[f"{reason}: {msg}" for reason, msg in rej.messages.items()],
+            rejected_by_reason=dict(rej.counts), accepted_points=accepted, nodes=nodes,
+        )
+
+
+def _run_values(table: pa.RecordBatch, types: np.ndarray[Any, Any],
+                str_codes: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
+    """Per attribute row, its value as an int64 that is equal exactly when the values are (within a type)."""
+    names = table.schema.names
+    n = table.num_rows
+    value = _int64(table.column("int"), "int") if "int" in names else np.zeros(n, dtype=np.int64)
+    if str_codes is not None:
+        value = np.where(types == ATTR_TYPE_STR, str_codes, value)
+    if "double" in names:
+        bits = table.column("double").cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).view(np.int64)
+        value = np.where(types == ATTR_TYPE_DOUBLE, bits, value)
+    if "bool" in names:
+        flags = table.column("bool").cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        value = np.where(types == ATTR_TYPE_BOOL, flags, value)
+    if "bytes" in names:
+        codes, _ = _codes(table.column("bytes"))
+        value = np.where(types == ATTR_TYPE_BYTES, codes, value)
+    result: np.ndarray[Any, Any] = value
+    return result
+
+
+def _distinct(rows: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Rows of an int64 matrix → (index of each row's distinct value, in order of first appearance; first rows)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    n, width = rows.shape
+    encoded = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(8 * width), n, [None, pa.py_buffer(rows)]).dictionary_encode()
+    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    first = np.empty(len(encoded.dictionary), dtype=np.int64)
+    first[index[::-1]] = np.arange(n - 1, -1, -1)
+    return index, first
+
+
+def _const(message: str) -> Callable[[int], str]:
+    def message_of(_point: int) -> str:
+        return message
+    return message_of
+
+
+def _port_message(value: np.ndarray[Any, Any], k: int, i: int) -> str:
+    return f"attribute {_KEYS[k]}={value[k, i]} is not a port (0..65535)"
+
+
+def _scatter(n: int, indices: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    mask = np.zeros(n, dtype=bool)
+    mask[indices] = True
+    return mask
+
+
+def _addresses(packed: np.ndarray[Any, Any]) -> pa.Array:
+    data = np.ascontiguousarray(packed, dtype=np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(ADDRESS, len(data), [None, pa.py_buffer(data)])
+
