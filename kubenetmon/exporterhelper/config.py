@@ -16,7 +16,12 @@ class _Strict(BaseModel):
 
 
 class QueueConfig(_Strict):
-    enabled: bool = Field(True, description="Queue batches and send them from background workers.")
+    enabled: bool = Field(
+        True,
+        description="Queue batches and send them from background workers. false: push in the producer's "
+        "thread, so its acknowledgement means delivered; a retryable failure is backpressure to the producer "
+        "(the stateless gateway of docs/scaling.md).",
+    )
     storage: Literal["memory", "persistent"] = Field(
         "memory",
         description="memory: lost on a crash. persistent: every accepted batch is on disk before "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 
 from kubenetmon.component import BaseComponent, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, PermanentError, RetryableError
@@ -147,6 +148,9 @@ class QueuedExporter(BaseComponent):
         if not self._accepting or self._queue is None:
             raise BackpressureError(f"exporter {self.settings.id} is not running")
         q = self.helper_config.sending_queue
+        if not q.enabled:
+            self._send_now(batch)
+            return
         timeout = q.block_timeout if q.full_policy == "block" else 0.0
         try:
             result = self._queue.put(batch, timeout)
@@ -172,6 +176,35 @@ class QueuedExporter(BaseComponent):
             return
         self.m_refused.inc(n)
         raise BackpressureError(f"sending queue of exporter {self.settings.id} is full", retry_after=1.0)
+
+    def _send_now(self, batch: FlowBatch) -> None:
+        """No queue: push in the caller's thread, so that its acknowledgement means delivered.
+
+        A retryable failure goes back as backpressure: the producer (an agent,
+        through the otlp receiver) keeps the batch and retries it, to this or
+        another replica, and the peer deduplicates it by the batch's name
+        (``Block.key``). Gateway replicas then hold no state to lose.
+        """
+        n = len(batch)
+        block = Block(uuid.uuid4().hex, [batch])
+        started = time.monotonic()
+        try:
+            self.push(block, self.helper_config.timeout)
+        except PermanentError as exc:
+            self.m_send_failed.inc(n)
+            self.m_dropped.labels(reason="permanent_error").inc(n)
+            self.log.error("dropping %d flows: permanent error: %s", n, exc)
+            return
+        except Exception as exc:
+            self.m_send_failed.inc(n)
+            self.m_refused.inc(n)
+            retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
+            raise BackpressureError(
+                f"exporter {self.settings.id} could not deliver the batch now: {exc}",
+                retry_after=retry_after if retry_after is not None else 1.0,
+            ) from exc
+        self.m_latency.observe(time.monotonic() - started)
+        self.m_sent.inc(n)
 
     def _storable_part(self, batch: FlowBatch, exc: Exception) -> FlowBatch:
         """The rows of ``batch`` that fit the batch contract; the others are counted and logged.

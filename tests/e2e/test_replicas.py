@@ -260,16 +260,6 @@ def delete_pod(replica: Replica) -> None:
 
 # --- the tests ---------------------------------------------------------------------------
 
-# What the gateway still lacks for the deleted-replica test (docs/scaling.md, "Status"): the
-# exporter helper acknowledges on enqueue even with sending_queue.enabled: false, so a replica
-# deleted while ClickHouse refuses inserts takes the batch with it (measured: lost). With a
-# synchronous push for a disabled queue (retryable failure -> BackpressureError) applied to a
-# copy of the tree, all three tests here pass.
-NEEDS_ACK_ONCE_DURABLE = pytest.mark.xfail(
-    strict=True, reason="exporter helper: push synchronously when sending_queue.enabled is false (docs/scaling.md)"
-)
-
-
 def test_two_replicas_behind_one_address_store_every_batch_once(deployment: Deployment) -> None:
     agents = [deployment.agent(), deployment.agent()]  # two connections: one per replica
     sent = {"out": 0, "in": 0}
@@ -305,7 +295,6 @@ def test_batch_retried_to_another_replica_after_a_lost_answer_is_stored_once(dep
     assert by_a == by_b and "node-a-000001" in by_a  # one token, from the agent's batch id
 
 
-@NEEDS_ACK_ONCE_DURABLE
 def test_replica_deleted_while_clickhouse_refuses_inserts_loses_nothing(deployment: Deployment) -> None:
     a, _ = deployment.replicas
     agent = deployment.agent()

@@ -212,3 +212,25 @@ def test_persistent_queue_delivers_once_after_kill_9(tmp_path: Path) -> None:
     assert delivered == sorted(f"10.0.0.{i}" for i in (1, 2, 11, 12, 21, 22))  # each flow exactly once
     # The block being retried when the process died is re-sent under the same id.
     assert tried_ids & {b.id for b in exporter.delivered}
+
+
+def test_without_a_queue_consume_returns_only_once_delivered_and_failures_push_back() -> None:
+    # The stateless gateway (docs/scaling.md): its acknowledgement to the agent must mean "stored".
+    exporter = ScriptedExporter(config(sending_queue={"enabled": False}),
+                                errors=[RetryableError("ClickHouse is read-only"), PermanentError("bad schema")])
+    exporter.start(StaticHost())
+    try:
+        with pytest.raises(BackpressureError, match="could not deliver the batch now: ClickHouse is read-only"):
+            exporter.consume(batch(3))
+        assert exporter.delivered == [] and exporter.metric("exporter_sent_flows_total") == 0
+        exporter.consume(batch(3))  # a permanent error is dropped and counted, not pushed back forever
+        assert exporter.metric("exporter_dropped_flows_total", reason="permanent_error") == 3
+        caller = threading.get_ident()
+        seen: list[int] = []
+        exporter.gate.clear()
+        threading.Timer(0.05, lambda: (seen.append(threading.get_ident()), exporter.gate.set())).start()
+        exporter.consume(batch(2))  # returns after the push, in this thread
+        assert len(exporter.delivered) == 1 and exporter.metric("exporter_sent_flows_total") == 2
+        assert exporter.attempts[-1] == exporter.delivered[0].id and seen and seen[0] != caller
+    finally:
+        exporter.shutdown()
