@@ -61,3 +61,12 @@ def test_schema_rejects_bad_cluster_values(helm: str, key: str, value: str) -> N
     dotted = key.replace("[0]", ".0")
     # The schema names the value at fault (helm 4 as a JSON pointer, helm 3 dotted).
     assert "/" + dotted.replace(".", "/") in proc.stderr or dotted in proc.stderr, proc.stderr
+
+
+def test_acknowledge_stored_runs_the_clickhouse_exporter_without_a_queue(render: RenderFn, tmp_path: Path) -> None:
+    # docs/scaling.md: a gateway acknowledges an agent batch only once it is stored.
+    rendered = render(SERVER, sets={**README_SERVER_SETS, "inserter.acknowledge": "stored"})
+    assert rendered.configmap_pipeline()["exporters"]["clickhouse"]["sending_queue"] == {"enabled": False}
+    kubenetmon_validate(rendered.configmap_pipeline(), tmp_path)
+    queued = render(SERVER, sets=README_SERVER_SETS).configmap_pipeline()["exporters"]["clickhouse"]
+    assert queued["sending_queue"]["storage"] == "persistent"

@@ -93,7 +93,11 @@ exporters:
       {{- end }}
       {{- end }}
     {{- end }}
-    {{- if .Values.inserter.persistentQueue }}
+    {{- if eq .Values.inserter.acknowledge "stored" }}
+    # No queue: an agent's batch is acknowledged only once it is in ClickHouse (docs/scaling.md).
+    sending_queue:
+      enabled: false
+    {{- else if .Values.inserter.persistentQueue }}
     # On the pod's emptyDir: survives a crash and restart of the container (not of the pod).
     sending_queue:
       storage: persistent
