@@ -7,12 +7,15 @@ default and the interoperable path; the ``otlp`` exporter negotiates OTAP
 (``arrow.enabled``) and falls back to OTLP when the server does not offer it.
 
 * :class:`RecordsProducer` — per gRPC stream: a records batch → one ``BatchArrowRecords``.
+* :class:`ArrowStreams` — the exporter's streams (one BAR in flight on each; UNIMPLEMENTED →
+  :class:`ArrowUnavailableError`, the signal to fall back to Export).
 * :class:`RecordsConsumer` — per gRPC stream: a ``BatchArrowRecords`` → a :class:`~kubenetmon.otlp.DecodeResult`
   with the OTLP decoder's checks, or :class:`BarError` when the BAR is refused whole.
 """
 
 from __future__ import annotations
 
+from kubenetmon.otap._client import ArrowStreams, ArrowUnavailableError
 from kubenetmon.otap._consumer import BarError, RecordsConsumer
 from kubenetmon.otap._headers import HeaderDecoder, encode_headers
 from kubenetmon.otap._producer import RecordsProducer
@@ -21,6 +24,8 @@ from kubenetmon.otap._proto import ARROW_METRICS_METHOD, ArrowPayloadType, Batch
 __all__ = [
     "ARROW_METRICS_METHOD",
     "ArrowPayloadType",
+    "ArrowStreams",
+    "ArrowUnavailableError",
     "BarError",
     "BatchArrowRecords",
     "BatchStatus",

@@ -305,16 +305,27 @@ class RecordsConsumer:
             raise BarError("bad_headers", str(exc)) from None
 
     def tables(self, bar: Any) -> dict[int, tuple[str, pa.RecordBatch]]:
-        """Each payload's record batch by type (and its schema id)."""
-        tables: dict[int, tuple[str, pa.RecordBatch]] = {}
+        """Each payload's record batch by type (and its schema id).
+
+        The BAR's shape is checked before any payload is read, so a BAR refused
+        for it leaves the stream's IPC readers as they were.
+        """
+        kinds: set[int] = set()
         for i, payload in enumerate(bar.arrow_payloads):
-            kind, sid = int(payload.type), str(payload.schema_id)
+            kind = int(payload.type)
             if kind not in _METRICS_TYPES:
                 raise BarError("unknown_payload_type", f"payload {i} has type {kind}: this gateway reads metrics "
                                "payloads (UNIVARIATE_METRICS 10, NUMBER_DATA_POINTS 11, NUMBER_DP_ATTRS 15, "
                                "RESOURCE_ATTRS 1, SCOPE_ATTRS 2)")
-            if kind in tables:
+            if kind in kinds:
                 raise BarError("duplicate_payload", f"payload {i}: a second payload of type {kind} in one BAR")
+            kinds.add(kind)
+        if kinds and T.UNIVARIATE_METRICS not in kinds:
+            raise BarError("missing_root", "the BAR has no UNIVARIATE_METRICS payload (the root table); "
+                           "send it first in every BAR that has data")
+        tables: dict[int, tuple[str, pa.RecordBatch]] = {}
+        for i, payload in enumerate(bar.arrow_payloads):
+            kind, sid = int(payload.type), str(payload.schema_id)
             key = (kind, sid)
             reader = self._readers.get(key)
             if reader is None:
@@ -336,9 +347,6 @@ class RecordsConsumer:
         tables = self.tables(bar)
         if not tables:
             return DecodeResult()
-        if T.UNIVARIATE_METRICS not in tables:
-            raise BarError("missing_root", "the BAR has no UNIVARIATE_METRICS payload (the root table); "
-                           "send it first in every BAR that has data")
         try:
             return _Decode(self, tables, now_ns).run()
         except (pa.ArrowException, TypeError) as exc:

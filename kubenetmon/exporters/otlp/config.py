@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kubenetmon.exporterhelper import ExporterHelperConfig
 
-__all__ = ["ClientTLSConfig", "OtlpExporterConfig"]
+__all__ = ["ArrowExporterConfig", "ClientTLSConfig", "OtlpExporterConfig"]
 
 
 class ClientTLSConfig(BaseModel):
@@ -28,6 +28,30 @@ class ClientTLSConfig(BaseModel):
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("cert_file and key_file must be set together (mTLS) or both left empty")
         return self
+
+
+class ArrowExporterConfig(BaseModel):
+    """OTAP (OpenTelemetry Protocol with Apache Arrow) to the gateway, negotiated; Export stays the fallback."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        False, description="Send conntrack records as OTAP BatchArrowRecords on ArrowMetrics streams; when the "
+        "server answers UNIMPLEMENTED (no ArrowMetricsService), use Export for the life of the process. Flows "
+        "(gateway → backend) always use Export."
+    )
+    num_streams: int = Field(1, ge=1, description="Arrow streams kept open (one BAR in flight on each).")
+    payload_compression: Literal["zstd", "none"] = Field(
+        "zstd", description="Compression of the Arrow IPC buffers inside each BAR."
+    )
+    max_points_per_bar: int = Field(
+        65536, ge=4, description="Split a queue block into BARs of about this many data points (a record's "
+        "points stay together); each BAR is acknowledged and deduplicated on its own, like split requests."
+    )
+    max_stream_lifetime: float = Field(
+        300.0, gt=0, description="Seconds after which a stream is replaced by a new one (so agents spread over "
+        "gateway replicas again)."
+    )
 
 
 class OtlpExporterConfig(ExporterHelperConfig):
@@ -58,6 +82,9 @@ class OtlpExporterConfig(ExporterHelperConfig):
         5.0, gt=0, description="Upper bound of the wait between reconnection attempts to the server."
     )
     max_message_size_mib: int = Field(64, gt=0, description="Largest request or response, in MiB.")
+    arrow: ArrowExporterConfig = Field(
+        default_factory=ArrowExporterConfig, description="OTAP streams to the gateway (off: plain OTLP Export)."
+    )
 
     @field_validator("endpoint")
     @classmethod

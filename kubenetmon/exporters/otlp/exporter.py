@@ -8,17 +8,22 @@ runs in the helper's worker threads.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
 from kubenetmon.component import CreateSettings
 from kubenetmon.errors import PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter
 from kubenetmon.exporters.otlp.config import OtlpExporterConfig
+from kubenetmon.otap import ArrowStreams, ArrowUnavailableError, StatusCode
 from kubenetmon.otlp import contract, encode_flow_table_bytes, encode_record_table_bytes
 from kubenetmon.otlp.status import retry_after_of
 
@@ -74,6 +79,13 @@ class OtlpExporter(QueuedExporter):
             "Data points the server rejected through OTLP partial success (permanent, not retried).",
         )
         self.m_bytes = m.counter("exporter_otlp_request_bytes_total", "Uncompressed bytes of requests sent.")
+        self._arrow: ArrowStreams | None = None
+        self._arrow_done: OrderedDict[str, set[int]] = OrderedDict()  # block id → BARs acknowledged
+        self.m_bars = m.counter(
+            "exporter_otap_bars_total", "OTAP BatchArrowRecords by outcome (ok, retryable, permanent, fallback).",
+            ["outcome"],
+        )
+        self.m_bar_bytes = m.counter("exporter_otap_bar_bytes_total", "Bytes of BatchArrowRecords sent.")
 
     # --- client ----------------------------------------------------------------------
 
@@ -110,8 +122,18 @@ class OtlpExporter(QueuedExporter):
         self._export = self._channel.unary_unary(
             EXPORT_METHOD, request_serializer=None, response_deserializer=ExportMetricsServiceResponse.FromString
         )
+        arrow = cfg.arrow
+        if arrow.enabled:
+            self._arrow = ArrowStreams(
+                self._channel, num_streams=arrow.num_streams, metadata=list(cfg.headers.items()),
+                compression=None if arrow.payload_compression == "none" else arrow.payload_compression,
+                max_lifetime=arrow.max_stream_lifetime,
+            )
 
     def close(self) -> None:
+        if self._arrow is not None:
+            self._arrow.close()
+            self._arrow = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -155,6 +177,19 @@ class OtlpExporter(QueuedExporter):
         export = self._export
         if export is None:
             raise RetryableError("the OTLP channel is closed")
+        arrow = self._arrow
+        batch = block.merged() if arrow is not None else None
+        if arrow is not None and batch is not None and batch.num_flows == 0:
+            try:
+                self._push_arrow(arrow, block, batch.record_table(), timeout)
+                return
+            except ArrowUnavailableError as exc:
+                # As the Collector's otelarrow exporter: no ArrowMetricsService → Export from now on.
+                self._arrow = None
+                arrow.close()
+                self.m_bars.labels(outcome="fallback").inc()
+                self.log.warning("%s does not offer OTAP (%s): sending OTLP Export from now on",
+                                 self.config.endpoint, exc)
         enc = self._encoded_block(block)
         compression = grpc.Compression.Gzip if self.config.compression == "gzip" else grpc.Compression.NoCompression
         headers = list(self.config.headers.items())
@@ -175,6 +210,54 @@ class OtlpExporter(QueuedExporter):
             self._partial_success(response, batch_id)
         with self._encoded_lock:
             self._encoded.pop(block.id, None)
+
+    def _bar_parts(self, table: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """The block's records cut into BARs of about ``arrow.max_points_per_bar`` points (deterministic)."""
+        if not table.num_rows:
+            return []
+        points = sum(pc.not_equal(table.column(name), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+                     for name in ("original_bytes", "original_packets", "reply_bytes", "reply_packets"))
+        part = np.maximum(np.cumsum(points) - 1, 0) // self.config.arrow.max_points_per_bar
+        bounds = np.flatnonzero(np.diff(part)) + 1
+        edges = [0, *bounds.tolist(), table.num_rows]
+        return [table.slice(a, b - a) for a, b in itertools.pairwise(edges)]
+
+    def _push_arrow(self, arrow: ArrowStreams, block: Block, table: pa.RecordBatch, timeout: float) -> None:
+        """The block as BARs on an Arrow stream; each BatchStatus acknowledges one, as an Export response does."""
+        parts = self._bar_parts(table)
+        with self._encoded_lock:
+            done = self._arrow_done.setdefault(block.id, set())
+            while len(self._arrow_done) > _ENCODED_BLOCKS_KEPT:
+                self._arrow_done.popitem(last=False)
+        for i, part in enumerate(parts):
+            if i in done:
+                continue
+            batch_id = block.key if len(parts) == 1 else f"{block.key}:{i}"
+            try:
+                status = arrow.send(part, self.config.resource, {contract.BATCH_ID_METADATA: batch_id}, timeout)
+            except grpc.RpcError as exc:
+                self.m_bars.labels(outcome="retryable").inc()
+                raise self._classify(exc, batch_id) from None
+            except (ConnectionError, TimeoutError) as exc:
+                self.m_bars.labels(outcome="retryable").inc()
+                raise RetryableError(f"OTAP batch {batch_id} to {self.config.endpoint}: {exc}") from None
+            except (ValueError, TypeError) as exc:
+                self.m_bars.labels(outcome="permanent").inc()
+                raise PermanentError(f"cannot encode conntrack records as OTAP: {exc}") from exc
+            code, message = int(status.status_code), str(status.status_message)
+            if code in StatusCode.RETRYABLE:
+                self.m_bars.labels(outcome="retryable").inc()
+                raise RetryableError(f"OTAP batch {batch_id} to {self.config.endpoint}: status {code}: {message}")
+            if code != StatusCode.OK:
+                self.m_bars.labels(outcome="permanent").inc()
+                raise PermanentError(f"OTAP batch {batch_id} refused by {self.config.endpoint}: status {code}: "
+                                     f"{message}")
+            done.add(i)
+            self.m_bars.labels(outcome="ok").inc()
+            if message:  # OK with rejected points: never retried, as OTLP partial success
+                self.log.warning("server rejected data points of OTAP batch %s (not retried): %s", batch_id, message)
+        with self._encoded_lock:
+            self._arrow_done.pop(block.id, None)
 
     def _partial_success(self, response: ExportMetricsServiceResponse, batch_id: str) -> None:
         ps = response.partial_success

@@ -136,6 +136,19 @@ class LimitsConfig(_Strict):
     )
 
 
+class ArrowReceiverConfig(_Strict):
+    """OTAP (OpenTelemetry Protocol with Apache Arrow): otel-arrow's ArrowMetricsService on the same server."""
+
+    enabled: bool = Field(
+        True, description="Serve ArrowMetricsService/ArrowMetrics next to Export (an agent with arrow.enabled "
+        "uses it; without it, agents fall back to Export)."
+    )
+    max_streams: int = Field(
+        64, gt=0, description="Arrow streams open at once (each holds one server thread while it lives, and "
+        "its IPC readers); more are refused with RESOURCE_EXHAUSTED and those agents use Export."
+    )
+
+
 class OtlpReceiverConfig(ComponentConfig):
     """OTLP/gRPC ``MetricsService/Export`` server for the agent → gateway contract (DESIGN §4.1)."""
 
@@ -146,6 +159,9 @@ class OtlpReceiverConfig(ComponentConfig):
     )
     dedup: DedupConfig = Field(
         default_factory=DedupConfig, description="Counting a batch retried after a lost acknowledgement once."
+    )
+    arrow: ArrowReceiverConfig = Field(
+        default_factory=ArrowReceiverConfig, description="OTAP streams (ArrowMetricsService) from agents."
     )
     backpressure_status: Literal["unavailable", "resource_exhausted"] = Field(
         "unavailable", description="gRPC status sent (with RetryInfo) when the next consumer pushes back."

@@ -40,7 +40,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
-from kubenetmon.otlp import DecodeLimits, contract, decode_records_bytes
+from kubenetmon.otap import ARROW_METRICS_METHOD, BarError, BatchArrowRecords, BatchStatus, RecordsConsumer, StatusCode
+from kubenetmon.otlp import DecodeLimits, DecodeResult, contract, decode_records_bytes
 from kubenetmon.otlp._decode_records import decoder_caches
 from kubenetmon.otlp._limits import MAX_BATCH_ID_BYTES
 from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
@@ -70,18 +71,27 @@ class _Admission(grpc.GenericRpcHandler):  # type: ignore[misc]
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
         self.export = grpc.stream_unary_rpc_method_handler(receiver._export_stream)
+        self.arrow = grpc.stream_stream_rpc_method_handler(receiver._arrow_stream)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        if handler_call_details.method != _EXPORT:
-            return None
+        method = handler_call_details.method
         r = self.receiver
+        arrow = method == ARROW_METRICS_METHOD and r.config.arrow.enabled
+        if method != _EXPORT and not arrow:
+            return None  # UNIMPLEMENTED: what an agent's exporter takes as "no OTAP here, use Export"
         metadata = handler_call_details.invocation_metadata or ()
         if r._expected_auth is not None:
             given = next((v for k, v in metadata if k == "authorization"), "")
             given_bytes = given.encode() if isinstance(given, str) else bytes(given)
             if not hmac.compare_digest(given_bytes, r._expected_auth):
                 r._refused("unauthenticated", "missing or wrong bearer token")
-                return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+                return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token", arrow)
+        if arrow:
+            if r._admit_stream():
+                return self.arrow
+            message = f"{r.config.arrow.max_streams} Arrow streams open (arrow.max_streams); use Export"
+            r._refused("too_many_streams", message)
+            return _refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message, arrow)
         if not r._admit():
             limit = r.config.grpc.max_concurrent_requests
             message = f"{limit} requests in progress (grpc.max_concurrent_requests); retry later"
@@ -90,13 +100,15 @@ class _Admission(grpc.GenericRpcHandler):  # type: ignore[misc]
         return self.export
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refusal(code: grpc.StatusCode, message: str, stream: bool = False) -> grpc.RpcMethodHandler:
     """A handler that answers ``code`` without reading the request (stream handlers read on demand)."""
 
     def refuse(_requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         context.abort(code, message)
         raise AssertionError("unreachable: abort raises")
 
+    if stream:
+        return grpc.stream_stream_rpc_method_handler(refuse)
     return grpc.stream_unary_rpc_method_handler(refuse)
 
 
@@ -144,6 +156,7 @@ class OtlpReceiver(BaseComponent):
         )
         self._admission_lock = threading.Lock()
         self._in_progress = 0
+        self._streams = 0
         self._per_peer: dict[str, int] = {}
         self._decode_slots = threading.BoundedSemaphore(config.grpc.workers)
         self._watchdog: Watchdog | None = None
@@ -174,6 +187,12 @@ class OtlpReceiver(BaseComponent):
             "receiver_otlp_cache_clears", "Times a decoder cache was emptied because it reached its byte bound "
             "(process-wide, since start; often means more live connections than the cache holds).", ["cache"],
         )
+        self.m_bars = m.counter(
+            "receiver_otap_bars_total", "OTAP BatchArrowRecords by outcome (ok, partial, duplicate, refused, error, "
+            "or the reason a BAR was refused whole: invalid_ipc, unknown_payload_type, missing_root, wrong_schema, "
+            "bad_ids, bad_headers, bad_batch_id, invalid, ...).", ["outcome"],
+        )
+        self.m_streams = m.gauge("receiver_otap_streams", "OTAP (ArrowMetrics) streams open.")
         self.m_latency = m.histogram(
             "receiver_request_latency_seconds", "Time to handle one export request.",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -207,7 +226,7 @@ class OtlpReceiver(BaseComponent):
         # message holds one, but no decode slot), plus room for refusals,
         # which are answered on a pool thread too. gRPC's own bound is a
         # backstop only: its refusals cannot be counted.
-        threads = g.max_concurrent_requests + 4
+        threads = g.max_concurrent_requests + 4 + (self.config.arrow.max_streams if self.config.arrow.enabled else 0)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{self.settings.id}-grpc")
         self._watchdog = Watchdog(f"{self.settings.id}-read-timeout")
         server = grpc.server(
@@ -278,6 +297,13 @@ class OtlpReceiver(BaseComponent):
             if self._in_progress >= self.config.grpc.max_concurrent_requests:
                 return False
             self._in_progress += 1
+            return True
+
+    def _admit_stream(self) -> bool:
+        with self._admission_lock:
+            if self._streams >= self.config.arrow.max_streams:
+                return False
+            self._streams += 1
             return True
 
     def _admit_peer(self, host: str) -> bool:
@@ -361,6 +387,63 @@ class OtlpReceiver(BaseComponent):
         finally:
             self._release(host)
 
+    def _arrow_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """ArrowMetrics (OTAP): a BatchStatus per BAR, in order; a bad BAR costs only itself.
+
+        The stream's state (Arrow IPC readers, HPACK decoder) lives in its
+        :class:`RecordsConsumer`. A stream holds a server thread while open
+        (``arrow.max_streams``); dead peers are found by gRPC keepalive.
+        """
+        peer = context.peer() or ""
+        consumer = RecordsConsumer(self.limits)
+        self.m_streams.inc()
+        try:
+            for data in requests:
+                yield self._bar(consumer, data, peer).SerializeToString()
+        except grpc.RpcError:
+            pass  # the client went away or cancelled: nothing to answer
+        finally:
+            self.m_streams.dec()
+            with self._admission_lock:
+                self._streams -= 1
+
+    def _bar(self, consumer: RecordsConsumer, data: bytes, peer: str) -> Any:
+        started = time.monotonic()
+        status = BatchStatus(status_code=StatusCode.OK)
+        try:
+            try:
+                bar = BatchArrowRecords.FromString(data)
+            except DecodeError as exc:
+                raise BarError("invalid", f"message is not a BatchArrowRecords: {exc}") from None
+            status.batch_id = bar.batch_id
+            batch_id = consumer.headers(bar).get(contract.BATCH_ID_METADATA)
+            if batch_id is not None and len(batch_id) > MAX_BATCH_ID_BYTES:
+                raise BarError("bad_batch_id", f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at "
+                               f"most {MAX_BATCH_ID_BYTES}")
+            with self._decode_slots:
+                result = consumer.decode(bar, time.time_ns())
+            self._rejections(result, peer)
+            outcome = self._deliver(result, batch_id, "partial" if result.rejected_points else "ok")
+            if result.rejected_points:  # OK all the same: those points are never retried (OTLP partial success)
+                status.status_message = f"rejected {result.rejected_points} data points: {result.error_message()}"
+        except BarError as exc:
+            outcome = exc.reason
+            status.status_code, status.status_message = exc.code, exc.message
+            self._log_rate_limited(f"bar_{exc.reason}", "refused a BAR from %s (%s): %s", peer, exc.reason,
+                                   exc.message)
+        except _Abort as exc:  # backpressure, a copy in flight: the agent retries this BAR
+            outcome = exc.outcome
+            status.status_code = exc.code.value[0]
+            status.status_message = exc.message
+        except Exception as exc:  # a bug: tell the client to retry rather than lose data
+            outcome = "error"
+            self.log.exception("OTAP batch failed")
+            status.status_code, status.status_message = StatusCode.UNAVAILABLE, f"internal error: {exc}"
+        finally:
+            self.m_latency.observe(time.monotonic() - started)
+        self.m_bars.labels(outcome=outcome).inc()
+        return status
+
     def _export(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         started = time.monotonic()
         try:
@@ -407,6 +490,17 @@ class OtlpReceiver(BaseComponent):
                 f"request is not an ExportMetricsServiceRequest: {exc}",
                 "invalid",
             ) from None
+        self._rejections(result, context.peer())
+        response = ExportMetricsServiceResponse()
+        if result.rejected_points:
+            response.partial_success.rejected_data_points = result.rejected_points
+            response.partial_success.error_message = result.error_message()
+        payload = response.SerializeToString()
+        outcome = "partial" if result.rejected_points else "ok"
+        return payload, self._deliver(result, batch_id if isinstance(batch_id, str) else None, outcome)
+
+    def _rejections(self, result: DecodeResult, peer: str) -> None:
+        """Count (by reason) and log the points a decoder rejected; refresh the cache gauges."""
         for reason, n in result.rejected_by_reason.items():
             self.m_rejected.labels(reason=reason).inc(n)
         for name, cache in decoder_caches().items():
@@ -415,26 +509,23 @@ class OtlpReceiver(BaseComponent):
         if result.rejected_points:
             self._log_rate_limited(
                 "rejected_points", "rejected %d data points from %s: %s",
-                result.rejected_points, context.peer(), result.error_message(),
+                result.rejected_points, peer, result.error_message(),
             )
-        response = ExportMetricsServiceResponse()
-        if result.rejected_points:
-            response.partial_success.rejected_data_points = result.rejected_points
-            response.partial_success.error_message = result.error_message()
-        payload = response.SerializeToString()
-        outcome = "partial" if result.rejected_points else "ok"
+
+    def _deliver(self, result: DecodeResult, batch_id: str | None, outcome: str) -> str:
+        """Hand the accepted records on, once per batch id (OTLP Export and OTAP BARs alike); the outcome."""
         table = result.table
         if not table.num_rows:
-            return payload, outcome
-        if not self.config.dedup.enabled or not isinstance(batch_id, str) or not batch_id:
+            return outcome
+        if not self.config.dedup.enabled or not batch_id:
             self._consume(table, result.accepted_points)
-            return payload, outcome
+            return outcome
         state = self.dedup.begin(result.nodes, batch_id)
         if state == "duplicate":
             self.m_duplicates.inc(result.accepted_points)
             self.log.info("request %s from %s was already delivered: acknowledged, not consumed",
                           batch_id, ",".join(result.nodes))
-            return payload, "duplicate"
+            return "duplicate"
         if state == "in_flight":
             self.m_refused.inc(result.accepted_points)
             raise _Abort(
@@ -450,7 +541,7 @@ class OtlpReceiver(BaseComponent):
             delivered = True
         finally:
             self.dedup.end(result.nodes, batch_id, delivered)
-        return payload, outcome
+        return outcome
 
     def _consume(self, records: pa.RecordBatch, points: int, batch_id: str = "") -> None:
         try:
