@@ -43,15 +43,16 @@ class _Stream:
         self.call: Any = call(iter(self._requests.get, None), metadata=list(metadata))
 
     def send(self, table: pa.RecordBatch, resource: Mapping[str, str], headers: dict[str, str],
-             timeout: float) -> Any:
-        """The BatchStatus of one BAR; raises ``grpc.RpcError`` when the stream fails or times out."""
-        self._requests.put(self.producer.encode(table, resource, headers))
+             timeout: float) -> tuple[Any, int]:
+        """The BatchStatus of one BAR and the BAR's size; raises ``grpc.RpcError`` when the stream fails."""
+        data = self.producer.encode(table, resource, headers)
+        self._requests.put(data)
         # A stream has no per-message deadline: a timer cancels the call instead (the stream is then dropped).
         timer = threading.Timer(timeout, self.call.cancel)
         timer.daemon = True
         timer.start()
         try:
-            return next(self.call)
+            return next(self.call), len(data)
         finally:
             timer.cancel()
 
@@ -77,8 +78,8 @@ class ArrowStreams:
         self.opened = 0
 
     def send(self, table: pa.RecordBatch, resource: Mapping[str, str], headers: dict[str, str],
-             timeout: float) -> Any:
-        """Send one BAR on an idle stream and return its BatchStatus.
+             timeout: float) -> tuple[Any, int]:
+        """Send one BAR on an idle stream; its BatchStatus and size in bytes.
 
         Raises :class:`ArrowUnavailableError` when the server does not offer
         ArrowMetrics, ``grpc.RpcError`` or ``ConnectionError`` when the stream
@@ -101,7 +102,7 @@ class ArrowStreams:
                     self._open.add(stream)
                     self.opened += 1
             try:
-                status = stream.send(table, resource, headers, timeout)
+                status, size = stream.send(table, resource, headers, timeout)
             except grpc.RpcError as exc:
                 if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                     raise ArrowUnavailableError(exc.details() or "UNIMPLEMENTED") from None
@@ -109,7 +110,7 @@ class ArrowStreams:
             except StopIteration:
                 raise ConnectionError("the server ended the Arrow stream without a BatchStatus") from None
             keep = status.status_code == 0 or _retryable(status.status_code)
-            return status
+            return status, size
         finally:
             if not keep and stream is not None:
                 self._close(stream)

@@ -234,7 +234,8 @@ class OtlpExporter(QueuedExporter):
                 continue
             batch_id = block.key if len(parts) == 1 else f"{block.key}:{i}"
             try:
-                status = arrow.send(part, self.config.resource, {contract.BATCH_ID_METADATA: batch_id}, timeout)
+                status, size = arrow.send(part, self.config.resource, {contract.BATCH_ID_METADATA: batch_id},
+                                          timeout)
             except grpc.RpcError as exc:
                 self.m_bars.labels(outcome="retryable").inc()
                 raise self._classify(exc, batch_id) from None
@@ -254,6 +255,7 @@ class OtlpExporter(QueuedExporter):
                                      f"{message}")
             done.add(i)
             self.m_bars.labels(outcome="ok").inc()
+            self.m_bar_bytes.inc(size)
             if message:  # OK with rejected points: never retried, as OTLP partial success
                 self.log.warning("server rejected data points of OTAP batch %s (not retried): %s", batch_id, message)
         with self._encoded_lock:

@@ -20,6 +20,12 @@ unary call) so that the handler reads the one message itself, under a
 deadline (``grpc.read_timeout``) and a per-client-address bound
 (``grpc.max_requests_per_peer``); only a request whose message arrived takes
 one of the ``grpc.workers`` decode slots.
+
+OTAP (``ArrowMetricsService/ArrowMetrics``, ``arrow.enabled``) is served by
+the same server, admission and delivery: a stream is admitted like a
+request (token, ``arrow.max_streams``), each BAR takes a decode slot and goes
+through the same dedup and backpressure as an Export request
+(:meth:`OtlpReceiver._deliver`); the format lives in ``kubenetmon/otap``.
 """
 
 from __future__ import annotations
@@ -164,7 +170,8 @@ class OtlpReceiver(BaseComponent):
         self.m_requests = m.counter(
             "receiver_otlp_requests_total",
             "Export requests by outcome (ok, partial, duplicate, refused, invalid, unauthenticated, error, "
-            "too_many_requests, too_many_from_peer, read_timeout, too_large_or_cancelled, bad_batch_id).",
+            "too_many_requests, too_many_from_peer, read_timeout, too_large_or_cancelled, bad_batch_id; "
+            "too_many_streams: an OTAP stream over arrow.max_streams).",
             ["outcome"],
         )
         self.m_accepted = m.counter("receiver_accepted_points_total", "Data points handed to the next consumer.")
