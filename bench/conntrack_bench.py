@@ -74,14 +74,24 @@ def sink() -> None:
 
     import grpc
 
+    from kubenetmon.otap import BatchArrowRecords, BatchStatus
+
     def export(request: bytes, context: Any) -> bytes:
         return b""  # an empty ExportMetricsServiceResponse: everything accepted
+
+    def arrow(requests: Any, context: Any) -> Any:  # OTAP (bench/otap_bench.py): an OK BatchStatus per BAR
+        for data in requests:
+            yield BatchStatus(batch_id=BatchArrowRecords.FromString(data).batch_id).SerializeToString()
 
     handler = grpc.method_handlers_generic_handler(
         EXPORT_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
     )
+    arrow_handler = grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.experimental.arrow.v1.ArrowMetricsService",
+        {"ArrowMetrics": grpc.stream_stream_rpc_method_handler(arrow)},
+    )
     server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 256 << 20)])
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, arrow_handler))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
@@ -137,6 +147,8 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
             "endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True}, "compression": "gzip",
             "sending_queue": {"storage": "persistent", "directory": f"{tmp}/queue", "full_policy": "block"},
             "retry_on_failure": {"max_elapsed_time": 0}, "batch": {"max_wait": 0},
+            # bench/otap_bench.py --agent runs the same child with OTAP on.
+            **({"arrow": {"enabled": True}} if os.environ.get("KUBENETMON_BENCH_ARROW") == "1" else {}),
         }))
         exporter.start(StaticHost())
         consumer.target = exporter
@@ -189,6 +201,9 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
     if exporter is not None:
         out["otlp_bytes"] = exporter.m_bytes.value() if hasattr(exporter, "m_bytes") else 0
         out["otlp_requests"] = exporter.m_requests.value(outcome="ok") if hasattr(exporter, "m_requests") else 0
+        if hasattr(exporter, "m_bars"):
+            out["otap_bars"] = exporter.m_bars.value(outcome="ok")
+            out["otap_bytes"] = exporter.m_bar_bytes.value()
         exporter.shutdown(30)
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     receiver._shutdown_done = True  # no last cycle
