@@ -192,21 +192,27 @@ def agent(sizes: list[int], repeat: int) -> list[dict[str, Any]]:
     try:
         assert sink.stdout is not None
         port = int(sink.stdout.readline())
-        with cb.raised_conntrack_max(max(sizes) + 50_000), cb.NamespaceRegistry("knmotap") as reg:
+        with cb.raised_conntrack_max(max(sizes) + 50_000):
             for size in sizes:
                 print(f"otap bench: agent full path, {size:,} entries…", file=sys.stderr, flush=True)
-                table = cb.TimestampedTable(reg, size)
-                reference = [cb.conntrack_list(table.namespace) for _ in range(repeat)]
-                runs = {}
-                for mode in ("otlp", "otap"):
-                    os.environ["KUBENETMON_BENCH_ARROW"] = "1" if mode == "otap" else "0"
-                    runs[mode] = cb._run_child(table, repeat, port, reference)
-                os.environ.pop("KUBENETMON_BENCH_ARROW", None)
-                out.append({"size": size, "conntrack_cpu": reference, **runs})
+                with cb.NamespaceRegistry("knmotap") as reg:
+                    out.append(agent_table(cb, reg, size, repeat, port))
     finally:
         sink.terminate()
         sink.wait(10)
     return out
+
+
+def agent_table(cb: Any, reg: Any, size: int, repeat: int, port: int) -> dict[str, Any]:
+    """One table: ``conntrack -L``, then the full-path child with OTLP and with OTAP, interleaved."""
+    table = cb.TimestampedTable(reg, size)
+    reference = [cb.conntrack_list(table.namespace) for _ in range(repeat)]
+    runs = {}
+    for mode in ("otlp", "otap"):
+        os.environ["KUBENETMON_BENCH_ARROW"] = "1" if mode == "otap" else "0"
+        runs[mode] = cb._run_child(table, repeat, port, reference)
+    os.environ.pop("KUBENETMON_BENCH_ARROW", None)
+    return {"size": size, "conntrack_cpu": reference, **runs}
 
 
 def agent_lines(results: list[dict[str, Any]]) -> list[str]:

@@ -17,6 +17,7 @@ delta dictionary only brings new strings.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -217,7 +218,8 @@ class _Verdicts:
             rejections.add(name, self.messages[name], int(counts[code]))
 
 
-def _int64(column: Any, what: str) -> np.ndarray[Any, Any]:
+def _int64(column: Any, what: str, native: bool = False) -> np.ndarray[Any, Any]:
+    """An integer column as numpy (null as 0): int64, or its own type with ``native`` (cheaper to compare)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if not (pa.types.is_integer(column.type) or pa.types.is_timestamp(column.type)):
@@ -226,8 +228,8 @@ def _int64(column: Any, what: str) -> np.ndarray[Any, Any]:
         column = column.cast(pa.int64())
     if column.null_count:
         column = column.fill_null(0)
-    values: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    return values
+    values: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False)
+    return values if native else values.astype(np.int64, copy=False)
 
 
 def _column(table: pa.RecordBatch, name: str, what: str) -> Any:
@@ -280,9 +282,11 @@ def _codes(column: Any) -> tuple[np.ndarray[Any, Any], pa.Array]:
         column = column.dictionary_encode()
     dictionary = column.dictionary
     canonical = dictionary.dictionary_encode()
-    mapping = canonical.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    indices = column.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    codes = mapping[indices] if len(mapping) else np.zeros(len(column), dtype=np.int64)
+    mapping = canonical.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    indices = column.indices
+    if indices.null_count:
+        indices = indices.fill_null(0)
+    codes = mapping[indices.to_numpy(zero_copy_only=False)] if len(mapping) else np.zeros(len(column), np.int32)
     if column.null_count:
         codes[column.is_null().to_numpy(zero_copy_only=False)] = -1
     return codes, canonical.dictionary
@@ -493,19 +497,19 @@ class _Decode:
         if key_codes is None:
             key_codes, _ = _codes(_column(table, "key", what))
         if types is None:
-            types = _int64(_column(table, "type", what), f"{what} type")
+            types = _int64(_column(table, "type", what), f"{what} type", native=True)
         if str_codes is None and "str" in table.schema.names:
             str_codes, _ = _codes(table.column("str"))
         # A row continues a run when its key, type and value (the column its type names) equal the
         # previous row's.
         value = _run_values(table, types, str_codes)
         same = (key_codes[1:] == key_codes[:-1]) & (types[1:] == types[:-1]) & (value[1:] == value[:-1])
-        start = np.ones(n, dtype=bool)
-        start[1:] = ~same
+        # Within a run the ids are a running sum from the run's first (absolute) id: subtract the sum
+        # before the run, which never decreases (ids are unsigned), so a running maximum spreads it.
         total = np.cumsum(raw)
-        run = np.cumsum(start) - 1
-        before = (total - raw)[start]
-        parents: np.ndarray[Any, Any] = total - before[run]
+        before = np.zeros(n, dtype=np.int64)
+        before[1:][~same] = total[:-1][~same]
+        parents: np.ndarray[Any, Any] = total - np.maximum.accumulate(before)
         return parents
 
     # --- point attributes ---------------------------------------------------------------
@@ -520,12 +524,11 @@ class _Decode:
             sid, table = self.tables[T.NUMBER_DP_ATTRS]
             what = "NUMBER_DP_ATTRS"
             key_codes, key_values = _codes(_column(table, "key", what))
-            types = _int64(_column(table, "type", what), f"{what} type")
+            types = _int64(_column(table, "type", what), f"{what} type", native=True)
             slot_of_code = np.full(len(key_values) + 1, -1, dtype=np.int64)
             for code, key in enumerate(key_values.to_pylist()):
                 if key in _KEYS:
                     slot_of_code[code] = _KEYS.index(key)
-            slot = slot_of_code[key_codes]  # -1 (null key) picks the extra -1 entry
             str_codes = None
             if "str" in table.schema.names:
                 column = table.column("str")
@@ -543,14 +546,26 @@ class _Decode:
                                  f"{what} parent_id")
             ints = (_int64(table.column("int"), f"{what} int") if "int" in table.schema.names
                     else np.zeros(table.num_rows, dtype=np.int64))
-            known = slot >= 0
-            s, t = slot[known], types[known]
-            flat = s * n + parents[known]
-            has.reshape(-1)[flat] = True
-            is_string = _IS_STRING_SLOT[s]
-            wrong.reshape(-1)[flat] = t != np.where(is_string, ATTR_TYPE_STR, ATTR_TYPE_INT)
-            strs = str_codes[known] if str_codes is not None else np.full(len(s), -1, dtype=np.int64)
-            value.reshape(-1)[flat] = np.where(is_string, strs, ints[known])
+            # Rows of one key together (producers sort attributes by key; others are sorted here): each
+            # key's values land in its own row of the per-point arrays by slices, not per-row lookups.
+            order = None
+            if len(key_codes) > 1 and bool((key_codes[1:] < key_codes[:-1]).any()):
+                order = np.argsort(key_codes, kind="stable")
+            sorted_codes = key_codes if order is None else key_codes[order]
+            bounds = (np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1).tolist()
+            for a, b in itertools.pairwise([0, *bounds, len(sorted_codes)]):
+                k = int(slot_of_code[sorted_codes[a]])
+                if k < 0:
+                    continue  # not a contract attribute: ignored, as the OTLP decoder does
+                rows: Any = slice(a, b) if order is None else order[a:b]
+                p = parents[rows]
+                has[k][p] = True
+                if _IS_STRING_SLOT[k]:
+                    wrong[k][p] = types[rows] != ATTR_TYPE_STR
+                    value[k][p] = str_codes[rows] if str_codes is not None else -1
+                else:
+                    wrong[k][p] = types[rows] != ATTR_TYPE_INT
+                    value[k][p] = ints[rows]
         if strings is None:
             strings = _Strings()
         for k in range(11):
