@@ -62,6 +62,7 @@ START, END = "<!-- gateway:start -->", "<!-- gateway:end -->"
 # The last commit before the columnar rewrite (round 2 of the project): the row-per-object gateway.
 DEFAULT_REFERENCE = "2c4d247"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE = bool(os.environ.get("KUBENETMON_BENCH_PROFILE"))  # sample the gateway with py-spy
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 ZONES = ("us-west-2a", "us-west-2b", "us-west-2c")
 
@@ -401,6 +402,14 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
         time.sleep(1.0)
         base = _threads_cpu(proc.pid)
         t0 = time.monotonic()
+        profiler = None
+        if PROFILE:  # py-spy (pip install py-spy) samples every thread of the gateway while it works
+            profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--native", "--format", "raw",
+                 "--rate", "250", "--output", str(state / "profile.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
         _send(f"127.0.0.1:{grpc_port}", requests)
         # Wait until the exporter has delivered everything (its queue counts batches in flight too; with the
         # default minute blocks that is up to a minute after the last request).
@@ -413,6 +422,10 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
             time.sleep(0.5)
         accepted = _metric(metrics, "kubenetmon_receiver_accepted_records_total")
         run.wall = time.monotonic() - t0
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+            print(f"profile: {state / 'profile.txt'} (py-spy raw: collapsed stacks)", flush=True)
         run.accepted_points = accepted
         after = _threads_cpu(proc.pid)
         run.cpu_by_group = {k: after.get(k, 0.0) - base.get(k, 0.0) for k in after}

@@ -183,7 +183,11 @@ class _Codes:
         index: dict[str, int] = {}
         self.values: list[str] = []
         parts: list[np.ndarray[Any, Any]] = []
-        for plain in column.chunks:
+        # A minute block holds one chunk per producer batch (hundreds); Arrow unifies their
+        # dictionaries in one C++ pass, so the Python work below is per distinct value of the block,
+        # not per distinct value of each chunk (that was ~3 µs per record in the gateway bench).
+        chunks = [column.combine_chunks()] if column.num_chunks > 1 else column.chunks
+        for plain in chunks:
             chunk = plain if isinstance(plain, pa.DictionaryArray) else plain.dictionary_encode()
             remap = np.empty(len(chunk.dictionary) + 1, dtype=np.int32)
             for i, value in enumerate(chunk.dictionary.to_pylist()):
