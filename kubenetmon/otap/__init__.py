@@ -15,7 +15,7 @@ default and the interoperable path; the ``otlp`` exporter negotiates OTAP
 
 from __future__ import annotations
 
-from kubenetmon.otap._client import ArrowStreams, ArrowUnavailableError
+from kubenetmon.otap._client import ArrowBusyError, ArrowStreams, ArrowUnavailableError
 from kubenetmon.otap._consumer import BarError, RecordsConsumer
 from kubenetmon.otap._headers import HeaderDecoder, encode_headers
 from kubenetmon.otap._producer import RecordsProducer
@@ -23,6 +23,7 @@ from kubenetmon.otap._proto import ARROW_METRICS_METHOD, ArrowPayloadType, Batch
 
 __all__ = [
     "ARROW_METRICS_METHOD",
+    "ArrowBusyError",
     "ArrowPayloadType",
     "ArrowStreams",
     "ArrowUnavailableError",

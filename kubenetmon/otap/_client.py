@@ -26,11 +26,15 @@ import pyarrow as pa
 from kubenetmon.otap._producer import RecordsProducer
 from kubenetmon.otap._proto import ARROW_METRICS_METHOD, BatchStatus, StatusCode
 
-__all__ = ["ArrowStreams", "ArrowUnavailableError"]
+__all__ = ["ArrowBusyError", "ArrowStreams", "ArrowUnavailableError"]
 
 
 class ArrowUnavailableError(Exception):
     """The server has no ArrowMetricsService (UNIMPLEMENTED): use Export."""
+
+
+class ArrowBusyError(Exception):
+    """A new stream was refused with RESOURCE_EXHAUSTED (the server's stream bound): use Export this time."""
 
 
 class _Stream:
@@ -41,6 +45,7 @@ class _Stream:
         call = channel.stream_stream(ARROW_METRICS_METHOD, request_serializer=None,
                                      response_deserializer=BatchStatus.FromString)
         self.call: Any = call(iter(self._requests.get, None), metadata=list(metadata))
+        self.answered = 0
 
     def send(self, table: pa.RecordBatch, resource: Mapping[str, str], headers: dict[str, str],
              timeout: float) -> tuple[Any, int]:
@@ -52,9 +57,11 @@ class _Stream:
         timer.daemon = True
         timer.start()
         try:
-            return next(self.call), len(data)
+            status = next(self.call)
         finally:
             timer.cancel()
+        self.answered += 1
+        return status, len(data)
 
     def close(self) -> None:
         self._requests.put(None)
@@ -82,10 +89,11 @@ class ArrowStreams:
         """Send one BAR on an idle stream; its BatchStatus and size in bytes.
 
         Raises :class:`ArrowUnavailableError` when the server does not offer
-        ArrowMetrics, ``grpc.RpcError`` or ``ConnectionError`` when the stream
-        failed (it is closed; the next call opens another), ``TimeoutError``
-        when no stream became idle in time. A non-OK status that is not retryable
-        also closes the stream: the server may have dropped its readers.
+        ArrowMetrics, :class:`ArrowBusyError` when it refused a new stream,
+        ``grpc.RpcError`` or ``ConnectionError`` when the stream failed (it is
+        closed; the next call opens another), ``TimeoutError`` when no stream
+        became idle in time. A non-OK status that is not retryable also closes
+        the stream: the server may have dropped its readers.
         """
         try:
             stream = self._idle.get(timeout=timeout)
@@ -104,8 +112,11 @@ class ArrowStreams:
             try:
                 status, size = stream.send(table, resource, headers, timeout)
             except grpc.RpcError as exc:
-                if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code is grpc.StatusCode.UNIMPLEMENTED:
                     raise ArrowUnavailableError(exc.details() or "UNIMPLEMENTED") from None
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not stream.answered:
+                    raise ArrowBusyError(exc.details() or "RESOURCE_EXHAUSTED") from None
                 raise
             except StopIteration:
                 raise ConnectionError("the server ended the Arrow stream without a BatchStatus") from None

@@ -174,7 +174,9 @@ class RawStream:
         self.channel.close()
 
 
-def test_bad_bars_get_a_clear_status_and_cost_neither_the_stream_nor_other_agents(receivers: StartReceiver) -> None:
+def test_bad_bars_get_a_clear_status_and_cost_neither_the_stream_nor_other_agents(
+    receivers: StartReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
     sink = SinkConsumer()
     gateway = receivers(sink)
     bad_agent, good_agent = RawStream(gateway.port), RawStream(gateway.port)
@@ -205,6 +207,8 @@ def test_bad_bars_get_a_clear_status_and_cost_neither_the_stream_nor_other_agent
         assert gateway.m_bars.value(outcome="unknown_payload_type") == 1
         assert gateway.m_bars.value(outcome="missing_root") == 1
         assert gateway.m_bars.value(outcome="invalid_ipc") == 1
+        refusals = [r.getMessage() for r in caplog.records if "refused a BAR" in r.getMessage()]
+        assert any("unknown_payload_type" in m for m in refusals) and any("missing_root" in m for m in refusals)
 
         # The same stream goes on (its IPC streams were untouched), and another agent never noticed.
         later = producer.encode(table, {}, {"kubenetmon-batch-id": "a3"})
@@ -236,3 +240,23 @@ def test_a_block_split_into_bars_is_acknowledged_per_bar(receivers: StartReceive
     parts = sorted(set(ids), key=lambda i: int(i.rsplit(":", 1)[-1]))
     assert len(parts) > 5 and all(":" in i for i in parts)
     assert ids.count(parts[0]) == 2 and all(ids.count(i) == 1 for i in parts[1:])
+
+
+def test_a_gateway_at_its_stream_bound_gets_the_block_by_export(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    sink = SinkConsumer()
+    gateway = receivers(sink, arrow={"max_streams": 1})
+    other = RawStream(gateway.port)  # another agent holds the only stream
+    try:
+        producer = RecordsProducer()
+        table = FlowBatch(records=make_records(10, node="node-b")).record_table()
+        assert other.send(producer.encode(table, {}, {"kubenetmon-batch-id": "o1"})).status_code == StatusCode.OK
+        agent = exporters(exporter_config(gateway.port, arrow=ARROW))
+        batches = recorded_batches(2)
+        send_all(agent, batches)
+        assert by_identity([r for r in sink.records if r.node == "node-a"]) == expected(batches)
+        assert agent.m_bars.value(outcome="busy") == 2  # each block tried OTAP, then went by Export
+        assert gateway.m_requests.value(outcome="too_many_streams") == 2
+    finally:
+        other.close()

@@ -23,7 +23,7 @@ from kubenetmon.component import CreateSettings
 from kubenetmon.errors import PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter
 from kubenetmon.exporters.otlp.config import OtlpExporterConfig
-from kubenetmon.otap import ArrowStreams, ArrowUnavailableError, StatusCode
+from kubenetmon.otap import ArrowBusyError, ArrowStreams, ArrowUnavailableError, StatusCode
 from kubenetmon.otlp import contract, encode_flow_table_bytes, encode_record_table_bytes
 from kubenetmon.otlp.status import retry_after_of
 
@@ -82,7 +82,7 @@ class OtlpExporter(QueuedExporter):
         self._arrow: ArrowStreams | None = None
         self._arrow_done: OrderedDict[str, set[int]] = OrderedDict()  # block id → BARs acknowledged
         self.m_bars = m.counter(
-            "exporter_otap_bars_total", "OTAP BatchArrowRecords by outcome (ok, retryable, permanent, fallback).",
+            "exporter_otap_bars_total", "OTAP BatchArrowRecords by outcome (ok, retryable, permanent, fallback, busy).",
             ["outcome"],
         )
         self.m_bar_bytes = m.counter("exporter_otap_bar_bytes_total", "Bytes of BatchArrowRecords sent.")
@@ -190,6 +190,10 @@ class OtlpExporter(QueuedExporter):
                 self.m_bars.labels(outcome="fallback").inc()
                 self.log.warning("%s does not offer OTAP (%s): sending OTLP Export from now on",
                                  self.config.endpoint, exc)
+            except ArrowBusyError as exc:
+                # The gateway's stream bound is reached: this block goes by Export, the next tries OTAP again.
+                self.m_bars.labels(outcome="busy").inc()
+                self.log.info("%s refused an OTAP stream (%s): this block goes by Export", self.config.endpoint, exc)
         enc = self._encoded_block(block)
         compression = grpc.Compression.Gzip if self.config.compression == "gzip" else grpc.Compression.NoCompression
         headers = list(self.config.headers.items())
@@ -236,6 +240,11 @@ class OtlpExporter(QueuedExporter):
             try:
                 status, size = arrow.send(part, self.config.resource, {contract.BATCH_ID_METADATA: batch_id},
                                           timeout)
+            except ArrowBusyError:
+                if done:  # parts of this block went by OTAP: Export's split would renumber the rest
+                    self.m_bars.labels(outcome="retryable").inc()
+                    raise RetryableError(f"OTAP stream refused by {self.config.endpoint} (busy)") from None
+                raise
             except grpc.RpcError as exc:
                 self.m_bars.labels(outcome="retryable").inc()
                 raise self._classify(exc, batch_id) from None
