@@ -18,7 +18,6 @@ delta dictionary only brings new strings.
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,10 +29,21 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from kubenetmon.flows import ADDRESS, COUNTER, PORT, RECORD_SCHEMA, TIME
 from kubenetmon.otap._headers import HeaderDecoder
-from kubenetmon.otap._proto import ArrowPayloadType, StatusCode
+from kubenetmon.otap._proto import ArrowPayloadType
+from kubenetmon.otap._stream import (
+    BarError,
+    IpcReader,
+    StreamStrings,
+    decode_ids,
+    distinct_rows,
+    int64_column,
+    positions_of,
+    require_column,
+    run_values,
+    string_codes,
+)
 from kubenetmon.otap._tables import (
     ATTR_TYPE_BOOL,
-    ATTR_TYPE_BYTES,
     ATTR_TYPE_DOUBLE,
     ATTR_TYPE_INT,
     ATTR_TYPE_STR,
@@ -45,9 +55,9 @@ from kubenetmon.otap._tables import (
     QUASI_DELTA,
 )
 from kubenetmon.otlp import _contract as c
-from kubenetmon.otlp._checks import _ADDRESSES, DecodeResult, _address, _Reject, _Rejections, _show
+from kubenetmon.otlp._checks import DecodeResult, _address, _Reject, _Rejections, _show
 from kubenetmon.otlp._decode_records import _impossible, _node_of
-from kubenetmon.otlp._limits import MAX_ADDRESS_BYTES, DecodeLimits
+from kubenetmon.otlp._limits import DecodeLimits
 
 __all__ = ["BarError", "RecordsConsumer"]
 
@@ -63,131 +73,8 @@ _KEYS = (
 )
 _STRING_SLOTS = (0, 1, 2, 4, 6, 8, 10)
 _IS_STRING_SLOT = np.isin(np.arange(11), _STRING_SLOTS)
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 _TRANSPORT_DICT = pa.array(["tcp", "udp"])
 _TYPE_DICT = pa.array(["ipv4", "ipv6"])
-
-
-class BarError(Exception):
-    """A BAR refused whole: ``code`` (a BatchStatus code), ``reason`` (a metric label), ``message``."""
-
-    def __init__(self, reason: str, message: str, code: int = StatusCode.INVALID_ARGUMENT) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.code = code
-
-
-class _Feed:
-    """A readable file the IPC reader pulls from; a payload's bytes are fed before it reads them."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self.data = memoryview(b"")
-        self.pos = 0
-
-    def feed(self, data: bytes) -> None:
-        self.data = memoryview(bytes(self.data[self.pos:]) + data) if self.pos < len(self.data) else memoryview(data)
-        self.pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
-        out = bytes(self.data[self.pos:end])
-        self.pos = end
-        return out
-
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-
-class _Reader:
-    """One payload type's IPC stream (per schema id): opened by its Schema message."""
-
-    def __init__(self) -> None:
-        self.feed = _Feed()
-        self.reader: Any = None
-
-    def read(self, data: bytes) -> pa.RecordBatch:
-        self.feed.feed(data)
-        if self.reader is None:
-            self.reader = pa.ipc.open_stream(self.feed)
-        batches = []
-        while self.feed.remaining():
-            batches.append(self.reader.read_next_batch())
-        if not batches:
-            raise ValueError("the payload holds no record batch")
-        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-
-
-class _Strings:
-    """What each distinct attribute string means, computed once per string per stream.
-
-    Kept aligned with the stream's dictionary: when the next batch's
-    dictionary extends it (a delta), only the new entries are looked at.
-    """
-
-    def __init__(self) -> None:
-        self.dictionary: pa.Array | None = None
-        self.canonical = np.zeros(0, dtype=np.int64)  # dictionary index → first index of an equal string
-        self.first: dict[str, int] = {}
-        self.texts: list[str] = []
-        self.transport = np.zeros(0, dtype=np.int8)  # 0 tcp, 1 udp, -1 neither
-        self.network_type = np.zeros(0, dtype=np.int8)  # 0 ipv4, 1 ipv6
-        self.direction = np.zeros(0, dtype=np.int8)  # 0 original, 1 reply
-        self.address = np.zeros(0, dtype=np.int8)  # 0 IPv4, 1 IPv6, 2 too long, 3 not an address
-        self.packed = np.zeros((0, 16), dtype=np.uint8)
-        self.address_id = np.zeros(0, dtype=np.int64)  # equal packed addresses share one id; -1: none
-        self.ids: dict[bytes, int] = {}
-
-    def update(self, dictionary: pa.Array) -> None:
-        old = self.dictionary
-        start = 0
-        if old is not None and len(dictionary) >= len(old) and dictionary.slice(0, len(old)).equals(old):
-            start = len(old)
-        else:
-            self.__init__()  # type: ignore[misc]  # a replacement dictionary: start over
-        self.dictionary = dictionary
-        new = dictionary.slice(start).to_pylist()
-        if not new:
-            return
-        canonical, transport, network_type, direction, address, address_id = [], [], [], [], [], []
-        packed = np.zeros((len(new), 16), dtype=np.uint8)
-        first = self.first
-        for i, value in enumerate(new):
-            text = "" if value is None else value
-            j = first.get(text)
-            if j is None:
-                j = first[text] = start + i
-            canonical.append(j)
-            transport.append({"tcp": 0, "udp": 1}.get(text, -1))
-            network_type.append({"ipv4": 0, "ipv6": 1}.get(text, -1))
-            direction.append({c.DIRECTION_ORIGINAL: 0, c.DIRECTION_REPLY: 1}.get(text, -1))
-            if len(text) > MAX_ADDRESS_BYTES:
-                address.append(2)  # never parsed nor cached (see _checks._address)
-                address_id.append(-1)
-                continue
-            canon = _ADDRESSES[text]
-            if canon is None:
-                address.append(3)
-                address_id.append(-1)
-                continue
-            if ":" in canon:
-                address.append(1)
-                raw = socket.inet_pton(socket.AF_INET6, canon)
-            else:
-                address.append(0)
-                raw = _V4_MAPPED + socket.inet_pton(socket.AF_INET, canon)
-            packed[i] = np.frombuffer(raw, dtype=np.uint8)
-            address_id.append(self.ids.setdefault(raw, len(self.ids)))
-        self.canonical = np.concatenate([self.canonical, np.array(canonical, dtype=np.int64)])
-        self.transport = np.concatenate([self.transport, np.array(transport, dtype=np.int8)])
-        self.network_type = np.concatenate([self.network_type, np.array(network_type, dtype=np.int8)])
-        self.direction = np.concatenate([self.direction, np.array(direction, dtype=np.int8)])
-        self.address = np.concatenate([self.address, np.array(address, dtype=np.int8)])
-        self.packed = np.concatenate([self.packed, packed])
-        self.address_id = np.concatenate([self.address_id, np.array(address_id, dtype=np.int64)])
-        self.texts.extend("" if t is None else t for t in new)
 
 
 class _Verdicts:
@@ -218,88 +105,14 @@ class _Verdicts:
             rejections.add(name, self.messages[name], int(counts[code]))
 
 
-def _int64(column: Any, what: str, native: bool = False) -> np.ndarray[Any, Any]:
-    """An integer column as numpy (null as 0): int64, or its own type with ``native`` (cheaper to compare)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if not (pa.types.is_integer(column.type) or pa.types.is_timestamp(column.type)):
-        raise BarError("wrong_schema", f"{what} has type {column.type}; expected an integer column")
-    if pa.types.is_timestamp(column.type):
-        column = column.cast(pa.int64())
-    if column.null_count:
-        column = column.fill_null(0)
-    values: np.ndarray[Any, Any] = column.to_numpy(zero_copy_only=False)
-    return values if native else values.astype(np.int64, copy=False)
-
-
-def _column(table: pa.RecordBatch, name: str, what: str) -> Any:
-    index = table.schema.get_field_index(name)
-    if index < 0:
-        raise BarError("wrong_schema", f"{what} has no column {name!r}")
-    return table.column(index)
-
-
-def _ids(table: pa.RecordBatch, name: str, default: bytes, what: str) -> np.ndarray[Any, Any]:
-    """An id column decoded (plain or delta); quasi-delta is the attribute tables' own."""
-    field = table.schema.field(name) if table.schema.get_field_index(name) >= 0 else None
-    column = _column(table, name, what)
-    if column.null_count:
-        raise BarError("wrong_schema", f"{what} column {name!r} has nulls; ids are required")
-    values = _int64(column, f"{what} column {name!r}")
-    encoding = (field.metadata or {}).get(ENCODING, default) if field is not None else default
-    if encoding == DELTA:
-        return np.cumsum(values)
-    if encoding == PLAIN:
-        return values
-    raise BarError("wrong_schema", f"{what} column {name!r} has encoding {encoding!r}; expected plain or delta")
-
-
-def _positions(ids: np.ndarray[Any, Any], refs: np.ndarray[Any, Any], what: str) -> np.ndarray[Any, Any]:
-    """Row positions of the ids ``refs`` points to; a reference to no row refuses the BAR."""
-    n = len(ids)
-    if n and ids[0] == 0 and ids[-1] == n - 1 and (n < 2 or bool((np.diff(ids) == 1).all())):
-        if len(refs) and (refs.min() < 0 or refs.max() >= n):
-            raise BarError("bad_ids", f"{what}: a row refers to an id that the BAR does not have")
-        pos = refs
-    else:
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        if n > 1 and bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
-            raise BarError("bad_ids", f"{what}: ids are not unique")
-        found = np.searchsorted(sorted_ids, refs)
-        found[found >= n] = 0
-        if len(refs) and not bool((sorted_ids[found] == refs).all() if n else False):
-            raise BarError("bad_ids", f"{what}: a row refers to an id that the BAR does not have")
-        pos = order[found]
-    return pos.astype(np.int64, copy=False)
-
-
-def _codes(column: Any) -> tuple[np.ndarray[Any, Any], pa.Array]:
-    """A string/binary column as (code per row, -1 for null; the distinct values), equal values equal codes."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    dictionary = column.dictionary
-    canonical = dictionary.dictionary_encode()
-    mapping = canonical.indices.to_numpy(zero_copy_only=False).astype(np.int32)
-    indices = column.indices
-    if indices.null_count:
-        indices = indices.fill_null(0)
-    codes = mapping[indices.to_numpy(zero_copy_only=False)] if len(mapping) else np.zeros(len(column), np.int32)
-    if column.null_count:
-        codes[column.is_null().to_numpy(zero_copy_only=False)] = -1
-    return codes, canonical.dictionary
-
-
 class RecordsConsumer:
     """Reads the BARs of one gRPC stream (its IPC readers, header decoder and string meanings)."""
 
     def __init__(self, limits: DecodeLimits | None = None) -> None:
         self.limits = limits or DecodeLimits()
-        self._readers: dict[tuple[int, str], _Reader] = {}
+        self._readers: dict[tuple[int, str], IpcReader] = {}
         self._headers = HeaderDecoder()
-        self._strings: dict[str, _Strings] = {}
+        self._strings: dict[str, StreamStrings] = {}
 
     def headers(self, bar: Any) -> dict[str, str]:
         """The BAR's headers; read every BAR's in order, even one refused (HPACK keeps state)."""
@@ -336,7 +149,7 @@ class RecordsConsumer:
                 if len(self._readers) >= MAX_READERS_PER_STREAM:
                     raise BarError("too_many_schemas", f"payload {i}: more than {MAX_READERS_PER_STREAM} schemas "
                                    "on one stream; open a new stream")
-                reader = self._readers[key] = _Reader()
+                reader = self._readers[key] = IpcReader()
             try:
                 tables[kind] = (sid, reader.read(bytes(payload.record)))
             except (pa.ArrowException, ValueError, OSError, StopIteration) as exc:
@@ -356,10 +169,10 @@ class RecordsConsumer:
         except (pa.ArrowException, TypeError) as exc:
             raise BarError("wrong_schema", f"a table does not have the OTAP metrics schema: {exc}") from None
 
-    def strings(self, sid: str, dictionary: pa.Array) -> _Strings:
+    def strings(self, sid: str, dictionary: pa.Array) -> StreamStrings:
         state = self._strings.get(sid)
         if state is None:
-            state = self._strings[sid] = _Strings()
+            state = self._strings[sid] = StreamStrings()
         state.update(dictionary)
         return state
 
@@ -374,10 +187,10 @@ class _Decode:
 
     def run(self) -> DecodeResult:
         root = self.tables[T.UNIVARIATE_METRICS][1]
-        metric_ids = _ids(root, "id", DELTA, "UNIVARIATE_METRICS")
+        metric_ids = decode_ids(root, "id", DELTA, "UNIVARIATE_METRICS")
         resource_of_metric, nodes, node_of_resource, resource_problem = self._resources(root)
-        names = _column(root, "name", "UNIVARIATE_METRICS").to_pylist()
-        types = _int64(_column(root, "metric_type", "UNIVARIATE_METRICS"), "metric_type").tolist()
+        names = require_column(root, "name", "UNIVARIATE_METRICS").to_pylist()
+        types = int64_column(require_column(root, "metric_type", "UNIVARIATE_METRICS"), "metric_type").tolist()
         temporality = root.column("aggregation_temporality").to_pylist() if "aggregation_temporality" in \
             root.schema.names else [0] * root.num_rows
         monotonic = root.column("is_monotonic").to_pylist() if "is_monotonic" in root.schema.names \
@@ -386,8 +199,8 @@ class _Decode:
         if T.NUMBER_DATA_POINTS not in self.tables:
             return self._result(self._empty(), 0, nodes)
         points = self.tables[T.NUMBER_DATA_POINTS][1]
-        point_ids = _ids(points, "id", DELTA, "NUMBER_DATA_POINTS")
-        metric = _positions(metric_ids, _ids(points, "parent_id", DELTA, "NUMBER_DATA_POINTS"),
+        point_ids = decode_ids(points, "id", DELTA, "NUMBER_DATA_POINTS")
+        metric = positions_of(metric_ids, decode_ids(points, "parent_id", DELTA, "NUMBER_DATA_POINTS"),
                             "NUMBER_DATA_POINTS parent_id")
         n = points.num_rows
         verdicts = _Verdicts(n)
@@ -417,8 +230,8 @@ class _Decode:
 
         slots = self._attributes(point_ids, n, verdicts)
         value = self._values(points, verdicts)
-        starts = _int64(_column(points, "start_time_unix_nano", "NUMBER_DATA_POINTS"), "start_time_unix_nano")
-        ends = _int64(_column(points, "time_unix_nano", "NUMBER_DATA_POINTS"), "time_unix_nano")
+        starts, ends = (int64_column(require_column(points, name, "NUMBER_DATA_POINTS"), name)
+                        for name in ("start_time_unix_nano", "time_unix_nano"))
         caps, interval = self._times(starts, ends, base, verdicts)
         verdicts.reject(value < 0, "negative_value",
                         lambda i: f"data point value {value[i]} is negative; a monotonic delta cannot be")
@@ -431,7 +244,7 @@ class _Decode:
 
     def _resources(self, root: pa.RecordBatch) -> tuple[list[int], list[str], list[int], list[Any]]:
         """Per metric its resource's position; the node names; per resource its node index or problem."""
-        resource = _column(root, "resource", "UNIVARIATE_METRICS")
+        resource = require_column(root, "resource", "UNIVARIATE_METRICS")
         if not pa.types.is_struct(resource.type) or resource.type.get_field_index("id") < 0:
             raise BarError("wrong_schema", "UNIVARIATE_METRICS column 'resource' must be a struct with an id")
         rid_column = resource.field("id")
@@ -440,8 +253,8 @@ class _Decode:
         if T.RESOURCE_ATTRS in self.tables:
             table = self.tables[T.RESOURCE_ATTRS][1]
             parents = self._attr_parents(table, "RESOURCE_ATTRS")
-            keys = _column(table, "key", "RESOURCE_ATTRS").to_pylist()
-            types = _int64(_column(table, "type", "RESOURCE_ATTRS"), "type").tolist()
+            keys = require_column(table, "key", "RESOURCE_ATTRS").to_pylist()
+            types = int64_column(require_column(table, "type", "RESOURCE_ATTRS"), "type").tolist()
             none = [None] * table.num_rows
             values = {name: table.column(name).to_pylist() if name in table.schema.names else none
                       for name in ("str", "int", "double", "bool")}
@@ -483,7 +296,7 @@ class _Decode:
         ``key_codes``, ``types``, ``str_codes``: the caller's, when it has them already.
         """
         field = table.schema.field("parent_id") if "parent_id" in table.schema.names else None
-        raw = _int64(_column(table, "parent_id", what), f"{what} parent_id")
+        raw = int64_column(require_column(table, "parent_id", what), f"{what} parent_id")
         encoding = (field.metadata or {}).get(ENCODING, QUASI_DELTA) if field is not None else QUASI_DELTA
         if encoding == PLAIN:
             return raw
@@ -495,14 +308,14 @@ class _Decode:
         if not n:
             return raw
         if key_codes is None:
-            key_codes, _ = _codes(_column(table, "key", what))
+            key_codes, _ = string_codes(require_column(table, "key", what))
         if types is None:
-            types = _int64(_column(table, "type", what), f"{what} type", native=True)
+            types = int64_column(require_column(table, "type", what), f"{what} type", native=True)
         if str_codes is None and "str" in table.schema.names:
-            str_codes, _ = _codes(table.column("str"))
+            str_codes, _ = string_codes(table.column("str"))
         # A row continues a run when its key, type and value (the column its type names) equal the
         # previous row's.
-        value = _run_values(table, types, str_codes)
+        value = run_values(table, types, str_codes)
         same = (key_codes[1:] == key_codes[:-1]) & (types[1:] == types[:-1]) & (value[1:] == value[:-1])
         # Within a run the ids are a running sum from the run's first (absolute) id: subtract the sum
         # before the run, which never decreases (ids are unsigned), so a running maximum spreads it.
@@ -519,12 +332,12 @@ class _Decode:
         has = np.zeros((11, n), dtype=bool)
         wrong = np.zeros((11, n), dtype=bool)
         value = np.zeros((11, n), dtype=np.int64)
-        strings: _Strings | None = None
+        strings: StreamStrings | None = None
         if T.NUMBER_DP_ATTRS in self.tables:
             sid, table = self.tables[T.NUMBER_DP_ATTRS]
             what = "NUMBER_DP_ATTRS"
-            key_codes, key_values = _codes(_column(table, "key", what))
-            types = _int64(_column(table, "type", what), f"{what} type", native=True)
+            key_codes, key_values = string_codes(require_column(table, "key", what))
+            types = int64_column(require_column(table, "type", what), f"{what} type", native=True)
             slot_of_code = np.full(len(key_values) + 1, -1, dtype=np.int64)
             for code, key in enumerate(key_values.to_pylist()):
                 if key in _KEYS:
@@ -535,16 +348,16 @@ class _Decode:
                 if not pa.types.is_dictionary(column.type):
                     column = column.dictionary_encode()
                     sid = ""  # a dictionary made here lives for this BAR only
-                strings = self.consumer.strings(sid, column.dictionary) if sid else _Strings()
+                strings = self.consumer.strings(sid, column.dictionary) if sid else StreamStrings()
                 if not sid:
                     strings.update(column.dictionary)
                 idx = column.indices.fill_null(0).to_numpy(zero_copy_only=False)
                 str_codes = strings.canonical[idx] if len(strings.canonical) else np.zeros(len(idx), np.int64)
                 if column.null_count:
                     str_codes[column.is_null().to_numpy(zero_copy_only=False)] = -1
-            parents = _positions(point_ids, self._attr_parents(table, what, key_codes, types, str_codes),
+            parents = positions_of(point_ids, self._attr_parents(table, what, key_codes, types, str_codes),
                                  f"{what} parent_id")
-            ints = (_int64(table.column("int"), f"{what} int") if "int" in table.schema.names
+            ints = (int64_column(table.column("int"), f"{what} int") if "int" in table.schema.names
                     else np.zeros(table.num_rows, dtype=np.int64))
             # Rows of one key together (producers sort attributes by key; others are sorted here): each
             # key's values land in its own row of the per-point arrays by slices, not per-row lookups.
@@ -567,7 +380,7 @@ class _Decode:
                     wrong[k][p] = types[rows] != ATTR_TYPE_INT
                     value[k][p] = ints[rows]
         if strings is None:
-            strings = _Strings()
+            strings = StreamStrings()
         for k in range(11):
             kind = "a string" if k in _STRING_SLOTS else "an int"
             verdicts.reject(wrong[k], "wrong_attribute_type", _const(f"attribute {_KEYS[k]} must be {kind}"))
@@ -636,7 +449,7 @@ class _Decode:
             else np.zeros(n, dtype=bool)
         verdicts.reject(int_null | is_double, "wrong_value_type", lambda i: "data point value is "
                         f"{'as_double' if is_double[i] else 'missing'}; the contract sends as_int")
-        return _int64(ints, "NUMBER_DATA_POINTS int_value")
+        return int64_column(ints, "NUMBER_DATA_POINTS int_value")
 
     def _times(self, starts: np.ndarray[Any, Any], ends: np.ndarray[Any, Any], base: np.ndarray[Any, Any],
                verdicts: _Verdicts) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -648,7 +461,7 @@ class _Decode:
         if bool((starts == starts[0]).all() and (ends == ends[0]).all()):  # one interval: the usual BAR
             pairs, inverse = [(int(starts[0]), int(ends[0]))], np.zeros(n, dtype=np.int64)
         else:
-            inverse, first = _distinct(np.stack([starts, ends], axis=1))
+            inverse, first = distinct_rows(np.stack([starts, ends], axis=1))
             pairs = list(zip(starts[first].tolist(), ends[first].tolist(), strict=True))
         for j, (start, end) in enumerate(pairs):
             mask = inverse == j
@@ -671,7 +484,7 @@ class _Decode:
         ok = np.flatnonzero(verdicts.accepted())
         if not len(ok):
             return self._empty(), 0
-        strings: _Strings = s["strings"]
+        strings: StreamStrings = s["strings"]
         v, nat, code = s["value"], s["nat"][ok], s["address"]
         # A record's identity as small ints: equal addresses (whatever their text) share an id.
         src, dst = code[2][ok], code[4][ok]
@@ -685,7 +498,7 @@ class _Decode:
             node[ok], s["transport"][ok] * 2 + s["network_type"][ok], interval[ok],
             aid[src], aid[dst], aid[rsrc], aid[rdst], (sport << 16) | dport, (rsport << 16) | rdport,
         ], axis=1).astype(np.int64)
-        record, first = _distinct(identity)  # records in order of first appearance
+        record, first = distinct_rows(identity)  # records in order of first appearance
         n_records = len(first)
         counter = record * 4 + base[ok] + 2 * s["direction"][ok]
         values = value[ok].astype(np.uint64)
@@ -736,39 +549,6 @@ class _Decode:
             errors=[f"{reason}: {msg}" for reason, msg in rej.messages.items()],
             rejected_by_reason=dict(rej.counts), accepted_points=accepted, nodes=nodes,
         )
-
-
-def _run_values(table: pa.RecordBatch, types: np.ndarray[Any, Any],
-                str_codes: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
-    """Per attribute row, its value as an int64 that is equal exactly when the values are (within a type)."""
-    names = table.schema.names
-    n = table.num_rows
-    value = _int64(table.column("int"), "int") if "int" in names else np.zeros(n, dtype=np.int64)
-    if str_codes is not None:
-        value = np.where(types == ATTR_TYPE_STR, str_codes, value)
-    if "double" in names:
-        bits = table.column("double").cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False).view(np.int64)
-        value = np.where(types == ATTR_TYPE_DOUBLE, bits, value)
-    if "bool" in names:
-        flags = table.column("bool").cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
-        value = np.where(types == ATTR_TYPE_BOOL, flags, value)
-    if "bytes" in names:
-        codes, _ = _codes(table.column("bytes"))
-        value = np.where(types == ATTR_TYPE_BYTES, codes, value)
-    result: np.ndarray[Any, Any] = value
-    return result
-
-
-def _distinct(rows: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Rows of an int64 matrix → (index of each row's distinct value, in order of first appearance; first rows)."""
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    n, width = rows.shape
-    encoded = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(8 * width), n, [None, pa.py_buffer(rows)]).dictionary_encode()
-    index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    first = np.empty(len(encoded.dictionary), dtype=np.int64)
-    first[index[::-1]] = np.arange(n - 1, -1, -1)
-    return index, first
 
 
 def _const(message: str) -> Callable[[int], str]:
