@@ -144,7 +144,7 @@ class ArrowReceiverConfig(_Strict):
         "uses it; without it, agents fall back to Export)."
     )
     max_streams: int = Field(
-        64, gt=0, description="Arrow streams open at once (each holds one server thread while it lives, and "
+        256, gt=0, description="Arrow streams open at once (each holds one server thread while it lives, and "
         "its IPC readers); more are refused with RESOURCE_EXHAUSTED and those agents use Export."
     )
 
