@@ -15,7 +15,7 @@ third DNAT'd, a seventh without reply traffic):
   counted) vs ``RecordsConsumer.decode`` of the BAR bytes;
 * both decoders must return the same records (checked).
 
-**Agent full path** (``--agent``, root): ``bench/conntrack_bench.py``'s
+**Agent full path** (as root; ``--no-agent`` skips it): ``bench/conntrack_bench.py``'s
 full-path child (conntrack cycle → otlp exporter with persistent queue →
 gRPC to a local sink) with OTLP and with ``arrow.enabled``, on the same real
 conntrack tables, interleaved with ``conntrack -L`` on them: CPU ratios.
@@ -218,7 +218,7 @@ def agent_table(cb: Any, reg: Any, size: int, repeat: int, port: int) -> dict[st
 def agent_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| entries | `conntrack -L` CPU s (median) | full path all active: OTLP / OTAP (× `conntrack -L`, ≤ 1.5) "
-        "| 1 % active: OTLP / OTAP (≤ 1.1) | bytes sent per cycle, all active: OTLP uncompressed / OTAP | peak RSS "
+        "| 1 % active: OTLP / OTAP (≤ 1.1) | bytes sent per record: OTLP before gzip / OTAP | peak RSS "
         "MB: OTLP / OTAP |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
@@ -228,12 +228,14 @@ def agent_lines(results: list[dict[str, Any]]) -> list[str]:
         def ratio(mode: str, fraction: str, cl: float = cl, r: dict[str, Any] = r) -> str:
             return f"{statistics.median(r[mode]['cycles'][fraction]['cpu']) / cl:.2f}×"
 
-        cycles = 2 * len(r["otlp"]["cycles"]["1.0"]["cpu"])
+        def per_record(mode: str, key: str, r: dict[str, Any] = r) -> float:
+            sent = sum(sum(c["records"]) for c in r[mode]["cycles"].values())
+            return float(r[mode].get(key, 0)) / max(sent, 1)
+
         lines.append(
             f"| {r['size']:,} | {cl:.3f} | {ratio('otlp', '1.0')} / {ratio('otap', '1.0')} "
             f"| {ratio('otlp', '0.01')} / {ratio('otap', '0.01')} "
-            f"| {r['otlp'].get('otlp_bytes', 0) / cycles / 1e6:.1f} MB "
-            f"/ {r['otap'].get('otap_bytes', 0) / cycles / 1e6:.2f} MB "
+            f"| {per_record('otlp', 'otlp_bytes'):.0f} / {per_record('otap', 'otap_bytes'):.1f} "
             f"| {r['otlp']['rss_mb']:.0f} / {r['otap']['rss_mb']:.0f} |"
         )
     return lines
@@ -242,8 +244,9 @@ def agent_lines(results: list[dict[str, Any]]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="codec: comma-separated record counts")
-    parser.add_argument("--agent", metavar="SIZES", help="also the agent full path on conntrack tables of these "
-                        "sizes (root), e.g. 10000,100000,300000")
+    parser.add_argument("--agent", metavar="SIZES", default="10000,100000,300000",
+                        help="agent full path on conntrack tables of these sizes (needs root; default %(default)s)")
+    parser.add_argument("--no-agent", action="store_true", help="the codec only (what runs without root)")
     parser.add_argument("--repeat", type=int, default=3, help="agent full path: cycles per measurement")
     parser.add_argument("--no-doc", action="store_true", help="print the section instead of writing the doc")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -253,7 +256,10 @@ def main() -> int:
         return 0
     load = os.getloadavg()
     results = [run_child(int(s)) for s in args.sizes.split(",")]
-    agents = agent([int(s) for s in args.agent.split(",")], args.repeat) if args.agent else []
+    if not args.no_agent and os.geteuid() != 0:
+        print("otap bench: the agent full path needs root (namespaces, conntrack): codec only", file=sys.stderr)
+        args.no_agent = True
+    agents = [] if args.no_agent else agent([int(s) for s in args.agent.split(",")], args.repeat)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())
     lines = [
@@ -261,7 +267,7 @@ def main() -> int:
         "## otap (OTAP vs OTLP, agent → gateway)",
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, load average "
-        f"{load[0]:.2f} before; `.venv/bin/python bench/otap_bench.py{' --agent ' + args.agent if args.agent else ''}`"
+        f"{load[0]:.2f} before; `.venv/bin/python bench/otap_bench.py` (as root)"
         ". Codec: each size in its own process pinned to one core, CPU time, best of 3–5 runs; OTLP and OTAP "
         "in the same child. *Cold*: a new stream / empty decoder caches (every connection new); *warm*: the "
         "same connections' next interval (OTAP: same stream, schema and strings known; OTLP: the encoder's "
