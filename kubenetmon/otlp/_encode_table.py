@@ -331,13 +331,15 @@ def _string_pieces(column: pa.Array, key: str) -> list[bytes]:
     return [encoded[i] for i in column.indices.to_pylist()]
 
 
-def _address_pieces(column: pa.Array, key: str) -> list[bytes]:
-    cache: dict[bytes | None, bytes] = {}
+def _address_pieces(column: pa.Array, key: str, v6_rows: np.ndarray[Any, Any]) -> list[bytes]:
+    """Per row, the encoded address attribute; ``v6_rows``: the rows whose network_type is ipv6 (an
+    IPv4-mapped address there stays IPv6 text, as the row-wise helper prints it)."""
+    cache: dict[tuple[bytes | None, bool], bytes] = {}
     out = []
-    for v in column.to_pylist():
-        piece = cache.get(v)
+    for v, v6 in zip(column.to_pylist(), v6_rows.tolist(), strict=True):
+        piece = cache.get((v, v6))
         if piece is None:
-            piece = cache[v] = _attr(kv_string(key, _text(v))) if v else b""
+            piece = cache[(v, v6)] = _attr(kv_string(key, _text(v, v6))) if v else b""
         out.append(piece)
     return out
 
@@ -379,6 +381,7 @@ def encode_flow_table_bytes(
     if not table.num_rows:
         return []
     col = table.column
+    v6_rows = _codes(col("network_type"), "network_type") == 1
     columns = [
         _string_pieces(col("transport"), "network.transport"),
         _string_pieces(col("network_type"), "network.type"),
@@ -390,7 +393,7 @@ def encode_flow_table_bytes(
         for field_name, attr in ENDPOINT_ATTRIBUTES.items():
             name = f"{side}_{field_name}"
             if field_name == "address":
-                columns.append(_address_pieces(col(name), prefix + attr))
+                columns.append(_address_pieces(col(name), prefix + attr, v6_rows))
             elif field_name == "port":
                 columns.append(_port_pieces(col(name), prefix + attr))
             else:
