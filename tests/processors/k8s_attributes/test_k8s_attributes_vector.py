@@ -78,8 +78,12 @@ def scenarios(draw: st.DrawFn) -> tuple[list[ClusterIndex], list[ConntrackRecord
     addresses = st.sampled_from([*V4, *V6, *EXTERNAL, "10.0.0.1", "10.0.0.2", "10.9.0.1", "fd00:ffff::1"])
     records = []
     for _ in range(draw(st.integers(1, 12))):
-        src, dst = draw(addresses), draw(addresses)
-        reply_src = draw(st.sampled_from([dst, draw(addresses)]))  # DNAT: another reply source
+        # One family per entry, as conntrack has them and the otlp receiver requires (it refuses an
+        # IPv4 address on an ipv6 record as bad_address).
+        src = draw(addresses)
+        same_family = addresses.filter(lambda a, v6=":" in src: (":" in a) == v6)
+        dst = draw(same_family)
+        reply_src = draw(st.sampled_from([dst, draw(same_family)]))  # DNAT: another reply source
         start = draw(st.sampled_from([0, 5 * S, 70 * S, 110 * S, 130 * S, 170 * S, 500 * S]))
         records.append(ConntrackRecord(
             node=draw(st.sampled_from([*NODES, "peer-1", "elsewhere"])),
