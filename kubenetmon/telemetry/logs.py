@@ -34,13 +34,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when the handler was made.
+
+    A process that swaps its stderr (a test runner capturing output, an embedding application)
+    would otherwise leave the handler writing to a closed stream ("--- Logging error ---").
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # StreamHandler.__init__ and setStream assign it; the property always answers sys.stderr
+
+
 def configure_logging(level: str = "info", encoding: Literal["json", "console"] = "console") -> None:
     """Configure the root logger once for the process (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_kubenetmon", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._kubenetmon = True  # type: ignore[attr-defined]
     if encoding == "json":
         handler.setFormatter(JsonFormatter())

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 
 import pytest
 
@@ -30,3 +32,16 @@ def test_configure_logging_is_idempotent() -> None:
     assert len(ours) == 1
     assert logging.getLogger().level == logging.DEBUG
     configure_logging("warning", "console")
+
+
+def test_log_lines_follow_stderr_when_it_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A handler bound to the stderr of its creation wrote to a closed stream once a test runner
+    # swapped it ("--- Logging error ---" in every later test's output).
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging("info", "console")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("kubenetmon.test.logs").warning("after the swap")
+    assert "after the swap" in second.getvalue()
