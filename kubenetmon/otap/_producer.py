@@ -284,12 +284,17 @@ class RecordsProducer:
         ports = np.stack([col(p).to_numpy(zero_copy_only=False).astype(np.int64) for p in _PORT_COLUMNS])
         mirrored = ((addresses[2] == addresses[1]).all(axis=1) & (addresses[3] == addresses[0]).all(axis=1)
                     & (ports[2] == ports[1]) & (ports[3] == ports[0]))
-        if len(strings.by_text) + 4 * n > _DICTIONARY_ROOM:
-            strings.reset()  # a replacement dictionary instead of a delta; one BAR never overflows it
         # Per distinct (family, address): its dictionary index (the text only when new to the stream).
         flat = pa.FixedSizeBinaryArray.from_buffers(pa.binary(17), 4 * n, [None, pa.py_buffer(addresses)])
         encoded = flat.dictionary_encode()
-        distinct = strings.lookup(encoded.dictionary.to_pylist(), lambda k: _text(k[1:], bool(k[0])))
+        keys = encoded.dictionary.to_pylist()
+        known = strings.index
+        new = sum(1 for k in keys if k not in known)
+        extra = len(col("transport").dictionary) + len(col("network_type").dictionary)
+        if len(strings.by_text) + new + extra > _DICTIONARY_ROOM:
+            # Full: a replacement dictionary instead of a delta (the strings of this BAR only).
+            strings.reset()
+        distinct = strings.lookup(keys, lambda k: _text(k[1:], bool(k[0])))
         address_index = distinct[encoded.indices.to_numpy(zero_copy_only=False)].reshape(4, n)
         transport = strings.lookup(_dictionary_values(col("transport")), str)[
             col("transport").indices.to_numpy(zero_copy_only=False)]
