@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kubenetmon.cli import main
+from tests.fuzz.fuzzkit import fuzz_settings, mutate, paths
 
-EXAMPLES = int(os.environ.get("KUBENETMON_FUZZ_EXAMPLES", "250"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="KUBENETMON_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+EXAMPLES = 250  # per test; KUBENETMON_FUZZ_EXAMPLES overrides (tests/fuzz/fuzzkit.py)
+FUZZ = fuzz_settings(EXAMPLES)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 SHIPPED = {path.name: path.read_bytes() for path in sorted(CONFIG_DIR.glob("*.yaml"))}
@@ -71,48 +70,14 @@ values = st.recursive(
 )
 
 
-def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out += _paths(value, (*prefix, key))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            out += _paths(value, (*prefix, i))
-    return out
-
-
-def _mutate(data: Any, path: tuple[Any, ...], how: str, value: Any, key: str) -> Any:
-    if not path:
-        return value if how == "replace" else data
-    head, rest = path[0], path[1:]
-    if isinstance(data, dict):
-        copy = dict(data)
-        if not rest and how == "drop":
-            copy.pop(head, None)
-        elif not rest and how == "rename":
-            copy[key] = copy.pop(head)
-        elif not rest and how == "add":
-            copy[key] = value
-        else:
-            copy[head] = _mutate(data[head], rest, how, value, key)
-        return copy
-    copy_list = list(data)
-    if not rest and how == "drop":
-        del copy_list[head]
-    else:
-        copy_list[head] = _mutate(data[head], rest, how, value, key)
-    return copy_list
-
-
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
     data: Any = PARSED[draw(st.sampled_from(sorted(PARSED)))]
     for _ in range(draw(st.integers(1, 4))):
-        paths = _paths(data)
-        path = draw(st.sampled_from(paths))
+        spots = paths(data)
+        path = draw(st.sampled_from(spots))
         how = draw(st.sampled_from(["replace", "drop", "rename", "add"]))
-        data = _mutate(data, path, how, draw(values), draw(st.text(max_size=12)))
+        data = mutate(data, path, how, draw(values), draw(st.text(max_size=12)))
     return yaml.safe_dump(data, allow_unicode=True).encode()
 
 

@@ -11,23 +11,22 @@ mutations of a canonical request. Bounded for CI; set
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from kubenetmon.flows import ConntrackRecord
 from kubenetmon.otlp import DecodeLimits, decode_records_bytes, decode_records_slow, encode_records_bytes
+from tests.fuzz.fuzzkit import fuzz_settings
 from tests.otlp.otlp_testkit import SECOND, by_identity, make_records
 
 NOW = 1_800_000_000 * SECOND
 LIMITS = DecodeLimits(max_age_ns=24 * 3600 * SECOND, max_future_ns=300 * SECOND)
-EXAMPLES = int(os.environ.get("KUBENETMON_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="KUBENETMON_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+EXAMPLES = 300  # per test; KUBENETMON_FUZZ_EXAMPLES overrides (tests/fuzz/fuzzkit.py)
+FUZZ = fuzz_settings(EXAMPLES)
 
 
 def check_same(data: bytes) -> None:

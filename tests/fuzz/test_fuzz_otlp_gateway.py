@@ -16,7 +16,6 @@ runs N examples per strategy.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -39,14 +38,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from kubenetmon.otlp import DecodeLimits, decode_records_slow, encode_records_bytes
+from tests.fuzz.fuzzkit import fuzz_settings
 from tests.fuzz.test_fuzz_otlp_decoder import mutate, records
 from tests.otlp.otlp_testkit import SECOND, free_port, make_records
 
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
-EXAMPLES = int(os.environ.get("KUBENETMON_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="KUBENETMON_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+EXAMPLES = 60  # per test; KUBENETMON_FUZZ_EXAMPLES overrides (tests/fuzz/fuzzkit.py)
+FUZZ = fuzz_settings(EXAMPLES, HealthCheck.function_scoped_fixture)
 # The receiver's defaults (kubenetmon/receivers/otlp/config.py: limits).
 LIMITS = DecodeLimits(max_age_ns=86400 * SECOND, max_future_ns=300 * SECOND)
 MAX_RSS = 600 << 20

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kubenetmon.component import Kind
@@ -33,11 +33,11 @@ from kubenetmon.identity import Identity
 from kubenetmon.processors.cloud_prefix import CloudPrefixConfig, CloudPrefixProcessor, factory
 from kubenetmon.processors.cloud_prefix.sources import STANDARD_FILE_NAMES
 from kubenetmon.testing import SinkConsumer, StaticHost, create_component, create_settings
+from tests.fuzz.fuzzkit import fuzz_settings, mutate, paths
 from tests.processors.cloud_prefix.ranges import RANGES_DIR
 
-EXAMPLES = int(os.environ.get("KUBENETMON_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="KUBENETMON_FUZZ_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+EXAMPLES = 150  # per test; KUBENETMON_FUZZ_EXAMPLES overrides (tests/fuzz/fuzzkit.py)
+FUZZ = fuzz_settings(EXAMPLES)
 SOURCES = ("aws", "gcp", "azure", "oracle")
 FAILURES = {"invalid_json", "invalid_schema", "file_error"}
 
@@ -130,50 +130,14 @@ values = st.recursive(
 )
 
 
-def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out += _paths(value, (*prefix, key))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            out += _paths(value, (*prefix, i))
-    return out
-
-
-def _mutate(data: Any, path: tuple[Any, ...], how: str, value: Any) -> Any:
-    if not path:
-        if how == "empty" and isinstance(data, list | dict):
-            return type(data)()
-        if how == "duplicate" and isinstance(data, list):
-            return data + data
-        return value if how == "replace" else data
-    head, rest = path[0], path[1:]
-    if isinstance(data, dict):
-        copy: Any = dict(data)
-        if not rest and how == "drop":
-            copy.pop(head, None)
-        elif not rest and how == "rename":
-            copy[f"{head}_"] = copy.pop(head)
-        else:
-            copy[head] = _mutate(data[head], rest, how, value)
-        return copy
-    copy = list(data)
-    if not rest and how == "drop":
-        del copy[head]
-    else:
-        copy[head] = _mutate(data[head], rest, how, value)
-    return copy
-
-
 @st.composite
 def structure_mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     source = draw(st.sampled_from(SOURCES))
     doc = _sample(source)
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(doc)))
+        path = draw(st.sampled_from(paths(doc)))
         how = draw(st.sampled_from(["replace", "drop", "rename", "empty", "duplicate"]))
-        doc = _mutate(doc, path, how, draw(values))
+        doc = mutate(doc, path, how, draw(values))
     return source, json.dumps(doc).encode()
 
 
