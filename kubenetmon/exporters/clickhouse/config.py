@@ -14,6 +14,13 @@ __all__ = ["ClickHouseConfig", "ClusterConfig", "MinuteBatchConfig", "PatientRet
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _plain_identifier(value: str) -> str:
+    """``value`` if it is empty or a plain SQL identifier; else a ValueError saying what is allowed."""
+    if value and not _IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)")
+    return value
+
+
 class TLSConfig(BaseModel):
     """TLS towards a ClickHouse server (``https://`` endpoints)."""
 
@@ -66,11 +73,7 @@ class ClusterConfig(BaseModel):
     @field_validator("name", "local_table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if value and not _IDENTIFIER.match(value):
-            raise ValueError(
-                f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)"
-            )
-        return value
+        return _plain_identifier(value)
 
     @model_validator(mode="after")
     def _name_for_replicated(self) -> ClusterConfig:
@@ -178,11 +181,7 @@ class ClickHouseConfig(ExporterHelperConfig):
     @field_validator("database", "table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if value and not _IDENTIFIER.match(value):
-            raise ValueError(
-                f"{value!r} is not a plain identifier (letters, digits and '_', not starting with a digit)"
-            )
-        return value
+        return _plain_identifier(value)
 
     @field_validator("endpoint")
     @classmethod
