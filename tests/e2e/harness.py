@@ -246,3 +246,45 @@ def _difference(got: dict[PairKey, int], want: dict[PairKey, int]) -> str:
         if got.get(key) != want.get(key):
             lines.append(f"  {key}: {got.get(key)} vs {want.get(key)}")
     return "\n".join(lines)
+
+
+def catalog_exchanges(m: Metered) -> list[Any]:
+    """frontend-0 → the catalog pod of the moment (catalog-0, or catalog-1 once it took its IPs), v4 and v6."""
+    from kubenetmon.demo.traffic import Exchange
+
+    cluster = m.cluster
+    frontend = cluster.pods["frontend-0"]
+    catalog = cluster.pods.get("catalog-0") or cluster.pods["catalog-1"]
+    assert catalog.ipv6
+    return [Exchange(frontend.netns, catalog.ipv4, PORT, "tcp", 2000, 3000, rounds=2),
+            Exchange(frontend.netns, catalog.ipv6, PORT, "udp", 100, 200, rounds=3)]
+
+
+def reuse_catalog_ips_and_check(m: Metered, before: list[Any]) -> None:
+    """Delete catalog-0, give its IPv4/IPv6 to a new pod catalog-1, exchange again; then every pair is
+    exact, with the ``before`` exchanges' bytes on the old pod and the later ones on the new pod."""
+    from kubenetmon.demo.expected import attribute
+    from kubenetmon.demo.minicluster import PodSpec
+    from kubenetmon.demo.traffic import run_exchanges
+
+    cluster = m.cluster
+    old = cluster.delete_pod("catalog-0")
+    m.api.delete_pod(old.name, old.namespace)
+    new = cluster.add_pod(PodSpec("catalog-1", "shop", "catalog", "node-b"), ipv4=old.ipv4, ipv6=old.ipv6)
+    m.api.add_pod(new.name, new.namespace, node=new.node, ips=new.ips, labels=new.labels)
+    m.serve(new)
+    time.sleep(m.pipeline.settings.interval)  # the change reaches the gateway's watch at once; one interval
+    after = run_exchanges(catalog_exchanges(m))
+    assert not [r.error for r in before + after if r.error]
+    m.settle()
+
+    truth = ground_truth(cluster)
+    old_ports = {r.client_port for r in before}
+    old_entries = {n: [e for e in es if e.sport in old_ports] for n, es in truth.items()}
+    new_entries = {n: [e for e in es if e.sport not in old_ports] for n, es in truth.items()}
+    expected = attribute(old_entries, cluster, lambda a: old if a in old.ips else cluster.pod_by_ip(a))
+    expected += attribute(new_entries, cluster)
+    rows = assert_pairs_exact(m, expected)
+    sent = {pod: sum(r.bytes for r in rows if (r["localPod"], r["remotePod"], r["direction"])
+                     == ("frontend-0", pod, "out")) for pod in ("catalog-0", "catalog-1")}
+    assert sent["catalog-0"] > 4000 and sent["catalog-1"] > 4000

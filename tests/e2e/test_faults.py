@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kubenetmon.demo.expected import attribute
-from kubenetmon.demo.minicluster import MiniCluster, PodSpec
+from kubenetmon.demo.minicluster import MiniCluster
 from kubenetmon.demo.pipeline import PipelineSettings
 from kubenetmon.demo.traffic import Exchange, TrafficLoop, run_exchanges
 from tests.e2e.harness import (
@@ -21,9 +21,11 @@ from tests.e2e.harness import (
     S3_OTHER_REGION,
     Metered,
     assert_pairs_exact,
+    catalog_exchanges,
     chdb_table_dir,
     ground_truth,
     metered_cluster,
+    reuse_catalog_ips_and_check,
     unwritable,
 )
 
@@ -113,36 +115,8 @@ def test_agents_killed_or_restarted_mid_traffic_count_every_byte_once(tmp_path: 
 
 def test_pod_deleted_and_its_ip_reused_is_attributed_to_the_right_pod_on_each_side(tmp_path: Path) -> None:
     with metered_cluster(tmp_path, PipelineSettings(metrics=True)) as m:
-        cluster, interval = m.cluster, m.pipeline.settings.interval
         m.pipeline.start()
         m.wait_until_metering()
-        frontend = cluster.pods["frontend-0"]
-
-        def to_catalog() -> list[Exchange]:
-            catalog = cluster.pods.get("catalog-0") or cluster.pods["catalog-1"]
-            assert catalog.ipv6
-            return [Exchange(frontend.netns, catalog.ipv4, PORT, "tcp", 2000, 3000, rounds=2),
-                    Exchange(frontend.netns, catalog.ipv6, PORT, "udp", 100, 200, rounds=3)]
-
-        before = run_exchanges(to_catalog())
+        before = run_exchanges(catalog_exchanges(m))
         m.wait_until_attributed()  # the old pod's bytes reached the gateway while it still existed
-        old = cluster.delete_pod("catalog-0")
-        m.api.delete_pod(old.name, old.namespace)
-        new = cluster.add_pod(PodSpec("catalog-1", "shop", "catalog", "node-b"), ipv4=old.ipv4, ipv6=old.ipv6)
-        m.api.add_pod(new.name, new.namespace, node=new.node, ips=new.ips, labels=new.labels)
-        m.serve(new)
-        time.sleep(interval)  # the change reaches the gateway's watch at once; give it one agent interval
-        after = run_exchanges(to_catalog())
-        assert not [r.error for r in before + after if r.error]
-        m.settle()
-
-        truth = ground_truth(cluster)
-        old_ports = {r.client_port for r in before}
-        old_entries = {n: [e for e in es if e.sport in old_ports] for n, es in truth.items()}
-        new_entries = {n: [e for e in es if e.sport not in old_ports] for n, es in truth.items()}
-        expected = attribute(old_entries, cluster, lambda a: old if a in old.ips else cluster.pod_by_ip(a))
-        expected += attribute(new_entries, cluster)
-        rows = assert_pairs_exact(m, expected)
-        sent = {pod: sum(r.bytes for r in rows if (r["localPod"], r["remotePod"], r["direction"])
-                         == ("frontend-0", pod, "out")) for pod in ("catalog-0", "catalog-1")}
-        assert sent["catalog-0"] > 4000 and sent["catalog-1"] > 4000
+        reuse_catalog_ips_and_check(m, before)
