@@ -206,6 +206,7 @@ stats = {}
 local = threading.local()
 STAGES = [
     ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_export"),
+    ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_bar"),
     ("attribution", "kubenetmon.processors.k8s_attributes.processor", "K8sAttributesProcessor", "consume"),
     ("classification", "kubenetmon.processors.cloud_prefix.processor", "CloudPrefixProcessor", "consume"),
     ("queue", "kubenetmon.exporterhelper.exporter", "QueuedExporter", "consume"),
@@ -344,8 +345,66 @@ def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: i
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
 
 
+def otap_streams(requests: list[tuple[str, str, bytes, int]]) -> list[list[bytes]]:
+    """The same load as OTAP: one stream per agent, its BARs in order (what this tree's agents send).
+
+    The OTLP requests are decoded by this tree's receiver code into record batches and encoded by its OTAP
+    producer, so both feeds carry the same records under the same batch ids.
+    """
+    from kubenetmon.otap import RecordsProducer
+    from kubenetmon.otlp import decode_records_bytes
+
+    by_node: dict[str, list[bytes]] = {}
+    producers: dict[str, Any] = {}
+    for node, batch_id, data, _ in requests:
+        result = decode_records_bytes(data)
+        producer = producers.setdefault(node, RecordsProducer("zstd"))
+        by_node.setdefault(node, []).append(
+            producer.encode(result.table, {"k8s.node.name": node}, {"kubenetmon-batch-id": batch_id})
+        )
+    return list(by_node.values())
+
+
+def _send_otap(endpoint: str, streams: list[list[bytes]]) -> None:
+    import queue
+
+    import grpc
+
+    from kubenetmon.otap import ARROW_METRICS_METHOD, BatchStatus
+
+    errors: list[str] = []
+
+    def agent(bars: list[bytes]) -> None:
+        channel = grpc.insecure_channel(endpoint)
+        call = channel.stream_stream(ARROW_METRICS_METHOD, request_serializer=None, response_deserializer=None)
+        outgoing: queue.Queue[bytes | None] = queue.Queue()
+
+        def requests() -> Iterator[bytes]:
+            while (item := outgoing.get()) is not None:
+                yield item
+
+        responses = call(requests())
+        try:
+            for bar in bars:  # one BAR in flight per stream, as the exporter sends them
+                outgoing.put(bar)
+                status = BatchStatus.FromString(next(responses))
+                if status.status_code != 0:
+                    errors.append(f"{status.status_code}: {status.status_message}")
+        finally:
+            outgoing.put(None)
+            channel.close()
+
+    threads = [threading.Thread(target=agent, args=(bars,)) for bars in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} BARs refused, e.g. {errors[0]}")
+
+
 def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *, records: int,
-                label: str, clickhouse: str) -> Run:
+                label: str, clickhouse: str, otap: list[list[bytes]] | None = None) -> Run:
     """One gateway of ``tree`` fed ``requests``; ``clickhouse``: ``embedded`` (chDB in the gateway, the
     standalone default) or ``http`` (a ClickHouse-HTTP endpoint on chDB in another process, as a gateway in a
     cluster writes to a ClickHouse server)."""
@@ -359,7 +418,8 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
 
             server = stack.enter_context(clickhouse_http(state / "server-chdb"))
             endpoint = server.dsn()
-        run = _run_gateway(tree, work, state, inv, requests, records=records, label=label, endpoint=endpoint)
+        run = _run_gateway(tree, work, state, inv, requests, records=records, label=label, endpoint=endpoint,
+                           otap=otap)
         sql = ("SELECT direction, connectionClass, remoteCloudService, count(), sum(bytes), sum(packets) "
                "FROM default.network_flows_0 FINAL GROUP BY ALL ORDER BY ALL")
         run.stored = server.query(sql) if server is not None else _query(tree, state / "chdb", sql)
@@ -368,7 +428,7 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
 
 
 def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *,
-                 records: int, label: str, endpoint: str) -> Run:
+                 records: int, label: str, endpoint: str, otap: list[list[bytes]] | None) -> Run:
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
     overlay = state / "overlay.yaml"
     overlay.write_text(json.dumps({
@@ -410,7 +470,10 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
-        _send(f"127.0.0.1:{grpc_port}", requests)
+        if otap is not None:
+            _send_otap(f"127.0.0.1:{grpc_port}", otap)
+        else:
+            _send(f"127.0.0.1:{grpc_port}", requests)
         # Wait until the exporter has delivered everything (its queue counts batches in flight too; with the
         # default minute blocks that is up to a minute after the last request).
         deadline = time.monotonic() + 300
@@ -526,8 +589,11 @@ def main() -> int:
             sub.mkdir()
             inv, requests, records = make_load(ref or ROOT, sub, pods, nodes, agents=args.agents,
                                                connections=args.connections, rounds=args.rounds, seed=pods)
+            bars = otap_streams(requests)
             for clickhouse in args.clickhouse.split(","):
-                runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout",
+                runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTAP",
+                                    clickhouse=clickhouse, otap=bars),
+                        run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTLP",
                                     clickhouse=clickhouse)]
                 if ref is not None:
                     runs.append(run_gateway(ref, sub, inv, requests, records=records,
@@ -559,7 +625,9 @@ def main() -> int:
             "writing to ClickHouse over HTTP (a ClickHouse-HTTP endpoint on chDB in another process, as in a "
             "cluster) and to embedded chDB (the standalone default). Stages are thread CPU inside the gateway, "
             "exclusive of nested stages; chDB engine threads by thread name from /proc. The reference is a git "
-            "worktree of the commit before the columnar rewrite, fed the same requests.",
+            "worktree of the commit before the columnar rewrite, fed the same requests as OTLP (its agents speak "
+            "nothing else); this checkout is fed them as OTAP (what its agents send by default, falling back to "
+            "OTLP) and as OTLP. The targets are checked on the first column.",
             "", *sections, f"Verdict: {verdict}", END])
         replace_section(START, END, text)
     return 0 if not failures else 1
