@@ -260,3 +260,60 @@ def test_a_gateway_at_its_stream_bound_gets_the_block_by_export(
         assert gateway.m_requests.value(outcome="too_many_streams") == 2
     finally:
         other.close()
+
+
+def test_streams_are_renewed_after_their_lifetime_and_the_new_ones_start_their_state_over(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    sink = SinkConsumer()
+    gateway = receivers(sink)
+    agent = exporters(exporter_config(gateway.port, arrow={**ARROW, "max_stream_lifetime": 0.2}))
+    batches = recorded_batches(4)
+    for b in batches:
+        agent.consume(b)
+        wait_sent(agent, sum(len(x.records) for x in batches[: batches.index(b) + 1]))
+        time.sleep(0.3)
+    assert by_identity(sink.records) == expected(batches)
+    assert agent._arrow is not None and agent._arrow.opened == 4  # a new stream (schema, dictionary) each time
+    assert gateway.m_bars.value(outcome="ok") == 4
+
+
+class HoldFirstStatus(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Handles BARs normally but holds the first BatchStatus back longer than the agent waits."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.held = 0
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.stream_stream is None:
+            return handler
+        inner = handler.stream_stream
+
+        def behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            for status in inner(requests, context):
+                if not self.held:
+                    self.held += 1
+                    time.sleep(self.hold)
+                yield status
+
+        return grpc.stream_stream_rpc_method_handler(
+            behavior, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def test_a_batch_status_that_never_comes_in_time_is_a_retry_on_a_new_stream_counted_once(
+    receivers: StartReceiver, exporters: StartExporter
+) -> None:
+    sink = SinkConsumer()
+    hold = HoldFirstStatus(hold=2.0)
+    gateway = receivers(sink, interceptors=(hold,))
+    agent = exporters(exporter_config(gateway.port, timeout=0.5, arrow=ARROW))
+    batches = recorded_batches(1)
+    send_all(agent, batches)
+    assert hold.held == 1
+    assert by_identity(sink.records) == expected(batches)
+    assert len(sink.batches) == 1  # the late-acknowledged first attempt was consumed; the retry was a duplicate
+    assert agent._arrow is not None and agent._arrow.opened == 2
+    assert gateway.m_bars.value(outcome="duplicate") == 1
