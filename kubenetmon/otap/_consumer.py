@@ -34,6 +34,7 @@ from kubenetmon.otap._stream import (
     BarError,
     IpcReader,
     StreamStrings,
+    declared_bytes,
     decode_ids,
     distinct_rows,
     int64_column,
@@ -65,6 +66,8 @@ T = ArrowPayloadType
 _METRICS_TYPES = {T.RESOURCE_ATTRS, T.SCOPE_ATTRS, T.UNIVARIATE_METRICS, T.NUMBER_DATA_POINTS, T.NUMBER_DP_ATTRS}
 # A hostile stream could open a reader per made-up schema id: a few per payload type are plenty.
 MAX_READERS_PER_STREAM = 16
+# What one BAR may hold decompressed (the exporter's BARs of 65,536 points: ~11 MB, 632 B per record).
+DEFAULT_MAX_BAR_BYTES = 256 * 1024 * 1024
 _COUNTERS = {c.METRIC_BYTES: 0, c.METRIC_PACKETS: 1}
 _KEYS = (
     c.ATTR_NETWORK_TRANSPORT, c.ATTR_NETWORK_TYPE, c.ATTR_SRC_ADDRESS, c.ATTR_SRC_PORT,
@@ -108,8 +111,9 @@ class _Verdicts:
 class RecordsConsumer:
     """Reads the BARs of one gRPC stream (its IPC readers, header decoder and string meanings)."""
 
-    def __init__(self, limits: DecodeLimits | None = None) -> None:
+    def __init__(self, limits: DecodeLimits | None = None, max_bar_bytes: int = DEFAULT_MAX_BAR_BYTES) -> None:
         self.limits = limits or DecodeLimits()
+        self.max_bar_bytes = max_bar_bytes
         self._readers: dict[tuple[int, str], IpcReader] = {}
         self._headers = HeaderDecoder()
         self._strings: dict[str, StreamStrings] = {}
@@ -140,6 +144,15 @@ class RecordsConsumer:
         if kinds and T.UNIVARIATE_METRICS not in kinds:
             raise BarError("missing_root", "the BAR has no UNIVARIATE_METRICS payload (the root table); "
                            "send it first in every BAR that has data")
+        declared = 0
+        for i, payload in enumerate(bar.arrow_payloads):
+            try:
+                declared += declared_bytes(payload.record)
+            except ValueError as exc:
+                raise BarError("invalid_ipc", f"payload {i} (type {payload.type}) is not Arrow IPC: {exc}") from None
+        if declared > self.max_bar_bytes:
+            raise BarError("too_large", f"the BAR's Arrow buffers hold {declared:,} bytes once decompressed; at most "
+                           f"{self.max_bar_bytes:,} (arrow.max_decompressed_mib): send smaller BARs")
         tables: dict[int, tuple[str, pa.RecordBatch]] = {}
         for i, payload in enumerate(bar.arrow_payloads):
             kind, sid = int(payload.type), str(payload.schema_id)

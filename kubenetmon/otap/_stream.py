@@ -10,6 +10,7 @@ decoding the id encodings; any mismatch is a :class:`BarError`.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "BarError",
     "IpcReader",
     "StreamStrings",
+    "declared_bytes",
     "decode_ids",
     "distinct_rows",
     "int64_column",
@@ -76,6 +78,72 @@ class _Feed:
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
+
+
+def declared_bytes(data: bytes) -> int:
+    """What the Arrow IPC messages in ``data`` say their buffers hold once decompressed.
+
+    Read from each message's metadata (and the 8-byte length in front of each
+    compressed buffer) before anything is decompressed, so a small payload
+    cannot make the reader allocate gigabytes. Raises ``ValueError`` when the
+    bytes are not IPC messages.
+    """
+    total = 0
+    try:
+        for message in pa.ipc.MessageReader.open_stream(pa.py_buffer(data)):
+            body = message.body
+            total += _message_bytes(message.metadata.to_pybytes(), memoryview(body) if body is not None else b"")
+    except (struct.error, IndexError, OSError, pa.ArrowException) as exc:
+        raise ValueError(f"not Arrow IPC messages: {exc}") from None
+    return total
+
+
+# Flatbuffer tables of Arrow's Message.fbs: Message{version, header_type, header, bodyLength, ...},
+# RecordBatch{length, nodes, buffers, compression}, DictionaryBatch{id, data, isDelta}.
+_HEADER_DICTIONARY, _HEADER_RECORD_BATCH = 2, 3
+
+
+def _table(buf: bytes, pos: int) -> tuple[int, tuple[int, ...]]:
+    vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+    fields = (struct.unpack_from("<H", buf, vtable)[0] - 4) // 2
+    return pos, struct.unpack_from(f"<{fields}H", buf, vtable + 4)
+
+
+def _field(table: tuple[int, tuple[int, ...]], i: int) -> int | None:
+    pos, offsets = table
+    return pos + offsets[i] if i < len(offsets) and offsets[i] else None
+
+
+def _child(buf: bytes, table: tuple[int, tuple[int, ...]], i: int) -> tuple[int, tuple[int, ...]] | None:
+    p = _field(table, i)
+    return None if p is None else _table(buf, p + struct.unpack_from("<I", buf, p)[0])
+
+
+def _message_bytes(buf: bytes, body: Any) -> int:
+    message = _table(buf, struct.unpack_from("<I", buf, 0)[0])
+    kind_at = _field(message, 1)
+    kind = buf[kind_at] if kind_at is not None else 0
+    header = _child(buf, message, 2)
+    if header is not None and kind == _HEADER_DICTIONARY:
+        header = _child(buf, header, 1)
+    elif kind != _HEADER_RECORD_BATCH:
+        return 0  # a schema: no buffers
+    if header is None:
+        return 0
+    at = _field(header, 2)
+    if at is None:
+        return 0
+    vector = at + struct.unpack_from("<I", buf, at)[0]
+    compressed = _field(header, 3) is not None
+    total = 0
+    for k in range(struct.unpack_from("<I", buf, vector)[0]):
+        offset, length = struct.unpack_from("<qq", buf, vector + 4 + 16 * k)
+        if compressed and length >= 8:
+            size = struct.unpack_from("<q", body, offset)[0]
+            total += length - 8 if size == -1 else size
+        else:
+            total += length
+    return total
 
 
 class IpcReader:

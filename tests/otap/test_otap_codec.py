@@ -268,3 +268,28 @@ def test_quasi_delta_parent_ids_from_another_producer_decode() -> None:
 def test_ipc_helper_leaves_the_stream_open() -> None:
     table = good_tables()[T.UNIVARIATE_METRICS]
     assert not ipc(table).endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+def test_the_decompressed_size_is_known_from_the_metadata_before_decompressing(compression: str | None) -> None:
+    from kubenetmon.otap._stream import declared_bytes
+
+    batch = pa.record_batch([pa.array(np.zeros(200_000, dtype=np.int64)),
+                             pa.array(["x"] * 200_000).dictionary_encode()], names=["zeros", "s"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    assert declared_bytes(data) >= 200_000 * (8 + 4)  # the zeros and the int32 indices, whatever the wire size
+    if compression:
+        assert len(data) < 20_000
+
+
+def test_a_bar_that_would_decompress_past_the_bound_is_refused_before_it_is_read() -> None:
+    producer = RecordsProducer()
+    table = table_of(make_records(2000))
+    small = RecordsConsumer(max_bar_bytes=100_000)
+    with pytest.raises(BarError) as info:
+        small.decode(BatchArrowRecords.FromString(producer.encode(table, {}, {})), NOW)
+    assert info.value.reason == "too_large" and "arrow.max_decompressed_mib" in info.value.message
+    assert not small._readers  # nothing was read: the stream's readers are as they were

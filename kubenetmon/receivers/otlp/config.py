@@ -147,6 +147,10 @@ class ArrowReceiverConfig(_Strict):
         256, gt=0, description="Arrow streams open at once (each holds one server thread while it lives, and "
         "its IPC readers); more are refused with RESOURCE_EXHAUSTED and those agents use Export."
     )
+    max_decompressed_mib: int = Field(
+        256, gt=0, description="Largest a BAR's Arrow buffers may declare to hold once decompressed (checked "
+        "before decompressing); larger BARs are refused (too_large). The agent's BARs of 65,536 points hold ~11 MiB."
+    )
 
 
 class OtlpReceiverConfig(ComponentConfig):

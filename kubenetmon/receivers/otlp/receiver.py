@@ -402,7 +402,7 @@ class OtlpReceiver(BaseComponent):
         (``arrow.max_streams``); dead peers are found by gRPC keepalive.
         """
         peer = context.peer() or ""
-        consumer = RecordsConsumer(self.limits)
+        consumer = RecordsConsumer(self.limits, self.config.arrow.max_decompressed_mib * 1024 * 1024)
         self.m_streams.inc()
         try:
             for data in requests:
