@@ -237,12 +237,13 @@ for name, module, cls, meth in STAGES:
         found.append(name)
     except (ImportError, AttributeError):
         pass
-gc_start = [0.0]
 def on_gc(phase, info):
+    if not getattr(local, "stack", None):
+        return  # outside the stages (start-up, inventory loading): not per-record work
     if phase == "start":
-        gc_start[0] = time.perf_counter()
-    else:
-        stats["gc"] = stats.get("gc", 0.0) + time.perf_counter() - gc_start[0]
+        local.gc_start = time.perf_counter()
+    elif hasattr(local, "gc_start"):
+        stats["gc"] = stats.get("gc", 0.0) + time.perf_counter() - local.gc_start
 gc.callbacks.append(on_gc)
 def dump():
     json.dump({"stats": stats, "found": found}, open(out_path, "w"))
