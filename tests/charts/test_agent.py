@@ -186,3 +186,10 @@ def test_notes_tell_what_to_check(helm: str) -> None:
     assert "rollout status daemonset/kubenetmon-agent" in notes
     assert "kubenetmon-server.kubenetmon-server.svc.cluster.local:4317" in notes
     assert "skipConntrackSanityCheck=true" in notes
+
+
+def test_records_go_to_the_gateway_as_otap_unless_turned_off(render: RenderFn) -> None:
+    exporter = render(AGENT).configmap_pipeline()["exporters"]["otlp"]
+    assert exporter["arrow"] == {"enabled": True}
+    off = render(AGENT, sets={"gateway.otap": "false"}).configmap_pipeline()["exporters"]["otlp"]
+    assert off["arrow"] == {"enabled": False}

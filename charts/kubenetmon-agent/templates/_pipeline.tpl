@@ -25,6 +25,8 @@ exporters:
     headers:
       authorization: "Bearer ${env:KUBENETMON_AGENT_TOKEN}"
     {{- end }}
+    arrow:
+      enabled: {{ .Values.gateway.otap }}
     # On the node's disk: a gateway outage or an agent restart loses nothing that was dumped;
     # when the queue is full the receiver keeps its deltas and retries (block).
     sending_queue:
