@@ -542,7 +542,8 @@ def report(size: str, runs: list[Run]) -> list[str]:
     keys = ["receive", "attribution", "classification", "queue", "mapping", "insert", "gc"]
     for name, key in zip(stage_names, keys, strict=True):
         lines.append(f"| {name} | " + " | ".join(
-            _per_record(r, r.stages[key]) if key in r.stages else "n/a" for r in runs) + " |")
+            _per_record(r, r.stages.get(key, 0.0)) if key in r.stages or key == "gc" else "n/a"
+            for r in runs) + " |")
     lines.append("| gateway process without chDB engine threads | " + " | ".join(
         _per_record(r, r.cpu_total - r.cpu_by_group.get("chdb", 0.0)) for r in runs) + " |")
     lines.append("| chDB engine threads | " + " | ".join(
