@@ -47,3 +47,22 @@ def unused_port() -> int:
 @pytest.fixture
 def another_port() -> int:
     return _free_port()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Generator[None, None, None]:
+    """Undo what a test's in-process ``kubenetmon`` command did to the root logger.
+
+    ``main()`` installs the process's log handler on the root logger, as it should in a process of
+    its own; left behind in the test process, its lines land on every later test's stderr (a test
+    that checks the engine's raw stderr then sees our own formatted log lines).
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers and getattr(handler, "_kubenetmon", False):
+            root.removeHandler(handler)
+    root.setLevel(level)
