@@ -214,3 +214,23 @@ def receivers() -> Iterator[Callable[..., OtlpReceiver]]:
     yield start
     for r in started:
         r.shutdown(2.0)
+
+
+@pytest.fixture
+def exporters() -> Iterator[Callable[..., OtlpExporter]]:
+    """Start (or only open) otlp exporters; each is shut down and closed at the test's end."""
+    started: list[OtlpExporter] = []
+
+    def start(config: OtlpExporterConfig, *, run: bool = True) -> OtlpExporter:
+        e = make_exporter(config)
+        if run:
+            e.start(StaticHost())
+        else:
+            e.open()
+        started.append(e)
+        return e
+
+    yield start
+    for e in started:
+        e.shutdown(1.0)
+        e.close()
