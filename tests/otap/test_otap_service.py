@@ -87,12 +87,11 @@ def test_an_agent_falls_back_to_export_when_the_gateway_has_no_arrow_service(
     assert gateway.m_requests.value(outcome="ok") >= 3
 
 
-class LoseStatuses(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Lets the receiver handle a BAR fully, then breaks the stream instead of answering: a lost BatchStatus."""
+class StatusHook(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Lets the receiver handle each BAR fully, then calls :meth:`before_status` before its BatchStatus goes out."""
 
-    def __init__(self, count: int) -> None:
-        self.remaining = count
-        self.lost = 0
+    def before_status(self, context: grpc.ServicerContext) -> None:
+        raise NotImplementedError
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -102,15 +101,26 @@ class LoseStatuses(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             for status in inner(requests, context):
-                if self.remaining > 0:
-                    self.remaining -= 1
-                    self.lost += 1
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken after the BAR was handled (test)")
+                self.before_status(context)
                 yield status
 
         return grpc.stream_stream_rpc_method_handler(
             behavior, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+
+
+class LoseStatuses(StatusHook):
+    """Breaks the stream instead of answering the first ``count`` BARs: lost BatchStatuses."""
+
+    def __init__(self, count: int) -> None:
+        self.remaining = count
+        self.lost = 0
+
+    def before_status(self, context: grpc.ServicerContext) -> None:
+        if self.remaining > 0:
+            self.remaining -= 1
+            self.lost += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stream broken after the BAR was handled (test)")
 
 
 def test_a_lost_batch_status_resends_the_block_under_its_id_and_it_counts_once(
@@ -278,29 +288,17 @@ def test_streams_are_renewed_after_their_lifetime_and_the_new_ones_start_their_s
     assert gateway.m_bars.value(outcome="ok") == 4
 
 
-class HoldFirstStatus(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Handles BARs normally but holds the first BatchStatus back longer than the agent waits."""
+class HoldFirstStatus(StatusHook):
+    """Holds the first BatchStatus back longer than the agent waits."""
 
     def __init__(self, hold: float) -> None:
         self.hold = hold
         self.held = 0
 
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.stream_stream is None:
-            return handler
-        inner = handler.stream_stream
-
-        def behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-            for status in inner(requests, context):
-                if not self.held:
-                    self.held += 1
-                    time.sleep(self.hold)
-                yield status
-
-        return grpc.stream_stream_rpc_method_handler(
-            behavior, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+    def before_status(self, context: grpc.ServicerContext) -> None:
+        if not self.held:
+            self.held += 1
+            time.sleep(self.hold)
 
 
 def test_a_batch_status_that_never_comes_in_time_is_a_retry_on_a_new_stream_counted_once(
