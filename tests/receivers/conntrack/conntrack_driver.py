@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,18 @@ def read_delivered(path: Path) -> list[ConntrackRecord]:
         seen.add(entry["batch_id"])
         records.extend(ConntrackRecord(*r) for r in entry["records"])
     return records
+
+
+def spawn_driver(netns: str, checkpoint: Path, out: Path) -> subprocess.Popen[bytes]:
+    """This driver as a real agent process (0.2 s interval) in ``netns``, once it says it started."""
+    cmd = [
+        sys.executable, "-m", "tests.receivers.conntrack.conntrack_driver",
+        "--netns", netns, "--checkpoint", str(checkpoint), "--out", str(out), "--interval", "0.2",
+    ]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[3], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+    return proc
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kubenetmon.netns import NamespaceRegistry
-from tests.receivers.conntrack.conntrack_driver import read_delivered
+from tests.receivers.conntrack.conntrack_driver import read_delivered, spawn_driver
 from tests.receivers.conntrack.conntrack_topology import (
     V4_CLIENT,
     V4_SERVER,
@@ -38,7 +37,6 @@ from tests.receivers.conntrack.port_reuse import (
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, requires_root]
 
-REPO = Path(__file__).resolve().parents[3]
 V4_CLIENT_2 = "10.231.0.3"
 CLIENTS = [V4_CLIENT, V4_CLIENT_2, V6_CLIENT]
 
@@ -122,15 +120,9 @@ def test_reused_source_ports_store_exactly_the_kernels_totals(
 
 def test_reused_source_ports_stay_exact_across_agent_restarts(pair: Pair, tmp_path: Path) -> None:
     state, out = tmp_path / "ct.state", tmp_path / "delivered.jsonl"
-    cmd = [
-        sys.executable, "-m", "tests.receivers.conntrack.conntrack_driver",
-        "--netns", pair.server.name, "--checkpoint", str(state), "--out", str(out), "--interval", "0.2",
-    ]
 
     def spawn() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
-        return proc
+        return spawn_driver(pair.server.name, state, out)
 
     oracle = DestroyOracle(pair.server, tmp_path / "destroy.log")
     proc = spawn()

@@ -16,7 +16,7 @@ import pytest
 from kubenetmon.flows import ConntrackRecord, FlowBatch
 from kubenetmon.netns import NamespaceRegistry
 from kubenetmon.testing import SinkConsumer
-from tests.receivers.conntrack.conntrack_driver import read_delivered
+from tests.receivers.conntrack.conntrack_driver import read_delivered, spawn_driver
 from tests.receivers.conntrack.conntrack_topology import (
     HEADER_BOUND,
     V4_CLIENT,
@@ -188,15 +188,9 @@ def test_zero_on_dump_reports_deltas_and_zeroes_the_kernel_counters(
 @pytest.mark.slow
 def test_kill_9_and_graceful_restarts_of_a_real_agent_process_stay_exact(pair: Pair, tmp_path: Path) -> None:
     state, out = tmp_path / "ct.state", tmp_path / "delivered.jsonl"
-    cmd = [
-        sys.executable, "-m", "tests.receivers.conntrack.conntrack_driver",
-        "--netns", pair.server.name, "--checkpoint", str(state), "--out", str(out), "--interval", "0.2",
-    ]
 
     def spawn() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
-        return proc
+        return spawn_driver(pair.server.name, state, out)
 
     rng = random.Random(7)
     conn = TcpConnection(pair.client, pair.server, V4_SERVER)
