@@ -177,6 +177,11 @@ class QueuedExporter(BaseComponent):
         self.m_refused.inc(n)
         raise BackpressureError(f"sending queue of exporter {self.settings.id} is full", retry_after=1.0)
 
+    def _drop_permanent(self, n: int, exc: PermanentError) -> None:
+        self.m_send_failed.inc(n)
+        self.m_dropped.labels(reason="permanent_error").inc(n)
+        self.log.error("dropping %d flows: permanent error: %s", n, exc)
+
     def _send_now(self, batch: FlowBatch) -> None:
         """No queue: push in the caller's thread, so that its acknowledgement means delivered.
 
@@ -191,9 +196,7 @@ class QueuedExporter(BaseComponent):
         try:
             self.push(block, self.helper_config.timeout)
         except PermanentError as exc:
-            self.m_send_failed.inc(n)
-            self.m_dropped.labels(reason="permanent_error").inc(n)
-            self.log.error("dropping %d flows: permanent error: %s", n, exc)
+            self._drop_permanent(n, exc)
             return
         except Exception as exc:
             self.m_send_failed.inc(n)
@@ -263,9 +266,7 @@ class QueuedExporter(BaseComponent):
             try:
                 self.push(block, self.helper_config.timeout)
             except PermanentError as exc:
-                self.m_send_failed.inc(n)
-                self.m_dropped.labels(reason="permanent_error").inc(n)
-                self.log.error("dropping %d flows: permanent error: %s", n, exc)
+                self._drop_permanent(n, exc)
                 self._queue.ack(block)
                 return
             except Exception as exc:
