@@ -173,43 +173,89 @@ def _row_problem(f: Flow) -> str | None:
     return None
 
 
-class _Codes:
-    """A string column of several chunks as one int32 code array over one list of distinct values.
+def _dictionary_key(dictionary: pa.Array) -> tuple[int, ...]:
+    """Identity of a string array by its buffers (equal buffers, offset and length: equal values)."""
+    return (*(b.address if b is not None else 0 for b in dictionary.buffers()), dictionary.offset, len(dictionary))
 
-    Python work is per distinct value per chunk, never per row.
+
+class _Strings:
+    """The string columns of a flow table as int32 codes into one array of distinct values (:attr:`values`).
+
+    A stage's batch carries one dictionary for all its string columns (the
+    k8s_attributes processor's), and a block holds hundreds of batches: each
+    distinct dictionary is interned once for the block in one Arrow hash pass,
+    then every column's chunk is a numpy ``take`` through its dictionary's
+    remap. No Python work per value or per row: interning each column's
+    values in Python cost ~2 µs per record in the gateway bench.
+
+    Null and ``""`` mean "not known": they take the code of the column's
+    fallback (the configured identity for the local cloud/region/cluster/cell)
+    or of ``""``.
     """
 
-    def __init__(self, column: pa.ChunkedArray, fallback: str = "") -> None:
-        index: dict[str, int] = {}
-        self.values: list[str] = []
-        parts: list[np.ndarray[Any, Any]] = []
-        # A minute block holds one chunk per producer batch (hundreds); Arrow unifies their
-        # dictionaries in one C++ pass, so the Python work below is per distinct value of the block,
-        # not per distinct value of each chunk (that was ~3 µs per record in the gateway bench).
-        chunks = [column.combine_chunks()] if column.num_chunks > 1 else column.chunks
-        for plain in chunks:
-            chunk = plain if isinstance(plain, pa.DictionaryArray) else plain.dictionary_encode()
-            remap = np.empty(len(chunk.dictionary) + 1, dtype=np.int32)
-            for i, value in enumerate(chunk.dictionary.to_pylist()):
-                text = value or fallback
-                code = index.get(text)
-                if code is None:
-                    code = index[text] = len(self.values)
-                    self.values.append(text)
-                remap[i] = code
-            # Null means "not known", like "": it takes the code of the fallback (or of "").
-            text = fallback
-            code = index.get(text)
-            if code is None:
-                code = index[text] = len(self.values)
-                self.values.append(text)
-            remap[-1] = code
-            indices = chunk.indices.fill_null(len(chunk.dictionary)).to_numpy(zero_copy_only=False)
-            parts.append(remap[indices])
-        self.codes: np.ndarray[Any, Any] = (
-            np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+    def __init__(self, table: pa.Table, fallbacks: dict[str, str]) -> None:
+        chunks: dict[str, list[pa.DictionaryArray]] = {}
+        dictionaries: dict[tuple[int, ...], tuple[int, pa.Array]] = {}  # key → (base in the concatenation, array)
+        base = 0
+        for name in fallbacks:
+            encoded = []
+            for plain in table.column(name).chunks:
+                chunk = plain if isinstance(plain, pa.DictionaryArray) else plain.dictionary_encode()
+                key = _dictionary_key(chunk.dictionary)
+                if key not in dictionaries:
+                    dictionaries[key] = (base, chunk.dictionary)
+                    base += len(chunk.dictionary)
+                encoded.append(chunk)
+            chunks[name] = encoded
+        every = [d for _, d in dictionaries.values()]
+        interned = (
+            pc.fill_null(pa.concat_arrays(every), "").dictionary_encode() if every
+            else pa.array([], pa.utf8()).dictionary_encode()
         )
+        global_codes = interned.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        values = interned.dictionary
+        extra: list[str] = []
 
+        def code_of(text: str) -> int:
+            found = pc.index(values, text).as_py()
+            if found >= 0:
+                return int(found)
+            if text not in extra:
+                extra.append(text)
+            return len(values) + extra.index(text)
+
+        empty = code_of("")
+        # Each dictionary's remap, with one more slot for a null index (→ "").
+        remaps = {
+            key: np.append(global_codes[start:start + len(d)], np.int32(empty))
+            for key, (start, d) in dictionaries.items()
+        }
+        self.codes: dict[str, np.ndarray[Any, Any]] = {}
+        for name, fallback in fallbacks.items():
+            parts = []
+            for chunk in chunks[name]:
+                remap = remaps[_dictionary_key(chunk.dictionary)]
+                indices = chunk.indices
+                if indices.null_count:
+                    indices = indices.fill_null(len(chunk.dictionary))
+                parts.append(remap[indices.to_numpy(zero_copy_only=False)])
+            codes = np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+            if fallback:
+                codes = np.where(codes == empty, np.int32(code_of(fallback)), codes).astype(np.int32)
+            self.codes[name] = codes
+        self.values: pa.Array = pa.concat_arrays([values, pa.array(extra, pa.utf8())]) if extra else values
+
+    def codes_of(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        """The codes whose value is one of ``texts`` (for vector checks against names)."""
+        mask = pc.is_in(self.values, value_set=pa.array(list(texts), pa.utf8()))
+        return np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+
+    def column(self, codes: np.ndarray[Any, Any]) -> pa.DictionaryArray:
+        """``codes`` as a dictionary array whose dictionary holds only the values they use (one column's)."""
+        used = np.zeros(len(self.values), dtype=bool)
+        used[codes] = True
+        remap = (np.cumsum(used) - 1).astype(np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(remap[codes], pa.int32()), self.values.filter(pa.array(used)))
 
 
 def _flag_codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[dict[str, bool]]]:
@@ -306,22 +352,23 @@ class RowMapper:
     def _prepare_table(self, table: pa.Table, rejected: Counter[str]) -> PreparedRows:
         n = table.num_rows
         ident = self.identity
-        direction = _Codes(table.column("direction"))
-        network = _Codes(table.column("network_type"))
+        fallbacks = dict.fromkeys(("network_type", *_STRINGS), "")
+        for name in ("local_cloud", "local_region", "local_cluster", "local_cell"):
+            fallbacks[name] = getattr(ident, name.removeprefix("local_"))
+        strings = _Strings(table, fallbacks)
         end = table.column("end_ns").to_numpy()
         start = table.column("start_ns").to_numpy()
         end = np.where(end > 0, end, start)
         step = self.interval_seconds
         bucket = (end - 1) // (step * _SECOND) * step
-        is_v6 = np.isin(network.codes, [i for i, v in enumerate(network.values) if v == "ipv6"])
+        is_v6 = np.isin(strings.codes["network_type"], strings.codes_of(["ipv6"]))
         lip, l_mapped = _ipv4(table.column("local_address"))
         rip, r_mapped = _ipv4(table.column("remote_address"))
 
         # Each check is one vector op; a row failing several is counted under the first.
         keep = np.ones(n, dtype=bool)
-        valid_dirs = [i for i, v in enumerate(direction.values) if v in ("out", "in")]
         for reason, bad in (
-            ("invalid_direction", ~np.isin(direction.codes, valid_dirs)),
+            ("invalid_direction", ~np.isin(strings.codes["direction"], strings.codes_of(["out", "in"]))),
             ("no_timestamp", end <= 0),
             ("time_out_of_range", bucket > _MAX_DATETIME),
             ("ipv6", is_v6 if not self.write_ipv6 else np.zeros(n, dtype=bool)),
@@ -335,13 +382,6 @@ class RowMapper:
         lip = np.where(is_v6, 0, lip).astype(np.uint32)
         rip = np.where(is_v6, 0, rip).astype(np.uint32)
 
-        codes: dict[str, _Codes] = {"direction": direction}
-        for name in _STRINGS:
-            if name != "direction":
-                fallback = ""
-                if name in ("local_cloud", "local_region", "local_cluster", "local_cell"):
-                    fallback = getattr(ident, name.removeprefix("local_"))
-                codes[name] = _Codes(table.column(name), fallback)
         flag_codes, flag_dicts = _flag_codes(table.column("connection_flags"))
         keys: dict[str, np.ndarray[Any, Any]] = {
             "bucket": bucket,
@@ -350,7 +390,7 @@ class RowMapper:
             "remote_ip": rip,
             "local_port": table.column("local_port").to_numpy(),
             "remote_port": table.column("remote_port").to_numpy(),
-            **{name: c.codes for name, c in codes.items()},
+            **{name: strings.codes[name] for name in _STRINGS},
         }
         nbytes = table.column("bytes").to_numpy()
         npackets = table.column("packets").to_numpy()
@@ -362,7 +402,7 @@ class RowMapper:
         if self.aggregate and accepted:
             keys, nbytes, npackets, overflow_splits = self._aggregate(keys, nbytes, npackets)
         rows = len(nbytes)
-        table = self._arrow(keys, codes, flag_dicts, nbytes, npackets)
+        table = self._arrow(keys, strings, flag_dicts, nbytes, npackets)
         return PreparedRows(table, rows, accepted, accepted - rows, rejected, overflow_splits)
 
     def _aggregate(
@@ -414,7 +454,7 @@ class RowMapper:
     def _arrow(
         self,
         keys: dict[str, np.ndarray[Any, Any]],
-        codes: dict[str, _Codes],
+        strings: _Strings,
         flag_dicts: list[dict[str, bool]],
         nbytes: np.ndarray[Any, Any],
         npackets: np.ndarray[Any, Any],
@@ -423,15 +463,13 @@ class RowMapper:
         n = len(nbytes)
         bucket = keys["bucket"]
 
-        def strings(values: list[str], indices: np.ndarray[Any, Any]) -> pa.DictionaryArray:
-            return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.utf8()))
-
         flags = pa.array([sorted(d.items()) for d in flag_dicts], type=pa.map_(pa.utf8(), pa.bool_()))
         source: dict[str, pa.Array] = {
             "date": pa.array((bucket // 86400).astype(np.int32), pa.date32()),
             "intervalStartTime": pa.array(bucket.astype(np.uint32), pa.uint32()),
             "intervalSeconds": pa.array(np.full(n, self.interval_seconds, dtype=np.uint16)),
-            "environment": strings([self.identity.environment], np.zeros(n, dtype=np.int32)),
+            "environment": pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(n, dtype=np.int32)), pa.array([self.identity.environment], pa.utf8())),
             "connectionFlags": flags.take(pa.array(keys["flags"], pa.int32())),
             "localIPv4": pa.array(keys["local_ip"], pa.uint32()),
             "remoteIPv4": pa.array(keys["remote_ip"], pa.uint32()),
@@ -442,5 +480,5 @@ class RowMapper:
             if name in _PORTS:
                 source[column] = pa.array(keys[name], pa.uint16())
             else:
-                source[column] = strings(codes[name].values, keys[name])
+                source[column] = strings.column(keys[name])
         return pa.table([source[name] for name in COLUMN_NAMES], names=list(COLUMN_NAMES))
