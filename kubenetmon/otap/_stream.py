@@ -27,7 +27,6 @@ from kubenetmon.otap._tables import (
     PLAIN,
 )
 from kubenetmon.otlp import _contract as c
-from kubenetmon.otlp._checks import _ADDRESSES
 from kubenetmon.otlp._limits import MAX_ADDRESS_BYTES
 
 __all__ = [
@@ -45,6 +44,10 @@ __all__ = [
 ]
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
+_NO_ADDRESS = bytes(16)
+_TRANSPORT_CODES = {"tcp": 0, "udp": 1}
+_NETWORK_TYPE_CODES = {"ipv4": 0, "ipv6": 1}
+_DIRECTION_CODES = {c.DIRECTION_ORIGINAL: 0, c.DIRECTION_REPLY: 1}
 
 
 class BarError(Exception):
@@ -197,34 +200,36 @@ class StreamStrings:
         if not new:
             return
         canonical, transport, network_type, direction, address, address_id = [], [], [], [], [], []
-        packed = np.zeros((len(new), 16), dtype=np.uint8)
-        first = self.first
+        raws: list[bytes] = []
+        first, ids, pton = self.first, self.ids, socket.inet_pton
+        # Once per new string of the stream, so kept lean: module-level tables, the address parsed
+        # by inet_pton (what the OTLP decoder's canonical form comes from), one join for the bytes.
         for i, value in enumerate(new):
             text = "" if value is None else value
             j = first.get(text)
             if j is None:
                 j = first[text] = start + i
             canonical.append(j)
-            transport.append({"tcp": 0, "udp": 1}.get(text, -1))
-            network_type.append({"ipv4": 0, "ipv6": 1}.get(text, -1))
-            direction.append({c.DIRECTION_ORIGINAL: 0, c.DIRECTION_REPLY: 1}.get(text, -1))
+            transport.append(_TRANSPORT_CODES.get(text, -1))
+            network_type.append(_NETWORK_TYPE_CODES.get(text, -1))
+            direction.append(_DIRECTION_CODES.get(text, -1))
             if len(text) > MAX_ADDRESS_BYTES:
                 address.append(2)  # never parsed nor cached (see _checks._address)
                 address_id.append(-1)
+                raws.append(_NO_ADDRESS)
                 continue
-            canon = _ADDRESSES[text]
-            if canon is None:
+            v6 = ":" in text
+            try:
+                raw = pton(socket.AF_INET6, text) if v6 else _V4_MAPPED + pton(socket.AF_INET, text)
+            except (OSError, ValueError):
                 address.append(3)
                 address_id.append(-1)
+                raws.append(_NO_ADDRESS)
                 continue
-            if ":" in canon:
-                address.append(1)
-                raw = socket.inet_pton(socket.AF_INET6, canon)
-            else:
-                address.append(0)
-                raw = _V4_MAPPED + socket.inet_pton(socket.AF_INET, canon)
-            packed[i] = np.frombuffer(raw, dtype=np.uint8)
-            address_id.append(self.ids.setdefault(raw, len(self.ids)))
+            address.append(1 if v6 else 0)
+            raws.append(raw)
+            address_id.append(ids.setdefault(raw, len(ids)))
+        packed = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(-1, 16)
         self.canonical = np.concatenate([self.canonical, np.array(canonical, dtype=np.int64)])
         self.transport = np.concatenate([self.transport, np.array(transport, dtype=np.int8)])
         self.network_type = np.concatenate([self.network_type, np.array(network_type, dtype=np.int8)])

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError, ConfigError, ConfigProblem
@@ -204,15 +205,23 @@ def region_problem(table: PrefixTable, cloud: str, region: str) -> str | None:
 
 
 def fill_empty(column: pa.DictionaryArray, value: str) -> pa.DictionaryArray:
-    """``column`` with every empty string replaced by ``value`` (a dictionary change, not a per-row one)."""
-    dictionary = column.dictionary.to_pylist()
-    if not value or "" not in dictionary:
+    """``column`` with every empty string replaced by ``value`` (a dictionary change, not a per-row one).
+
+    Vector operations over the dictionary: a batch's string columns share one
+    dictionary of every string the batch uses (thousands), so a Python pass
+    over it per column cost more than the classification itself.
+    """
+    dictionary = column.dictionary
+    empty = pc.fill_null(pc.equal(dictionary, ""), False).to_numpy(zero_copy_only=False)
+    if not value or not empty.any():
         return column
-    target = dictionary.index(value) if value in dictionary else len(dictionary)
-    if target == len(dictionary):
-        dictionary.append(value)
-    remap = pa.array([target if text == "" else i for i, text in enumerate(dictionary)], pa.int32())
-    return pa.DictionaryArray.from_arrays(remap.take(column.indices), pa.array(dictionary, pa.utf8()))
+    target = pc.index(dictionary, value).as_py()
+    if target < 0:
+        target = len(dictionary)
+        dictionary = pa.concat_arrays([dictionary, pa.array([value], dictionary.type)])
+    remap = np.arange(len(dictionary), dtype=np.int32)
+    remap[np.flatnonzero(empty)] = target
+    return pa.DictionaryArray.from_arrays(pa.array(remap).take(column.indices), dictionary)
 
 
 class _State(NamedTuple):
