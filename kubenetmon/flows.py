@@ -50,6 +50,7 @@ import pyarrow as pa
 
 __all__ = [
     "ADDRESS",
+    "BATCH_ID_SEPARATOR",
     "COUNTER",
     "ENDPOINT_STRING_FIELDS",
     "FLAGS",
@@ -241,6 +242,53 @@ def _zeros(type_: pa.DataType, n: int) -> pa.Array:
     # From buffers, not from Python values: any conversion from Python objects imports pandas when it is
     # installed (+45 MB RSS in an agent that otherwise never needs it).
     return pa.Array.from_buffers(type_, n, [None, pa.py_buffer(np.zeros(n, dtype=type_.to_pandas_dtype()))])
+
+
+def _strings(texts: Sequence[str]) -> pa.Array:
+    """A utf8 array of ``texts``, built from buffers (``pa.array`` imports pandas: see :func:`_zeros`)."""
+    data = [t.encode() for t in texts]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)))
+
+
+def _values(values: Any, type_: pa.DataType, mask: Any = None) -> pa.Array:
+    """A fixed-width column of ``type_`` from numpy values (``mask``: True where null, as ``pa.array``'s),
+    built from buffers (see :func:`_zeros`). Integers out of the type's range raise, as ``pa.array`` does."""
+    source = np.asarray(values)
+    n = len(source)
+    if pa.types.is_boolean(type_):
+        data = pa.py_buffer(np.packbits(source.astype(np.bool_), bitorder="little"))
+    else:
+        dtype = np.dtype(type_.to_pandas_dtype())
+        array = np.ascontiguousarray(source, dtype=dtype) if source.dtype.kind != "M" else source.astype(dtype)
+        if source.dtype.kind in "iu" and dtype.kind in "iu" and source.dtype != dtype and n:
+            info = np.iinfo(dtype)
+            if source.min() < info.min or source.max() > info.max:
+                raise OverflowError(f"values out of the range of {type_}")
+        data = pa.py_buffer(array)
+    if mask is None:
+        return pa.Array.from_buffers(type_, n, [None, data])
+    valid = ~np.asarray(mask, dtype=np.bool_)
+    nulls = n - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(type_, n, [bitmap, data], null_count=nulls)
+
+
+def _numpy(array: pa.Array) -> Any:
+    """A fixed-width column as numpy, a read-only view of its buffer where it has no nulls, as
+    ``to_numpy(zero_copy_only=False)`` returns; ``to_numpy`` itself imports pandas (see :func:`_zeros`)."""
+    type_ = array.type
+    if array.null_count or not (pa.types.is_integer(type_) or pa.types.is_floating(type_)
+                                or pa.types.is_timestamp(type_) or pa.types.is_boolean(type_)):
+        return array.to_numpy(zero_copy_only=False)
+    data = array.buffers()[1]
+    n, offset = len(array), array.offset
+    if pa.types.is_boolean(type_):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return bits[offset : offset + n].astype(np.bool_)
+    dtype = np.dtype(type_.to_pandas_dtype())
+    return np.frombuffer(data, dtype=dtype, count=n, offset=offset * dtype.itemsize)
 
 
 _NOT_KNOWN_STRING = pa.StringArray.from_buffers(1, pa.py_buffer(np.zeros(2, dtype=np.int32)), pa.py_buffer(b""))
@@ -536,6 +584,9 @@ class _View:
         return self._table
 
 
+BATCH_ID_SEPARATOR = "\n"  # between the names of a merged batch (never inside one: see otlp/_limits)
+
+
 class FlowBatch:
     """What one stage hands to the next: a records view, a flows view, or both.
 
@@ -547,7 +598,9 @@ class FlowBatch:
     ``batch_id``, when a producer sets it, names the batch's content for
     idempotency: a producer that re-delivers a batch after a crash (the
     conntrack receiver's write-ahead checkpoint, an agent re-sending a request)
-    uses the same id, so the peer can deduplicate. Empty: no id.
+    uses the same id, so the peer can deduplicate. Empty: no id. A batch
+    merged from several named batches (the otlp receiver merges requests that
+    arrive together) is named by all of them, one per line: :meth:`batch_ids`.
     """
 
     __slots__ = ("_flows", "_records", "batch_id")
@@ -561,6 +614,10 @@ class FlowBatch:
         self._records = _View(records, RECORD_SCHEMA)
         self._flows = _View(flows, FLOW_SCHEMA)
         self.batch_id = batch_id
+
+    def batch_ids(self) -> list[str]:
+        """The names of the batches this one holds (one, several when merged, none when unnamed)."""
+        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
 
     # -- columnar access (the hot path) --
 
@@ -650,6 +707,13 @@ class FlowBatch:
         ``compression``: ``None``, ``"lz4"`` or ``"zstd"`` (Arrow IPC buffer compression).
         """
         sink = pa.BufferOutputStream()
+        self.write_ipc(sink, compression)
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
+
+    def write_ipc(self, sink: Any, compression: str | None = None) -> None:
+        """Write what :meth:`to_ipc` returns to ``sink`` (a file or Arrow output stream) without holding it
+        in memory: the persistent queue writes a batch of 300k records straight to its file this way."""
         options = pa.ipc.IpcWriteOptions(compression=compression)
         for i, table in enumerate((self.record_table(), self.flow_table())):
             schema = table.schema
@@ -658,8 +722,6 @@ class FlowBatch:
             with pa.ipc.new_stream(sink, schema, options=options) as writer:
                 if table.num_rows:
                     writer.write_batch(table)
-        data: bytes = sink.getvalue().to_pybytes()
-        return data
 
     @classmethod
     def from_ipc(cls, data: bytes | pa.Buffer) -> FlowBatch:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from kubenetmon.errors import MixedBatchError
 from kubenetmon.flows import Flow, FlowBatch
 
 __all__ = ["Block", "PutResult", "SendingQueue", "UnstorableBatchError"]
@@ -94,7 +95,7 @@ class Block:
         already queued here and the re-sent one reach the peer under one key and
         are counted once. Any other block uses its own ``id``.
         """
-        if len(self.batches) == 1 and self.batches[0].batch_id:
+        if len(self.batches) == 1 and len(self.batches[0].batch_ids()) == 1:
             return self.batches[0].batch_id
         return self.id
 
@@ -140,6 +141,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _write_batch(path: Path, batch: FlowBatch) -> int:
+    """``batch`` as Arrow IPC (FlowBatch.to_ipc's bytes) in ``path``, fsynced; its size."""
+    with open(path, "wb") as fh:
+        batch.write_ipc(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+        return fh.tell()
+
+
 class SendingQueue:
     """Bounded FIFO of batches; ``capacity`` counts queued and in-flight batches."""
 
@@ -171,16 +181,31 @@ class SendingQueue:
         return [b for _, _, b in self._pending] + [b for blk in blocks for b in blk.batches]
 
     def _hold(self, batch: FlowBatch) -> None:
-        if batch.batch_id:
-            self._held[batch.batch_id] = self._held.get(batch.batch_id, 0) + 1
+        for batch_id in batch.batch_ids():
+            self._held[batch_id] = self._held.get(batch_id, 0) + 1
 
-    def _seen(self, batch_id: str) -> bool:
-        if not batch_id or self._dedup_window <= 0:
-            return False
+    def _seen_id(self, batch_id: str, now: float) -> bool:
         if batch_id in self._held:
             return True
         at = self._delivered.get(batch_id)
-        return at is not None and time.time() - at <= self._dedup_window
+        return at is not None and now - at <= self._dedup_window
+
+    def _seen(self, batch: FlowBatch) -> bool:
+        """True when every batch ``batch`` holds was queued or handled already.
+
+        A merged batch of which only some were raises :class:`MixedBatchError`
+        (its producer hands the parts on one by one).
+        """
+        ids = batch.batch_ids()
+        if not ids or self._dedup_window <= 0:
+            return False
+        now = time.time()
+        seen = [i for i in ids if self._seen_id(i, now)]
+        if seen and len(seen) < len(ids):
+            raise MixedBatchError(
+                f"{len(seen)} of the {len(ids)} batches merged here were already queued or delivered", seen
+            )
+        return bool(seen)
 
     def _load_delivered(self, path: Path) -> None:
         now = time.time()
@@ -302,36 +327,47 @@ class SendingQueue:
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            if self._seen(batch.batch_id):
+            if self._seen(batch):
                 return PutResult.DUPLICATE
-        data = b""
+        tmp: Path | None = None
         if self._dir is not None:
-            # Serialised outside the lock: producers encode in parallel, only the write is ordered.
+            # Serialised and written outside the lock, straight to a temporary file (a batch of
+            # 300k records is ~40 MB of IPC: never held in memory), fsynced; under the lock it only
+            # gets its seq's name, so producers encode in parallel and seq order is still disk order.
             try:
-                data = batch.to_ipc()
+                batch.record_table(), batch.flow_table()
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
                 raise UnstorableBatchError(f"the batch does not fit the batch contract: {exc}") from exc
-        with self._cond:
-            while self._size() >= self.capacity and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            tmp = self._dir / "items" / f"{uuid.uuid4().hex}.tmp"
+        try:
+            size = _write_batch(tmp, batch) if tmp is not None else 0
+            with self._cond:
+                while self._size() >= self.capacity and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return PutResult.FULL
+                    self._cond.wait(remaining)
+                if self._closed:
                     return PutResult.FULL
-                self._cond.wait(remaining)
-            if self._closed:
-                return PutResult.FULL
-            if self._seen(batch.batch_id):  # a copy arrived while this one waited or serialised
-                return PutResult.DUPLICATE
-            self._hold(batch)
-            self._seq += 1
-            seq = self._seq
-            if self._dir is not None:
-                # Written under the lock so that seq order is disk order; the
-                # fsync is the price of "accepted means durable".
-                _write_atomic(self._item_path(seq), data)
-                self._bytes += len(data)
-            self._pending.append((seq, time.monotonic(), batch))
-            self._cond.notify_all()
-            return PutResult.QUEUED
+                if self._seen(batch):  # a copy arrived while this one waited or serialised
+                    return PutResult.DUPLICATE
+                self._hold(batch)
+                self._seq += 1
+                seq = self._seq
+                if tmp is not None:
+                    # Named under the lock so that seq order is disk order; the fsyncs are the
+                    # price of "accepted means durable".
+                    path = self._item_path(seq)
+                    os.replace(tmp, path)
+                    tmp = None
+                    _fsync_dir(path.parent)
+                    self._bytes += size
+                self._pending.append((seq, time.monotonic(), batch))
+                self._cond.notify_all()
+                return PutResult.QUEUED
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     # --- consumer side ---------------------------------------------------------------
 
@@ -385,7 +421,7 @@ class SendingQueue:
 
         Its named batches are remembered first (see the module doc).
         """
-        named = [b.batch_id for b in block.batches if b.batch_id]
+        named = [i for b in block.batches for i in b.batch_ids()]
         if named and self._dedup_window > 0:
             with self._cond:
                 self._remember_delivered(named)

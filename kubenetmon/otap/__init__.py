@@ -15,8 +15,9 @@ default and the interoperable path; the ``otlp`` exporter negotiates OTAP
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from kubenetmon.otap._client import ArrowBusyError, ArrowStreams, ArrowUnavailableError
-from kubenetmon.otap._consumer import BarError, RecordsConsumer
 from kubenetmon.otap._headers import HeaderDecoder, encode_headers
 from kubenetmon.otap._producer import RecordsProducer
 from kubenetmon.otap._proto import ARROW_METRICS_METHOD, ArrowPayloadType, BatchArrowRecords, BatchStatus, StatusCode
@@ -36,3 +37,16 @@ __all__ = [
     "StatusCode",
     "encode_headers",
 ]
+
+if TYPE_CHECKING:
+    from kubenetmon.otap._consumer import BarError, RecordsConsumer
+
+
+def __getattr__(name: str) -> Any:
+    # The gateway's side is imported when first used: the agent never needs it (nor the libraries it
+    # loads; its module-level Arrow arrays import pandas where installed, +40 MB RSS in every agent).
+    if name in ("BarError", "RecordsConsumer"):
+        from kubenetmon.otap import _consumer
+
+        return getattr(_consumer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kubenetmon.flows import RECORD_SCHEMA
+from kubenetmon.flows import RECORD_SCHEMA, _numpy, _strings, _values
 from kubenetmon.otap._headers import encode_headers
 from kubenetmon.otap._proto import ArrowPayloadType, BatchArrowRecords
 from kubenetmon.otap._tables import (
@@ -47,7 +47,7 @@ ATTRIBUTE_KEYS = (
     c.ATTR_DST_ADDRESS, c.ATTR_DST_PORT, c.ATTR_REPLY_SRC_ADDRESS, c.ATTR_REPLY_SRC_PORT,
     c.ATTR_REPLY_DST_ADDRESS, c.ATTR_REPLY_DST_PORT, c.ATTR_DIRECTION,
 )
-_KEY_DICTIONARY = pa.array(ATTRIBUTE_KEYS, pa.utf8())
+_KEY_DICTIONARY = _strings(ATTRIBUTE_KEYS)  # no pa.array anywhere here: it imports pandas
 # Per metric: (name, description, unit, counter columns for original and reply) — the OTLP encoder's texts.
 _METRICS = (
     (c.METRIC_BYTES, "Bytes sent in one conntrack direction over the interval.", c.UNIT_BYTES,
@@ -105,7 +105,7 @@ class _StringDictionary:
     def reset(self) -> None:
         self.index: dict[Any, int] = {}  # a key (packed address and family, or text) → its text's index
         self.by_text: dict[str, int] = {}
-        self.values: pa.Array = pa.array(_FIXED_STRINGS, pa.utf8())
+        self.values: pa.Array = _strings(_FIXED_STRINGS)
         for i, text in enumerate(_FIXED_STRINGS):
             self.index[text] = self.by_text[text] = i
         self.pending: list[str] = []
@@ -133,7 +133,7 @@ class _StringDictionary:
 
     def array(self) -> pa.Array:
         if self.pending:
-            self.values = pa.concat_arrays([self.values, pa.array(self.pending, pa.utf8())])
+            self.values = pa.concat_arrays([self.values, _strings(self.pending)])
             self.pending = []
         return self.values
 
@@ -186,8 +186,8 @@ class RecordsProducer:
         col = table.column
         node_col = col("node")
         node_names = node_col.dictionary.to_pylist()
-        node_idx = node_col.indices.to_numpy(zero_copy_only=False)
-        counters = {name: col(name).to_numpy(zero_copy_only=False)
+        node_idx = _numpy(node_col.indices)
+        counters = {name: _numpy(col(name))
                     for m in _METRICS for name in m[3]}
         # Nodes in order of first appearance, rows in their order (as the OTLP encoder groups them).
         order = np.argsort(node_idx, kind="stable")
@@ -235,38 +235,38 @@ class RecordsProducer:
 
         m = len(metric_rows)
         metrics = pa.RecordBatch.from_arrays([
-            pa.array(np.arange(m), pa.uint16()),
-            pa.StructArray.from_arrays([pa.array([r[0] for r in metric_rows], pa.uint16())],
+            _values(np.arange(m), pa.uint16()),
+            pa.StructArray.from_arrays([_values([r[0] for r in metric_rows], pa.uint16())],
                                        fields=list(METRICS_SCHEMA.field("resource").type)),
             pa.StructArray.from_arrays(
-                [pa.array(np.zeros(m), pa.uint16()), pa.array([c.SCOPE_NAME] * m), pa.array([__version__] * m)],
+                [_values(np.zeros(m), pa.uint16()), _strings([c.SCOPE_NAME] * m), _strings([__version__] * m)],
                 fields=list(METRICS_SCHEMA.field("scope").type)),
-            pa.array(np.full(m, METRIC_TYPE_SUM), pa.uint8()),
-            pa.array([r[1] for r in metric_rows]),
-            pa.array([r[2] for r in metric_rows]),
-            pa.array([r[3] for r in metric_rows]),
-            pa.array(np.full(m, c.TEMPORALITY_DELTA), pa.int32()),
-            pa.array(np.ones(m, dtype=bool)),
+            _values(np.full(m, METRIC_TYPE_SUM), pa.uint8()),
+            _strings([r[1] for r in metric_rows]),
+            _strings([r[2] for r in metric_rows]),
+            _strings([r[3] for r in metric_rows]),
+            _values(np.full(m, c.TEMPORALITY_DELTA), pa.int32()),
+            _values(np.ones(m, dtype=bool), pa.bool_()),
         ], schema=METRICS_SCHEMA)
         resource_attrs = pa.RecordBatch.from_arrays([
-            pa.array(res_parent, pa.uint16()), pa.array(res_keys), pa.array(np.full(len(res_keys), ATTR_TYPE_STR),
-                                                                            pa.uint8()),
-            pa.array(res_values),
+            _values(np.array(res_parent, dtype=np.int64), pa.uint16()), _strings(res_keys),
+            _values(np.full(len(res_keys), ATTR_TYPE_STR), pa.uint8()), _strings(res_values),
         ], schema=RESOURCE_ATTRS_SCHEMA)
 
         rows = np.concatenate(point_rows)
         reply = np.concatenate(point_reply)
         parent = np.concatenate(point_metric)
         n_points = len(rows)
-        starts = col("start_ns").to_numpy(zero_copy_only=False)[rows]
-        ends = col("end_ns").to_numpy(zero_copy_only=False)[rows]
+        starts = _numpy(col("start_ns"))[rows]
+        ends = _numpy(col("end_ns"))[rows]
         ids = np.ones(n_points, dtype=np.uint32)
         ids[0] = 0
         parent_delta = np.diff(parent, prepend=0)
         points = pa.RecordBatch.from_arrays([
-            pa.array(ids, pa.uint32()), pa.array(parent_delta, pa.uint16()),
-            pa.array(starts.astype("datetime64[ns]")), pa.array(ends.astype("datetime64[ns]")),
-            pa.array(np.concatenate(point_values).view(np.int64), pa.int64()),
+            _values(ids, pa.uint32()), _values(parent_delta, pa.uint16()),
+            _values(starts.astype("datetime64[ns]"), pa.timestamp("ns")),
+            _values(ends.astype("datetime64[ns]"), pa.timestamp("ns")),
+            _values(np.concatenate(point_values).view(np.int64), pa.int64()),
         ], schema=POINTS_SCHEMA)
         return metrics, resource_attrs, points, self._attributes(table, rows, reply)
 
@@ -281,7 +281,7 @@ class RecordsProducer:
         for i, name in enumerate(_ADDRESS_COLUMNS):
             addresses[i, :, 0] = v6
             addresses[i, :, 1:] = _address_bytes(col(name))
-        ports = np.stack([col(p).to_numpy(zero_copy_only=False).astype(np.int64) for p in _PORT_COLUMNS])
+        ports = np.stack([_numpy(col(p)).astype(np.int64) for p in _PORT_COLUMNS])
         mirrored = ((addresses[2] == addresses[1]).all(axis=1) & (addresses[3] == addresses[0]).all(axis=1)
                     & (ports[2] == ports[1]) & (ports[3] == ports[0]))
         # Per distinct (family, address): its dictionary index (the text only when new to the stream).
@@ -295,11 +295,11 @@ class RecordsProducer:
             # Full: a replacement dictionary instead of a delta (the strings of this BAR only).
             strings.reset()
         distinct = strings.lookup(keys, lambda k: _text(k[1:], bool(k[0])))
-        address_index = distinct[encoded.indices.to_numpy(zero_copy_only=False)].reshape(4, n)
+        address_index = distinct[_numpy(encoded.indices)].reshape(4, n)
         transport = strings.lookup(_dictionary_values(col("transport")), str)[
-            col("transport").indices.to_numpy(zero_copy_only=False)]
+            _numpy(col("transport").indices)]
         network_type = strings.lookup(_dictionary_values(col("network_type")), str)[
-            col("network_type").indices.to_numpy(zero_copy_only=False)]
+            _numpy(col("network_type").indices)]
         direction = reply.astype(np.int64)  # "original" is entry 0 of the dictionary, "reply" entry 1
 
         point_ids = np.arange(len(rows), dtype=np.int64)
@@ -339,20 +339,20 @@ class RecordsProducer:
         string_mask = np.concatenate(is_str)
         types = np.where(string_mask, ATTR_TYPE_STR, ATTR_TYPE_INT).astype(np.uint8)
         dictionary = strings.array()
-        key_column = pa.DictionaryArray.from_arrays(pa.array(np.concatenate(keys), pa.uint8()), _KEY_DICTIONARY)
-        ints = pa.array(value, pa.int64(), mask=string_mask)
-        str_indices = pa.array(np.where(string_mask, value, 0).astype(np.uint16), pa.uint16(), mask=~string_mask)
+        key_column = pa.DictionaryArray.from_arrays(_values(np.concatenate(keys), pa.uint8()), _KEY_DICTIONARY)
+        ints = _values(value, pa.int64(), mask=string_mask)
+        str_indices = _values(np.where(string_mask, value, 0).astype(np.uint16), pa.uint16(), mask=~string_mask)
         schema = ATTRS_SCHEMA
         if len(dictionary) > _DICTIONARY_ROOM + 1:
             # One BAR with more distinct strings than UInt16 keys reach: plain strings (another schema id).
             str_column: pa.Array = pa.DictionaryArray.from_arrays(
-                pa.array(np.where(string_mask, value, 0), pa.int64(), mask=~string_mask), dictionary
+                _values(np.where(string_mask, value, 0), pa.int64(), mask=~string_mask), dictionary
             ).cast(pa.utf8())
             schema = ATTRS_SCHEMA_PLAIN_STR
         else:
             str_column = pa.DictionaryArray.from_arrays(str_indices, dictionary)
         return pa.RecordBatch.from_arrays([
-            pa.array(parent, pa.uint32()), key_column, pa.array(types, pa.uint8()), str_column, ints,
+            _values(parent, pa.uint32()), key_column, _values(types, pa.uint8()), str_column, ints,
         ], schema=schema)
 
 
@@ -363,7 +363,7 @@ def _dictionary_values(column: Any) -> list[Any]:
 def _codes(column: Any, known: tuple[str, ...]) -> np.ndarray[Any, Any]:
     mapping = np.array([known.index(v) if v in known else -1 for v in column.dictionary.to_pylist()] or [-1],
                        dtype=np.int8)
-    codes: np.ndarray[Any, Any] = mapping[column.indices.to_numpy(zero_copy_only=False)]
+    codes: np.ndarray[Any, Any] = mapping[_numpy(column.indices)]
     return codes
 
 

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from kubenetmon.flows import ADDRESS, COUNTER, PORT, RECORD_SCHEMA, TIME
+from kubenetmon.flows import ADDRESS, COUNTER, PORT, RECORD_SCHEMA, TIME, _strings
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._canonical import (
     _AS_INT,
@@ -69,8 +69,9 @@ _REPLY_OFFSET = 2
 # Dictionaries of the string columns a key carries as small ints.
 _TRANSPORT_INDEX = {"tcp": 0, "udp": 1}
 _TYPE_INDEX = {"ipv4": 0, "ipv6": 1}
-_TRANSPORT_DICT = pa.array(["tcp", "udp"])
-_TYPE_DICT = pa.array(["ipv4", "ipv6"])
+# From buffers: pa.array imports pandas, and the agent imports this package too (flows._zeros).
+_TRANSPORT_DICT = _strings(["tcp", "udp"])
+_TYPE_DICT = _strings(["ipv4", "ipv6"])
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
