@@ -50,7 +50,6 @@ import pyarrow as pa
 
 __all__ = [
     "ADDRESS",
-    "BATCH_ID_SEPARATOR",
     "COUNTER",
     "ENDPOINT_STRING_FIELDS",
     "FLAGS",
@@ -584,9 +583,6 @@ class _View:
         return self._table
 
 
-BATCH_ID_SEPARATOR = "\n"  # between the names of a merged batch (never inside one: see otlp/_limits)
-
-
 class FlowBatch:
     """What one stage hands to the next: a records view, a flows view, or both.
 
@@ -598,9 +594,7 @@ class FlowBatch:
     ``batch_id``, when a producer sets it, names the batch's content for
     idempotency: a producer that re-delivers a batch after a crash (the
     conntrack receiver's write-ahead checkpoint, an agent re-sending a request)
-    uses the same id, so the peer can deduplicate. Empty: no id. A batch
-    merged from several named batches (the otlp receiver merges requests that
-    arrive together) is named by all of them, one per line: :meth:`batch_ids`.
+    uses the same id, so the peer can deduplicate. Empty: no id.
     """
 
     __slots__ = ("_flows", "_records", "batch_id")
@@ -614,10 +608,6 @@ class FlowBatch:
         self._records = _View(records, RECORD_SCHEMA)
         self._flows = _View(flows, FLOW_SCHEMA)
         self.batch_id = batch_id
-
-    def batch_ids(self) -> list[str]:
-        """The names of the batches this one holds (one, several when merged, none when unnamed)."""
-        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
 
     # -- columnar access (the hot path) --
 
