@@ -433,7 +433,12 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
     overlay = state / "overlay.yaml"
     overlay.write_text(json.dumps({
-        "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}},
+        "receivers": {"otlp": {"grpc": {
+            "endpoint": f"127.0.0.1:{grpc_port}",
+            # For experiments only: the shipped default unless the variable is set.
+            **({"workers": int(os.environ["KUBENETMON_BENCH_WORKERS"])} if "KUBENETMON_BENCH_WORKERS" in os.environ
+               else {}),
+        }}},
         "processors": {
             "k8s_attributes": {"source": "static", "static": {"path": str(inv)}, "node_flows": "keep"},
             "cloud_prefix": {"files_dir": str(RANGES), "cache_dir": str(state / "ranges"), "offline": True},
@@ -466,8 +471,10 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
         profiler = None
         if PROFILE:  # py-spy (pip install py-spy) samples every thread of the gateway while it works
             profiler = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--native", "--format", "raw",
-                 "--rate", "250", "--output", str(state / "profile.txt")],
+                ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--format", "raw", "--rate", "250",
+                 # "gil": only the thread holding the GIL (where Python CPU goes); else every busy thread, native
+                 *(["--gil"] if os.environ["KUBENETMON_BENCH_PROFILE"] == "gil" else ["--native"]),
+                 "--output", str(state / "profile.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)

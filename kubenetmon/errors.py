@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "KubenetmonError",
+    "MixedBatchError",
     "PermanentError",
     "PluginError",
     "RetryableError",
@@ -76,3 +77,16 @@ class BackpressureError(KubenetmonError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MixedBatchError(KubenetmonError):
+    """A merged batch holds batches already delivered and new ones: deliver its parts one by one.
+
+    Raised by a queue that remembers named batches (after a restart, a producer
+    re-sent a batch it already holds), so that the merging stage can hand the
+    parts on alone: the copies are dropped as duplicates, the new ones queued.
+    """
+
+    def __init__(self, message: str, seen: list[str]) -> None:
+        super().__init__(message)
+        self.seen = seen

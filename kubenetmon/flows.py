@@ -50,6 +50,7 @@ import pyarrow as pa
 
 __all__ = [
     "ADDRESS",
+    "BATCH_ID_SEPARATOR",
     "COUNTER",
     "ENDPOINT_STRING_FIELDS",
     "FLAGS",
@@ -583,6 +584,9 @@ class _View:
         return self._table
 
 
+BATCH_ID_SEPARATOR = "\n"  # between the names of a merged batch (the otlp receiver refuses ids holding it)
+
+
 class FlowBatch:
     """What one stage hands to the next: a records view, a flows view, or both.
 
@@ -594,7 +598,9 @@ class FlowBatch:
     ``batch_id``, when a producer sets it, names the batch's content for
     idempotency: a producer that re-delivers a batch after a crash (the
     conntrack receiver's write-ahead checkpoint, an agent re-sending a request)
-    uses the same id, so the peer can deduplicate. Empty: no id.
+    uses the same id, so the peer can deduplicate. Empty: no id. A batch
+    merged from several named batches (the otlp receiver merges requests that
+    arrive together) is named by all of them, one per line: :meth:`batch_ids`.
     """
 
     __slots__ = ("_flows", "_records", "batch_id")
@@ -608,6 +614,10 @@ class FlowBatch:
         self._records = _View(records, RECORD_SCHEMA)
         self._flows = _View(flows, FLOW_SCHEMA)
         self.batch_id = batch_id
+
+    def batch_ids(self) -> list[str]:
+        """The names of the batches this one holds (one, several when merged, none when unnamed)."""
+        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
 
     # -- columnar access (the hot path) --
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from kubenetmon.errors import MixedBatchError
 from kubenetmon.flows import Flow, FlowBatch
 
 __all__ = ["Block", "PutResult", "SendingQueue", "UnstorableBatchError"]
@@ -94,7 +95,7 @@ class Block:
         already queued here and the re-sent one reach the peer under one key and
         are counted once. Any other block uses its own ``id``.
         """
-        if len(self.batches) == 1 and self.batches[0].batch_id:
+        if len(self.batches) == 1 and len(self.batches[0].batch_ids()) == 1:
             return self.batches[0].batch_id
         return self.id
 
@@ -180,16 +181,31 @@ class SendingQueue:
         return [b for _, _, b in self._pending] + [b for blk in blocks for b in blk.batches]
 
     def _hold(self, batch: FlowBatch) -> None:
-        if batch.batch_id:
-            self._held[batch.batch_id] = self._held.get(batch.batch_id, 0) + 1
+        for batch_id in batch.batch_ids():
+            self._held[batch_id] = self._held.get(batch_id, 0) + 1
 
-    def _seen(self, batch_id: str) -> bool:
-        if not batch_id or self._dedup_window <= 0:
-            return False
+    def _seen_id(self, batch_id: str, now: float) -> bool:
         if batch_id in self._held:
             return True
         at = self._delivered.get(batch_id)
-        return at is not None and time.time() - at <= self._dedup_window
+        return at is not None and now - at <= self._dedup_window
+
+    def _seen(self, batch: FlowBatch) -> bool:
+        """True when every batch ``batch`` holds was queued or handled already.
+
+        A merged batch of which only some were raises :class:`MixedBatchError`
+        (its producer hands the parts on one by one).
+        """
+        ids = batch.batch_ids()
+        if not ids or self._dedup_window <= 0:
+            return False
+        now = time.time()
+        seen = [i for i in ids if self._seen_id(i, now)]
+        if seen and len(seen) < len(ids):
+            raise MixedBatchError(
+                f"{len(seen)} of the {len(ids)} batches merged here were already queued or delivered", seen
+            )
+        return bool(seen)
 
     def _load_delivered(self, path: Path) -> None:
         now = time.time()
@@ -311,7 +327,7 @@ class SendingQueue:
         """
         deadline = time.monotonic() + timeout
         with self._cond:
-            if self._seen(batch.batch_id):
+            if self._seen(batch):
                 return PutResult.DUPLICATE
         tmp: Path | None = None
         if self._dir is not None:
@@ -333,7 +349,7 @@ class SendingQueue:
                     self._cond.wait(remaining)
                 if self._closed:
                     return PutResult.FULL
-                if self._seen(batch.batch_id):  # a copy arrived while this one waited or serialised
+                if self._seen(batch):  # a copy arrived while this one waited or serialised
                     return PutResult.DUPLICATE
                 self._hold(batch)
                 self._seq += 1
@@ -405,7 +421,7 @@ class SendingQueue:
 
         Its named batches are remembered first (see the module doc).
         """
-        named = [b.batch_id for b in block.batches if b.batch_id]
+        named = [i for b in block.batches for i in b.batch_ids()]
         if named and self._dedup_window > 0:
             with self._cond:
                 self._remember_delivered(named)

@@ -75,8 +75,8 @@ class GrpcServerConfig(_Strict):
         "client that stalls longer is cancelled (counted as read_timeout) and frees its slot."
     )
     workers: int = Field(
-        4, gt=0, description="Requests decoded and handed to the next consumer at once (CPU work); requests "
-        "still receiving their message do not hold a worker."
+        4, gt=0, description="Requests decoded at once (CPU work); requests still receiving their message, "
+        "and decoded ones waiting for the pipeline (see merge), do not hold a worker."
     )
     keepalive: KeepaliveConfig = Field(
         default_factory=KeepaliveConfig, description="Keepalive pings and connection age (agents rebalance)."
@@ -153,6 +153,17 @@ class ArrowReceiverConfig(_Strict):
     )
 
 
+class MergeConfig(_Strict):
+    """Requests that wait while the pipeline is busy are handed on together (group commit, see merge.py)."""
+
+    enabled: bool = Field(
+        True, description="Merge the requests waiting for the pipeline into one batch (each is still "
+        "acknowledged only once its records are queued); off: every request goes on alone."
+    )
+    max_records: int = Field(65_536, gt=0, description="Records one merged batch may hold at most.")
+    max_requests: int = Field(64, gt=0, description="Requests one merged batch may hold at most.")
+
+
 class OtlpReceiverConfig(ComponentConfig):
     """OTLP/gRPC ``MetricsService/Export`` server for the agent → gateway contract (DESIGN §4.1)."""
 
@@ -166,6 +177,9 @@ class OtlpReceiverConfig(ComponentConfig):
     )
     arrow: ArrowReceiverConfig = Field(
         default_factory=ArrowReceiverConfig, description="OTAP streams (ArrowMetricsService) from agents."
+    )
+    merge: MergeConfig = Field(
+        default_factory=MergeConfig, description="Requests arriving together go through the pipeline as one batch."
     )
     backpressure_status: Literal["unavailable", "resource_exhausted"] = Field(
         "unavailable", description="gRPC status sent (with RetryInfo) when the next consumer pushes back."

@@ -45,7 +45,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
-from kubenetmon.flows import FlowBatch
+from kubenetmon.flows import BATCH_ID_SEPARATOR, FlowBatch
 from kubenetmon.otap import ARROW_METRICS_METHOD, BarError, BatchArrowRecords, BatchStatus, RecordsConsumer, StatusCode
 from kubenetmon.otlp import DecodeLimits, DecodeResult, contract, decode_records_bytes
 from kubenetmon.otlp._decode_records import decoder_caches
@@ -53,6 +53,7 @@ from kubenetmon.otlp._limits import MAX_BATCH_ID_BYTES
 from kubenetmon.otlp.status import STATUS_DETAILS_KEY, retry_info_status
 from kubenetmon.receivers.otlp.config import OtlpReceiverConfig
 from kubenetmon.receivers.otlp.dedup import BatchIdWindow
+from kubenetmon.receivers.otlp.merge import Merger
 from kubenetmon.receivers.otlp.watchdog import Watchdog
 
 __all__ = ["OtlpReceiver"]
@@ -164,7 +165,13 @@ class OtlpReceiver(BaseComponent):
         self._in_progress = 0
         self._streams = 0
         self._per_peer: dict[str, int] = {}
+        # Decoding takes a worker slot; delivery goes through the merger (one pipeline pass at a time,
+        # the requests that waited meanwhile together), so slots never wait for the pipeline.
         self._decode_slots = threading.BoundedSemaphore(config.grpc.workers)
+        merge = config.merge
+        self._merger = (
+            Merger(self._deliver_table, merge.max_records, merge.max_requests) if merge.enabled else None
+        )
         self._watchdog: Watchdog | None = None
         m = settings.metrics
         self.m_requests = m.counter(
@@ -389,8 +396,7 @@ class OtlpReceiver(BaseComponent):
             data = self._read_message(requests, context, peer)
             if data is None:
                 return b""  # the call is already over (cancelled or failed)
-            with self._decode_slots:
-                return self._export(data, context)
+            return self._export(data, context)
         finally:
             self._release(host)
 
@@ -427,6 +433,8 @@ class OtlpReceiver(BaseComponent):
             if batch_id is not None and len(batch_id) > MAX_BATCH_ID_BYTES:
                 raise BarError("bad_batch_id", f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at "
                                f"most {MAX_BATCH_ID_BYTES}")
+            if batch_id is not None and BATCH_ID_SEPARATOR in batch_id:
+                raise BarError("bad_batch_id", f"{contract.BATCH_ID_METADATA} holds a line break: send one line")
             with self._decode_slots:
                 result = consumer.decode(bar, time.time_ns())
             self._rejections(result, peer)
@@ -489,8 +497,12 @@ class OtlpReceiver(BaseComponent):
                 f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at most {MAX_BATCH_ID_BYTES}",
                 "bad_batch_id",
             )
+        if isinstance(batch_id, str) and BATCH_ID_SEPARATOR in batch_id:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{contract.BATCH_ID_METADATA} holds a line break: "
+                         "send one line", "bad_batch_id")
         try:
-            result = decode_records_bytes(data, self.limits, time.time_ns())
+            with self._decode_slots:
+                result = decode_records_bytes(data, self.limits, time.time_ns())
         except DecodeError as exc:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -550,9 +562,15 @@ class OtlpReceiver(BaseComponent):
             self.dedup.end(result.nodes, batch_id, delivered)
         return outcome
 
+    def _deliver_table(self, records: pa.RecordBatch, batch_id: str) -> None:
+        self.consumer.consume(FlowBatch(records=records, batch_id=batch_id))
+
     def _consume(self, records: pa.RecordBatch, points: int, batch_id: str = "") -> None:
         try:
-            self.consumer.consume(FlowBatch(records=records, batch_id=batch_id))
+            if self._merger is not None:
+                self._merger.submit(records, batch_id)
+            else:
+                self._deliver_table(records, batch_id)
         except BackpressureError as exc:
             self.m_refused.inc(points)
             retry_after = exc.retry_after if exc.retry_after is not None else self.config.backpressure_retry_after
