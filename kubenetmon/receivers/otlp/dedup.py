@@ -41,6 +41,7 @@ class BatchIdWindow:
         self.max_ids_per_node = max_ids_per_node
         self.ttl = ttl
         self._nodes: dict[str, OrderedDict[str, float]] = {}
+        self._count = 0  # ids in _nodes, kept as they change: len() runs on every delivery
         self._inflight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._next_sweep = time.monotonic() + ttl
@@ -119,10 +120,13 @@ class BatchIdWindow:
 
     def _remember(self, node: str, batch_id: str, at: float) -> None:
         ids = self._nodes.setdefault(node, OrderedDict())
+        if batch_id not in ids:
+            self._count += 1
         ids[batch_id] = at
         ids.move_to_end(batch_id)
         while len(ids) > self.max_ids_per_node:
             ids.popitem(last=False)
+            self._count -= 1
 
     # --- the window -----------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class BatchIdWindow:
             if now - at <= self.ttl:
                 break
             ids.popitem(last=False)
+            self._count -= 1
         if not ids:
             del self._nodes[node]
             return False
@@ -173,4 +178,4 @@ class BatchIdWindow:
     def __len__(self) -> int:
         # Called under the lock by _append, so no locking of its own: an
         # approximate count outside the lock is all other callers need.
-        return sum(len(ids) for ids in self._nodes.values())
+        return self._count
