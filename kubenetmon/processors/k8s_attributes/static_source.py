@@ -20,6 +20,7 @@ import yaml
 
 from kubenetmon.errors import KubenetmonError
 from kubenetmon.processors.k8s_attributes.index import ClusterIndex, InvalidObject, NodeInfo, ObjectParser, PodInfo
+from kubenetmon.processors.k8s_attributes.inventory_file import load_text
 from kubenetmon.telemetry.metrics import ComponentMetrics
 
 T = TypeVar("T")
@@ -141,7 +142,7 @@ def _load(path: str | Path, parser: ObjectParser) -> Inventory:
     except UnicodeDecodeError as exc:
         raise InventoryError(f"static inventory {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:
-        doc = yaml.safe_load(text)
+        doc = load_text(text)  # JSON, or YAML without safe_load's node tree (see inventory_file)
     except yaml.YAMLError as exc:
         raise InventoryError(f"static inventory {path} is not valid YAML: {exc}") from exc
     if doc is None:
