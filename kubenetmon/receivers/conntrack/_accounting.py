@@ -255,6 +255,9 @@ class DeltaTracker:
         # each key once); the other columns stay where they are and only the
         # changed rows are gathered, so an all-active dump is never copied whole.
         order, counters = unique_keys(h, dump.key, dump.counters, add=self.zero_on_dump)
+        # ``counters`` (hash order) replaces the dump's own: release those (a zero-size stand-in, which
+        # ``take`` can still gather from: the rows taken get their counters from ``counters`` below).
+        dump.counters = np.broadcast_to(np.zeros((1, 4), np.uint64), dump.counters.shape)
         key = dump.key(order)
         h_dump, h = h, h[order]
         if self.zero_on_dump:
@@ -266,17 +269,24 @@ class DeltaTracker:
         state = self.state
         pos = state.lookup(h, key)
         found = pos >= 0
-        prev = np.zeros_like(counters)
-        prev[found] = state.counters[pos[found]]
+        every = bool(found.all())  # a busy node: gathers need no mask
         dead = np.zeros(len(h), np.bool_)
-        dead[found] = state.status[pos[found]] == GRAVE  # a dump racing with the destroy
+        dead[found] = (state.status[pos] if every else state.status[pos[found]]) == GRAVE  # racing a destroy
         # What the dump did not show stays (vanished, tombstones); the rest of the
-        # old table is not needed any more: free it before the records are built.
+        # old table is not needed any more: free it (all but its counters, for the
+        # deltas) before the deltas and records are built.
         seen = np.zeros(len(state), np.bool_)
         seen[pos[found & ~dead]] = True
         rest = state.take(~seen)
+        old_counters = state.counters
         self.state = state = EntryState.empty()
-        del pos, found, seen
+        del seen
+        if every:
+            prev = old_counters[pos]
+        else:
+            prev = np.zeros_like(counters)
+            prev[found] = old_counters[pos[found]]
+        del pos, found, old_counters
         changed = (counters != prev).any(axis=1)
         n_changed = int(changed.sum())
         self.stats.changed += n_changed

@@ -1,0 +1,39 @@
+"""Handing freed heap memory back to the kernel after a burst of large temporary arrays.
+
+The agent's cycle and its exporter build arrays of tens of MB for a moment
+(a dump's columns, the deltas' join, an OTAP batch's attribute table), on two
+threads. glibc keeps what a thread freed in that thread's arena and, after the
+first large array is freed, serves arrays up to that size from the arena
+instead of mmap (its dynamic mmap threshold), so each thread's high-water mark
+stays resident; Arrow's mimalloc pool keeps freed pages a while too. Measured
+on the agent's full path at 300k entries (bench/conntrack_bench.py): the peak
+RSS falls by ~50 MB when both are trimmed after each cycle and each sent block,
+for a few ms of CPU per cycle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import pyarrow as pa
+
+__all__ = ["release_free_memory"]
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only (not musl)
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return the free pages of every malloc arena and of Arrow's default pool to the kernel."""
+    if _TRIM is not None:
+        _TRIM(0)
+    pa.default_memory_pool().release_unused()
