@@ -292,7 +292,9 @@ class DeltaTracker:
         self.stats.changed += n_changed
         self.stats.ignore("idle", len(h) - n_changed)
         if self._counting and n_changed:
-            self._emit_changed(dump, h_dump, order, changed, counters, prev)
+            # The deltas in hash order, handed on without a name here, so that they are freed as soon
+            # as _emit_changed has put them in dump order (a busy node: one copy of the counters less).
+            self._emit_changed(dump, h_dump, order, changed, self._deltas(counters, prev))
         del dump, h_dump, prev
         if not partial:
             vanished = rest.status == LIVE
@@ -309,22 +311,21 @@ class DeltaTracker:
         fresh = EntryState(h, key, counters, np.full(n, LIVE, np.uint8), np.zeros(n, np.int64))
         self.state = fresh.insert(rest)
 
-    def _emit_changed(  # noqa: PLR0917 - the join's arrays, handed on without copies
-        self, dump: Entries, h_dump: U64, order: I64, changed: Mask, counters: U64, prev: U64
-    ) -> None:
-        """Emit the deltas of the changed rows (``changed``, ``counters`` and ``prev`` are in hash
-        order, ``dump`` and ``h_dump`` in dump order)."""
+    def _emit_changed(self, dump: Entries, h_dump: U64, order: I64, changed: Mask, deltas: U64) -> None:
+        """Emit the deltas of the changed rows (``changed`` and ``deltas`` are in hash order, ``dump`` and
+        ``h_dump`` in dump order)."""
         if len(order) == len(dump) and changed.all():
-            # Every entry changed (a busy node): reuse the dump's columns, counters put back in dump order.
+            # Every entry changed (a busy node): reuse the dump's columns, deltas put back in dump order.
             at = np.empty(len(order), np.int64)
             at[order] = np.arange(len(order))
-            dump.counters = counters[at]
-            self._emit_deltas(dump, prev[at], h_dump)
+            dump.counters = deltas[at]
+            del deltas, at
+            self._emit(dump, h_dump)
             return
         rows = np.flatnonzero(changed)
         entries = dump.take(order[rows])
-        entries.counters = counters[rows]
-        self._emit_deltas(entries, prev[rows], h_dump[order[rows]])
+        entries.counters = deltas[rows]
+        self._emit(entries, h_dump[order[rows]])
 
     # --- events -----------------------------------------------------------------
 
@@ -380,16 +381,19 @@ class DeltaTracker:
     # --- records ------------------------------------------------------------------
 
     def _emit_deltas(self, entries: Entries, prev: U64, h: U64) -> None:
-        """Turn counters into deltas against ``prev`` (counters that went down count from zero) and emit."""
-        current = entries.counters
+        """Turn counters into deltas against ``prev`` and emit."""
+        entries.counters = self._deltas(entries.counters, prev)
+        self._emit(entries, h)
+
+    def _deltas(self, current: U64, prev: U64) -> U64:
+        """``current - prev`` per row; rows whose counters went down count from zero (counted as resets)."""
         reset = (current < prev).any(axis=1)
         n_reset = int(reset.sum())
         self.stats.counter_resets += n_reset
         deltas = current - prev  # wraps where reset; replaced below
         if n_reset:
             deltas[reset] = current[reset]  # what accumulated since someone zeroed them
-        entries.counters = deltas
-        self._emit(entries, h)
+        return deltas
 
     def _emit(self, entries: Entries, h: U64) -> None:
         """Filter the rows with traffic and add them to the unsent records."""
