@@ -298,6 +298,8 @@ class MeteringPipeline:
                 "otlp": {
                     "endpoint": f"127.0.0.1:{self.gateway_port}",
                     "tls": {"insecure": True},
+                    "compression": "gzip",
+                    "arrow": {"enabled": True},  # as config/agent.yaml: OTAP, OTLP Export as the fallback
                     "sending_queue": {"storage": "persistent", "directory": str(state / "queue"),
                                       "full_policy": "block"},
                     "retry_on_failure": self._retry(),

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from kubenetmon._memory import release_free_memory
+from kubenetmon._memory import LARGE_ROWS, release_free_memory
 from kubenetmon.component import CreateSettings
 from kubenetmon.errors import PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter
@@ -178,7 +178,8 @@ class OtlpExporter(QueuedExporter):
         try:
             self._push(block, timeout)
         finally:
-            release_free_memory()  # the encoders' temporary arrays (kubenetmon/_memory.py)
+            if len(block) >= LARGE_ROWS:
+                release_free_memory()  # the encoders' temporary arrays (kubenetmon/_memory.py)
 
     def _push(self, block: Block, timeout: float) -> None:
         export = self._export

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kubenetmon import netns
-from kubenetmon._memory import release_free_memory
+from kubenetmon._memory import LARGE_ROWS, release_free_memory
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
@@ -373,7 +373,8 @@ class ConntrackReceiver(BaseComponent):
         if stats.expired:
             self._m_expired.inc(stats.expired)
         self._deliver()
-        release_free_memory()  # the dump's and the join's temporary arrays (kubenetmon/_memory.py)
+        if stats.entries >= LARGE_ROWS:
+            release_free_memory()  # the dump's and the join's temporary arrays (kubenetmon/_memory.py)
         self._m_cycle_seconds.observe(time.monotonic() - started)
 
     def _deliver(self) -> None:
