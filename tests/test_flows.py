@@ -142,3 +142,20 @@ def test_an_ipv4_mapped_address_of_an_ipv6_connection_stays_ipv6_text() -> None:
     flow = _flow(local="::ffff:10.0.0.1")
     flow.network_type = "ipv6"
     assert FlowBatch(flows=FlowBatch(flows=[flow]).flow_table()).flows[0].local.address == "::ffff:10.0.0.1"
+
+
+def test_ipc_writes_each_string_column_with_only_the_values_it_uses() -> None:
+    """k8s_attributes shares one big dictionary between its string columns; the queue must not write it per column."""
+    shared = pa.array([""] + [f"pod-{i:05d}" for i in range(20_000)])
+    table = FlowBatch(flows=[_flow() for _ in range(50)]).flow_table()
+    codes = pa.array([7 * i + 1 for i in range(50)], pa.int32())
+    columns = [
+        pa.DictionaryArray.from_arrays(codes, shared) if pa.types.is_dictionary(f.type) else table.column(i)
+        for i, f in enumerate(table.schema)
+    ]
+    table = pa.RecordBatch.from_arrays(columns, schema=table.schema)
+    data = FlowBatch(flows=table, batch_id="b").to_ipc()
+    back = FlowBatch.from_ipc(data)
+    assert back.batch_id == "b"
+    assert back.flow_table().to_pylist() == table.to_pylist()
+    assert len(data) < 100_000  # every column with the 20,000 strings would be ~8 MB
