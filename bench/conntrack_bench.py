@@ -14,9 +14,12 @@ timestamps, built from real packets between two namespaces: see
   its write-ahead checkpoint on tmpfs (as the chart runs it), the batch
   handed to a consumer that drops it.
 * full agent path, all active and 1 % active: the same ``cycle()`` handing its
-  batch to the real ``otlp`` exporter (persistent sending queue on tmpfs,
-  OTLP encode, gzip, gRPC) sending to a local sink in another process, until
-  the queue is empty. CPU of the whole agent process (all threads).
+  batch to the real ``otlp`` exporter configured as config/agent.yaml does
+  (OTAP: Arrow batches with zstd on an ArrowMetrics stream; persistent sending
+  queue on tmpfs; gRPC) sending to a local sink in another process, until the
+  queue is empty. CPU of the whole agent process (all threads).
+  ``KUBENETMON_BENCH_ARROW=0`` sends plain OTLP (gzip) instead (bench/otap_bench.py
+  runs both).
 * peak RSS: the receiver alone and the full agent path each run in a fresh
   process per table (the receiver's without the exporter's libraries).
 
@@ -147,8 +150,8 @@ def child(netns: str, repeat: int, sink_port: int) -> None:
             "endpoint": f"127.0.0.1:{sink_port}", "tls": {"insecure": True}, "compression": "gzip",
             "sending_queue": {"storage": "persistent", "directory": f"{tmp}/queue", "full_policy": "block"},
             "retry_on_failure": {"max_elapsed_time": 0}, "batch": {"max_wait": 0},
-            # bench/otap_bench.py --agent runs the same child with OTAP on.
-            **({"arrow": {"enabled": True}} if os.environ.get("KUBENETMON_BENCH_ARROW") == "1" else {}),
+            # OTAP as config/agent.yaml; bench/otap_bench.py runs the same child with it off (=0) and on.
+            "arrow": {"enabled": os.environ.get("KUBENETMON_BENCH_ARROW", "1") != "0"},
         }))
         exporter.start(StaticHost())
         consumer.target = exporter
@@ -298,7 +301,8 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
         "interleaved with the agent's cycles. CPU = user + system seconds, so the kernel's work of producing "
         "the dump counts on both sides. *Cycle* = the receiver's `cycle()` (dump, columnar deltas, DESTROY "
         "events, Arrow record batch, write-ahead checkpoint on tmpfs). *Full path* = the same cycle handing its "
-        "batch to the `otlp` exporter of the tree (persistent queue on tmpfs, OTLP encode + gzip, gRPC) "
+        "batch to the `otlp` exporter of the tree configured as config/agent.yaml (OTAP: Arrow + zstd on an "
+        "ArrowMetrics stream; persistent queue on tmpfs; gRPC) "
         "sending to a local sink in another process, until the queue is empty; CPU of the whole agent process "
         "(another process than the receiver's, so its RSS includes the exporter's libraries and encoding). "
         "Targets (issue 12): full path all active ≤ 1.5×, 1 % active ≤ 1.1×, peak RSS ≤ 250 MB at 300k.",
@@ -327,8 +331,8 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
         "<details><summary>Detail (spreads, records, wall times, memory by stage)</summary>",
         "",
         "| entries | `conntrack -L` CPU spread | records per cycle (all / 1 %) | cycle CPU spread (all / 1 %) "
-        "| full path CPU spread (all / 1 %) | cycle / full path wall s, all active | OTLP requests, MB "
-        "(uncompressed) | checkpoint MB | receiver RSS MB: opened / idle dumps / cycles | full path RSS MB: "
+        "| full path CPU spread (all / 1 %) | cycle / full path wall s, all active | sent: OTAP BARs, MB "
+        "| checkpoint MB | receiver RSS MB: opened / idle dumps / cycles | full path RSS MB: "
         "opened / end |",
         "|---:|---|---|---|---|---|---|---:|---|---|",
     ]
@@ -341,7 +345,7 @@ def report(results: list[dict[str, Any]], load: tuple[list[float], list[float]],
             f"| {_spread(cyc['1.0']['cpu'])} / {_spread(cyc['0.01']['cpu'])} "
             f"| {_spread(fc['1.0']['cpu'])} / {_spread(fc['0.01']['cpu'])} "
             f"| {_med(cyc['1.0']['wall']):.3f} / {_med(fc['1.0']['wall']):.3f} "
-            f"| {int(full['otlp_requests']):,}, {full['otlp_bytes'] / 1e6:.1f} "
+            f"| {int(full.get('otap_bars', 0)):,}, {full.get('otap_bytes', 0) / 1e6:.1f} "
             f"| {rec['checkpoint_bytes'] / 1e6:.1f} "
             f"| {rec['rss_open_mb']:.0f} / {rec['rss_parse_mb']:.0f} / {rec['rss_mb']:.0f} "
             f"| {full['rss_open_mb']:.0f} / {full['rss_mb']:.0f} |"

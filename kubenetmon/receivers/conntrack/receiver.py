@@ -352,6 +352,8 @@ class ConntrackReceiver(BaseComponent):
         if self._event_sock is not None:
             tracker.apply_events(self._take_events())  # ended during the dump
         stats = tracker.stats
+        if stats.entries >= LARGE_ROWS:
+            release_free_memory()  # the join's temporaries, before the checkpoint and the delivery
         if baseline:
             self._log.info(
                 "first dump (%d entries) sets the baseline; deltas are reported from the next one%s",
