@@ -14,11 +14,12 @@ for a few ms of CPU per cycle.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 
 import pyarrow as pa
 
-__all__ = ["LARGE_ROWS", "release_free_memory"]
+__all__ = ["LARGE_ROWS", "limit_malloc_arenas", "release_free_memory"]
 
 #: Rows (dump entries, records of a block) from which the temporaries are worth returning: below it they
 #: are a few MB, and trimming them only makes the next cycle fault the same pages in again (measured in
@@ -43,3 +44,24 @@ def release_free_memory() -> None:
     if _TRIM is not None:
         _TRIM(0)
     pa.default_memory_pool().release_unused()
+
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (unless the operator set ``MALLOC_ARENA_MAX``); call before threads start.
+
+    glibc gives each thread that meets a locked arena one of its own, up to 8
+    per core, and each keeps what was freed in it: the gateway builds batches
+    on dozens of gRPC threads. Measured in bench/gateway_bench.py (10k pods,
+    OTAP, 25 agents): peak RSS 530 → 422 MB with 2 arenas, CPU per record
+    unchanged (6.6 → 6.0 µs, within noise). True when the cap was set.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc only (not musl)
+    except (AttributeError, OSError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
