@@ -158,6 +158,7 @@ class K8sAttributesProcessor:
         self._suppressed: dict[str, int] = {}
         self._started = False
         self._stopped = False
+        self._compiled_once = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,7 +187,13 @@ class K8sAttributesProcessor:
                 source.stop(max(0.0, deadline - time.monotonic()))
 
     def is_ready(self) -> bool:
-        return all(source.is_ready() for source in self._sources())
+        ready = all(source.is_ready() for source in self._sources())
+        if ready and self._vector is not None and not self._compiled_once:
+            # Compile the first snapshot now, not on the first batch: 0.2 s of CPU at 50k pods (0.02 at 10k),
+            # which that batch's agent would wait for (and later ones behind it).
+            self._vector.snapshot()
+            self._compiled_once = True
+        return ready
 
     def health(self) -> str | None:
         for source in self._sources():
