@@ -118,7 +118,7 @@ class _StringDictionary:
         """
         index, by_text, pending = self.index, self.by_text, self.pending
         base = len(self.values)
-        out = np.empty(len(keys), dtype=np.int64)
+        out = np.empty(len(keys), dtype=np.int32)  # ids < 2**31: the attribute table's values stay 32-bit
         for i, key in enumerate(keys):
             j = index.get(key)
             if j is None:
@@ -281,7 +281,7 @@ class RecordsProducer:
         for i, name in enumerate(_ADDRESS_COLUMNS):
             addresses[i, :, 0] = v6
             addresses[i, :, 1:] = _address_bytes(col(name))
-        ports = np.stack([_numpy(col(p)).astype(np.int64) for p in _PORT_COLUMNS])
+        ports = np.stack([_numpy(col(p)).astype(np.int32) for p in _PORT_COLUMNS])
         mirrored = ((addresses[2] == addresses[1]).all(axis=1) & (addresses[3] == addresses[0]).all(axis=1)
                     & (ports[2] == ports[1]) & (ports[3] == ports[0]))
         # Per distinct (family, address): its dictionary index (the text only when new to the stream).
@@ -300,9 +300,10 @@ class RecordsProducer:
             _numpy(col("transport").indices)]
         network_type = strings.lookup(_dictionary_values(col("network_type")), str)[
             _numpy(col("network_type").indices)]
-        direction = reply.astype(np.int64)  # "original" is entry 0 of the dictionary, "reply" entry 1
+        direction = reply.astype(np.int32)  # "original" is entry 0 of the dictionary, "reply" entry 1
 
-        point_ids = np.arange(len(rows), dtype=np.int64)
+        # 32-bit ids and values (half the memory of the attribute table's ~11 rows per point); < 2**31 here.
+        point_ids = np.arange(len(rows), dtype=np.int32)
         nat = ~mirrored[rows]
         # Per key: (points having it, is it a string, its values per record or per point).
         per_key: list[tuple[np.ndarray[Any, Any], bool, np.ndarray[Any, Any]]] = [

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kubenetmon import netns
-from kubenetmon._memory import LARGE_ROWS, release_free_memory
+from kubenetmon._memory import LARGE_ROWS, mmap_large_blocks, release_free_memory
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import FlowBatch
@@ -124,6 +124,7 @@ class ConntrackReceiver(BaseComponent):
         call this and then drive :meth:`cycle` themselves.
         """
         self._check_kernel_settings()
+        mmap_large_blocks()  # a big table's arrays go back to the kernel when freed (kubenetmon/_memory.py)
         try:
             self._dump_sock = _netlink.open_dump_socket(self._config.netns)
             if self._config.events and not self._zero:
