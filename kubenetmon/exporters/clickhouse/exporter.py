@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from kubenetmon._memory import LARGE_ROWS, release_free_memory
 from kubenetmon.component import CreateSettings
 from kubenetmon.errors import KubenetmonError, PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter, backoff_intervals
@@ -296,6 +297,13 @@ class ClickHouseExporter(QueuedExporter):
         return prepared
 
     def push(self, block: Block, timeout: float) -> None:
+        try:
+            self._push(block)
+        finally:
+            if len(block) >= LARGE_ROWS:
+                release_free_memory()  # the mapping's temporary columns (kubenetmon/_memory.py)
+
+    def _push(self, block: Block) -> None:
         prepared = self._prepare(block)
         if prepared.rows == 0:
             self._forget(block.id)

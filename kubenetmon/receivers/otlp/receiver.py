@@ -207,6 +207,14 @@ class OtlpReceiver(BaseComponent):
             "bad_ids, bad_headers, bad_batch_id, invalid, ...).", ["outcome"],
         )
         self.m_streams = m.gauge("receiver_otap_streams", "OTAP (ArrowMetrics) streams open.")
+        if self._merger is not None:
+            merger = self._merger
+            m.gauge("receiver_merged_requests", "Requests (Export or BAR) that went through the pipeline merged "
+                    "with others that waited at the same time, since start (merge.*).").labels().set_function(
+                lambda: merger.merged_requests)
+            m.gauge("receiver_merged_batches", "Merged batches handed to the pipeline, since start: "
+                    "receiver_merged_requests / this is the mean requests per merge.").labels().set_function(
+                lambda: merger.groups)
         self.m_latency = m.histogram(
             "receiver_request_latency_seconds", "Time to handle one export request.",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
