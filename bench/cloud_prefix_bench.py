@@ -307,8 +307,8 @@ def main() -> int:
 
 
 def _table_items(table: PrefixTable) -> list[tuple[str, object]]:
-    # The tries are the table's private state; the bench reads them to build the naive reference.
-    return [(p, table._v4[p]) for p in table._v4] + [(p, table._v6[p]) for p in table._v6]
+    # Every prefix with its detail, to build the naive reference.
+    return list(table.entries())
 
 
 def write_doc(table: PrefixTable, results: dict[str, float], m: dict[str, Any]) -> None:

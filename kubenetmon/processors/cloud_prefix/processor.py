@@ -106,7 +106,7 @@ class RemoteClassifier:
         self._region = region
         private = (*PRIVATE_CIDRS, *vpc_cidrs)
         combined = table.with_private(private, _NOT_PRIVATE) if table else PrefixTable({}, None, private, _NOT_PRIVATE)
-        self._lookup = combined.lookup
+        self._lookup = combined.lookup  # its tries are built on the first single-address lookup only
         self._outcomes: dict[Detail | None, Classification] = {
             PRIVATE: Classification(ConnectionClass.INTRA_VPC, cloud, region, ""),
             None: Classification(ConnectionClass.PUBLIC_INTERNET if table else ConnectionClass.UNKNOWN, "", "", ""),

@@ -26,10 +26,11 @@ rank, so the same documents in any order give the same table:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytricia
 
@@ -156,39 +157,56 @@ class PrefixTable:
         not_private: Iterable[str] = (),
     ) -> None:
         self._details = details
-        self._v4 = pytricia.PyTricia(32)
-        self._v6 = pytricia.PyTricia(128)
+        self._private = tuple(private)
+        self._not_private = tuple(not_private)
+        self._tries: tuple[Any, Any] | None = None  # built on first use (see _trie)
+        self._tries_lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
         for prefix, detail in details.items():
-            if ":" in prefix:
-                self._v6[prefix] = detail
-                self._counts[(detail.cloud, "ipv6")] += 1
-            else:
-                self._v4[prefix] = detail
-                self._counts[(detail.cloud, "ipv4")] += 1
+            self._counts[(detail.cloud, "ipv6" if ":" in prefix else "ipv4")] += 1
         self._regions: dict[str, frozenset[str]] = {}
         for detail in set(details.values()):
             self._regions.setdefault(detail.cloud, frozenset())
             self._regions[detail.cloud] |= {detail.region}
-        for cidr in private:
-            trie = self._v6 if ":" in cidr else self._v4
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
+
+    def _trie(self, address: str) -> Any:
+        """The trie of ``address``'s family, the pair built on first use.
+
+        Lazily: the gateway classifies whole columns through a
+        :class:`~.range_index.RangeIndex` flattened from :meth:`entries` once
+        per table, and a trie pair of the real files holds ~33 MB; only
+        single-address lookups (the row-wise helper, diagnostics) need them kept.
+        """
+        tries = self._tries
+        if tries is None:
+            with self._tries_lock:
+                tries = self._tries
+                if tries is None:
+                    tries = self._tries = self._build_tries()
+        return tries[1] if ":" in address else tries[0]
+
+    def _build_tries(self) -> tuple[Any, Any]:
+        v4, v6 = pytricia.PyTricia(32), pytricia.PyTricia(128)
+        for prefix, detail in self._details.items():
+            (v6 if ":" in prefix else v4)[prefix] = detail
+        for cidr in self._private:
+            trie = v6 if ":" in cidr else v4
             trie[cidr] = PRIVATE
             for inner in trie.children(cidr):
                 trie[inner] = PRIVATE
-        for cidr in not_private:
-            trie = self._v6 if ":" in cidr else self._v4
+        for cidr in self._not_private:
+            trie = v6 if ":" in cidr else v4
             if not trie.has_key(cidr):
                 trie[cidr] = None
-        self._get4 = self._v4.get
-        self._get6 = self._v6.get
-        self.loaded_at = time.time() if loaded_at is None else loaded_at
+        return v4, v6
 
     def lookup(self, address: str) -> Detail | None:
         """The detail of the longest prefix holding ``address``; None when no prefix does.
 
         Raises ValueError for text that is not an IP address.
         """
-        result: Detail | None = (self._get6 if ":" in address else self._get4)(address)
+        result: Detail | None = self._trie(address).get(address)
         return result
 
     def with_private(self, private: Iterable[str], not_private: Iterable[str] = ()) -> PrefixTable:
@@ -197,13 +215,14 @@ class PrefixTable:
 
     def entries(self) -> Iterator[tuple[str, Detail | None]]:
         """Every prefix of both tries with its value (PRIVATE, and None for the holes, included)."""
-        for trie in (self._v4, self._v6):
+        tries = self._tries if self._tries is not None else self._build_tries()  # not kept when only iterated
+        for trie in tries:
             for prefix in trie:
                 yield prefix, trie[prefix]
 
     def lookup_prefix(self, address: str) -> str | None:
         """The longest prefix holding ``address`` (for diagnostics)."""
-        result: str | None = (self._v6 if ":" in address else self._v4).get_key(address)
+        result: str | None = self._trie(address).get_key(address)
         return result
 
     def __len__(self) -> int:
