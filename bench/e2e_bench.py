@@ -196,7 +196,8 @@ def report(r: dict[str, float], args: argparse.Namespace) -> str:
         "## End to end (`bench/e2e_bench.py`)",
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: `bench/e2e_bench.py --flows {args.flows} "
-        f"--interval {args.interval:g} --seconds {args.seconds:g}` (root). Two agents (one per node namespace) "
+        f"--interval {args.interval:g} --seconds {args.seconds:g}` (root). Two agents (one per node namespace; "
+        "config/agent.yaml as shipped, so OTAP to the gateway, persistent queue and checkpoint) "
         "and one gateway (k8s_attributes static inventory → cloud_prefix → clickhouse on chDB) as real "
         f"processes; {int(r['flows_per_node']):,} active UDP flows in each node's conntrack table, every one "
         f"touched each {r['interval']:g} s interval. A flow record is one entry's delta over one interval as "
