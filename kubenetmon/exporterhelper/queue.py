@@ -44,11 +44,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 
 from kubenetmon.errors import MixedBatchError
-from kubenetmon.flows import Flow, FlowBatch
+from kubenetmon.flows import BATCH_ID_SEPARATOR, Flow, FlowBatch
 
 __all__ = ["Block", "PutResult", "SendingQueue", "UnstorableBatchError"]
 
@@ -123,6 +124,32 @@ class Block:
         return FlowBatch(records=records, flows=flows)
 
 
+class _OnDisk:
+    """A queued batch whose content is only in its item file: persistent storage keeps no copy in memory.
+
+    A gateway whose ClickHouse is away queues for as long as its disk allows
+    (``capacity`` batches of up to ``merge.max_records`` records each); holding
+    them in memory too would end in the OOM killer. Read back when a block
+    takes it.
+    """
+
+    __slots__ = ("batch_id", "nbytes", "size")
+
+    def __init__(self, batch: FlowBatch, nbytes: int) -> None:
+        self.batch_id = batch.batch_id
+        self.size = len(batch)
+        self.nbytes = nbytes  # of its item file, as counted in bytes_on_disk
+
+    def __len__(self) -> int:
+        return self.size
+
+    def batch_ids(self) -> list[str]:
+        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
+
+
+_Queued = FlowBatch | _OnDisk
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -161,7 +188,7 @@ class SendingQueue:
         self._delivered: OrderedDict[str, float] = OrderedDict()  # id → wall time it was handled
         self._log_lines = 0  # lines in delivered.log
         self._cond = threading.Condition()
-        self._pending: deque[tuple[int, float, FlowBatch]] = deque()  # (seq, enqueued monotonic, batch)
+        self._pending: deque[tuple[int, float, _Queued]] = deque()  # (seq, enqueued monotonic, batch)
         self._recovered: deque[Block] = deque()
         self._inflight: dict[str, Block] = {}
         self._seq = 0
@@ -176,11 +203,11 @@ class SendingQueue:
 
     # --- named batches ---------------------------------------------------------------
 
-    def _all_batches(self) -> list[FlowBatch]:
+    def _all_batches(self) -> list[_Queued]:
         blocks = (*self._recovered, *self._inflight.values())
         return [b for _, _, b in self._pending] + [b for blk in blocks for b in blk.batches]
 
-    def _hold(self, batch: FlowBatch) -> None:
+    def _hold(self, batch: _Queued) -> None:
         for batch_id in batch.batch_ids():
             self._held[batch_id] = self._held.get(batch_id, 0) + 1
 
@@ -266,7 +293,10 @@ class SendingQueue:
             tmp.unlink()  # an interrupted write: the batch was never acknowledged
         stored: dict[int, Path] = {int(p.stem): p for p in items.glob(f"*{_ITEM_SUFFIX}")}
         self._seq = max(stored, default=0)
-        loaded = {seq: batch for seq, path in stored.items() if (batch := self._read(path)) is not None}
+        loaded: dict[int, _Queued] = {
+            seq: _OnDisk(batch, path.stat().st_size) for seq, path in stored.items()
+            if (batch := self._read(path)) is not None
+        }
         claimed: set[int] = set()
         for manifest in sorted(blocks.glob("*.json"), key=lambda p: p.stat().st_mtime_ns):
             seqs = [int(s) for s in json.loads(manifest.read_text())["seqs"]]
@@ -274,7 +304,7 @@ class SendingQueue:
             if not present:
                 manifest.unlink()
                 continue
-            batches = [loaded[s] for s in present]
+            batches = cast(list[FlowBatch], [loaded[s] for s in present])  # stubs until take_block loads them
             self._recovered.append(Block(manifest.stem, batches, present, recovered=True))
             claimed.update(present)
         for seq in sorted(loaded):
@@ -362,7 +392,7 @@ class SendingQueue:
                     tmp = None
                     _fsync_dir(path.parent)
                     self._bytes += size
-                self._pending.append((seq, time.monotonic(), batch))
+                self._pending.append((seq, time.monotonic(), batch if self._dir is None else _OnDisk(batch, size)))
                 self._cond.notify_all()
                 return PutResult.QUEUED
         finally:
@@ -379,10 +409,13 @@ class SendingQueue:
         Without ``drain``, returns None only after waking up empty (the caller loops).
         """
         with self._cond:
-            if self._recovered:
-                block = self._recovered.popleft()
-                self._inflight[block.id] = block
-                return block
+            recovered = self._recovered.popleft() if self._recovered else None
+            if recovered is not None:
+                self._inflight[recovered.id] = recovered
+        if recovered is not None:
+            self._load(recovered)
+            return recovered
+        with self._cond:
             while not self._pending:
                 if drain.is_set():
                     return None
@@ -395,7 +428,7 @@ class SendingQueue:
                 now_wall, now_mono = time.time(), time.monotonic()
                 enq_wall = now_wall - (now_mono - first_enqueued)
                 deadline = now_mono + (((enq_wall // max_wait) + 1) * max_wait - now_wall)
-            taken: list[tuple[int, float, FlowBatch]] = []
+            taken: list[tuple[int, float, _Queued]] = []
             flows = 0
             while True:
                 while self._pending and flows < max_flows:
@@ -410,11 +443,33 @@ class SendingQueue:
                 if remaining <= 0:
                     break
                 self._cond.wait(min(remaining, 0.2))
-            block = Block(uuid.uuid4().hex, [t[2] for t in taken], [t[0] for t in taken])
+            # Persistent items are _OnDisk stubs until _load reads them, before the block leaves the queue.
+            block = Block(uuid.uuid4().hex, cast(list[FlowBatch], [t[2] for t in taken]), [t[0] for t in taken])
             self._inflight[block.id] = block
+        self._load(block)
         if self._dir is not None:
             _write_atomic(self._dir / "blocks" / f"{block.id}.json", json.dumps({"seqs": block.seqs}).encode())
         return block
+
+    def _load(self, block: Block) -> None:
+        """Read ``block``'s batches back from their item files (outside the lock: only this worker has it).
+
+        An item that cannot be read any more is moved aside and logged (as at
+        start-up) and leaves the block.
+        """
+        if not any(isinstance(b, _OnDisk) for b in cast(list[_Queued], block.batches)):
+            return
+        kept: list[tuple[int, FlowBatch]] = []
+        for seq, queued in zip(block.seqs, cast(list[_Queued], block.batches), strict=True):
+            if not isinstance(queued, _OnDisk):
+                kept.append((seq, queued))
+                continue
+            self._bytes -= queued.nbytes  # counted when queued; _read counts the file again if it reads it
+            batch = self._read(self._item_path(seq))
+            if batch is not None:
+                kept.append((seq, batch))
+        block.seqs = [seq for seq, _ in kept]
+        block.batches = [batch for _, batch in kept]
 
     def ack(self, block: Block) -> None:
         """The block was delivered or given up on: forget it (and delete it from disk).
@@ -462,6 +517,6 @@ class SendingQueue:
             self._cond.notify_all()
             if self._dir is not None:
                 return []
-            left = [b for _, _, b in self._pending]
+            left = [cast(FlowBatch, b) for _, _, b in self._pending]  # memory storage: batches, not stubs
             left += [b for blk in (*self._recovered, *self._inflight.values()) for b in blk.batches]
             return left

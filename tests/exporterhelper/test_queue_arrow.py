@@ -87,3 +87,35 @@ def test_merging_columnar_batches_makes_no_rows() -> None:
     merged = block.merged()
     assert merged.num_flows == 5
     assert merged.flow_table().column("local_pod").to_pylist() == [f"client-{i}" for i in (1, 2, 5, 6, 7)]
+
+
+def test_a_persistent_queue_keeps_queued_batches_on_disk_only(tmp_path: Path) -> None:
+    """A long ClickHouse outage fills the disk, not the memory: a queued batch lives in its item file only."""
+    q = SendingQueue(capacity=10, directory=tmp_path)
+    batches = [FlowBatch(flows=batch(3, start=3 * i + 1).flow_table(), batch_id=f"b{i}") for i in range(3)]
+    expected = [b.flow_table() for b in batches]
+    for b in batches:
+        q.put(b)
+    # What the queue holds for a batch it accepted: its size and names, not its columns.
+    assert not any(isinstance(held, FlowBatch) for _, _, held in q._pending)
+    block = q.take_block(max_flows=100, max_wait=0, align=False, drain=drained())
+    assert block is not None and block.batches[0].flow_table().equals(expected[0])
+    block = q.take_block(max_flows=100, max_wait=0.01, align=False, drain=drained())
+    assert block is not None
+    assert [b.batch_id for b in block.batches] == ["b1", "b2"]
+    assert [b.flow_table().equals(e) for b, e in zip(block.batches, expected[1:], strict=True)] == [True, True]
+
+
+def test_an_item_spoiled_while_queued_leaves_its_block_and_is_moved_aside(tmp_path: Path) -> None:
+    q = SendingQueue(capacity=10, directory=tmp_path)
+    for i in range(3):
+        q.put(batch(1, start=i + 1))
+    before = q.bytes_on_disk
+    items = sorted((tmp_path / "items").iterdir())
+    items[1].write_bytes(items[1].read_bytes()[:40])  # a disk fault after it was accepted
+    block = q.take_block(max_flows=100, max_wait=0.01, align=False, drain=drained())
+    assert block is not None
+    assert [f.local.address for f in block.flows()] == ["10.0.0.1", "10.0.0.3"]
+    assert [p.name for p in (tmp_path / "corrupt").iterdir()] == [items[1].name]
+    q.ack(block)
+    assert q.size() == 0 and q.bytes_on_disk == 0 and before > 0
