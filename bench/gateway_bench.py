@@ -667,7 +667,11 @@ def main() -> int:
             "exclusive of nested stages; chDB engine threads by thread name from /proc. The reference is a git "
             "worktree of the commit before the columnar rewrite, fed the same requests as OTLP (its agents speak "
             "nothing else); this checkout is fed them as OTAP (what its agents send by default, falling back to "
-            "OTLP) and as OTLP. The targets are checked on the first column.",
+            "OTLP) and as OTLP. Every tree runs with Arrow's system allocator (ARROW_DEFAULT_MEMORY_POOL=system: "
+            "this checkout sets it when imported, and the bench's environment passes it to the reference too), so "
+            "the reference's column includes that change; the malloc arena cap is this checkout's `kubenetmon "
+            "run` only. CPU per record moves by up to ±20 % between runs on this machine (seen over the day): "
+            "compare the columns of one run. The targets are checked on the first column.",
             "", *sections, f"Verdict: {verdict}", END])
         replace_section(START, END, text)
     return 0 if not failures else 1
