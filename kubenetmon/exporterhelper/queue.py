@@ -124,14 +124,15 @@ class Block:
         return FlowBatch(records=records, flows=flows)
 
 
-class _OnDisk:
-    """A queued batch whose content is only in its item file: persistent storage keeps no copy in memory.
+#: Rows (records + flows) of queued batches a persistent queue also keeps in memory; beyond, a queued
+#: batch is only in its file. A gateway whose ClickHouse is away queues for as long as its disk allows
+#: (``capacity`` batches of up to ``merge.max_records`` records each): held in memory too, that backlog
+#: would end in the OOM killer. Within the budget (the normal case: a block's worth) nothing is read back.
+IN_MEMORY_ROWS = 200_000
 
-    A gateway whose ClickHouse is away queues for as long as its disk allows
-    (``capacity`` batches of up to ``merge.max_records`` records each); holding
-    them in memory too would end in the OOM killer. Read back when a block
-    takes it.
-    """
+
+class _OnDisk:
+    """A queued batch whose content is only in its item file (read back when a block takes it)."""
 
     __slots__ = ("batch_id", "nbytes", "size")
 
@@ -180,8 +181,13 @@ def _write_batch(path: Path, batch: FlowBatch) -> int:
 class SendingQueue:
     """Bounded FIFO of batches; ``capacity`` counts queued and in-flight batches."""
 
-    def __init__(self, capacity: int, directory: str | Path | None = None, dedup_window: float = 0.0) -> None:
+    def __init__(
+        self, capacity: int, directory: str | Path | None = None, dedup_window: float = 0.0,
+        memory_rows: int = IN_MEMORY_ROWS,
+    ) -> None:
         self.capacity = capacity
+        self.memory_rows = memory_rows  # persistent storage: rows of queued batches also kept in memory
+        self._rows_in_memory = 0
         self._dir = Path(directory) if directory else None
         self._dedup_window = dedup_window
         self._held: dict[str, int] = {}  # ids of named batches queued or in flight → how many
@@ -392,7 +398,15 @@ class SendingQueue:
                     tmp = None
                     _fsync_dir(path.parent)
                     self._bytes += size
-                self._pending.append((seq, time.monotonic(), batch if self._dir is None else _OnDisk(batch, size)))
+                queued: _Queued = batch
+                if self._dir is not None:
+                    # Within the budget the batch stays in memory too (no read-back when it is sent);
+                    # beyond it, only its file holds it: a backlog grows the disk, not the process.
+                    if self._rows_in_memory + len(batch) <= self.memory_rows:
+                        self._rows_in_memory += len(batch)
+                    else:
+                        queued = _OnDisk(batch, size)
+                self._pending.append((seq, time.monotonic(), queued))
                 self._cond.notify_all()
                 return PutResult.QUEUED
         finally:
@@ -435,6 +449,8 @@ class SendingQueue:
                     item = self._pending.popleft()
                     taken.append(item)
                     flows += len(item[2])
+                    if self._dir is not None and not isinstance(item[2], _OnDisk):
+                        self._rows_in_memory -= len(item[2])
                     if max_wait == 0:
                         break
                 if max_wait == 0 or flows >= max_flows or drain.is_set():

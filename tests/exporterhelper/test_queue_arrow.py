@@ -91,13 +91,14 @@ def test_merging_columnar_batches_makes_no_rows() -> None:
 
 def test_a_persistent_queue_keeps_queued_batches_on_disk_only(tmp_path: Path) -> None:
     """A long ClickHouse outage fills the disk, not the memory: a queued batch lives in its item file only."""
-    q = SendingQueue(capacity=10, directory=tmp_path)
+    q = SendingQueue(capacity=10, directory=tmp_path, memory_rows=4)
     batches = [FlowBatch(flows=batch(3, start=3 * i + 1).flow_table(), batch_id=f"b{i}") for i in range(3)]
     expected = [b.flow_table() for b in batches]
     for b in batches:
         q.put(b)
-    # What the queue holds for a batch it accepted: its size and names, not its columns.
-    assert not any(isinstance(held, FlowBatch) for _, _, held in q._pending)
+    # Within the budget (4 rows) the first batch stays in memory; for the others the queue holds their size
+    # and names, not their columns.
+    assert [isinstance(held, FlowBatch) for _, _, held in q._pending] == [True, False, False]
     block = q.take_block(max_flows=100, max_wait=0, align=False, drain=drained())
     assert block is not None and block.batches[0].flow_table().equals(expected[0])
     block = q.take_block(max_flows=100, max_wait=0.01, align=False, drain=drained())
@@ -107,7 +108,7 @@ def test_a_persistent_queue_keeps_queued_batches_on_disk_only(tmp_path: Path) ->
 
 
 def test_an_item_spoiled_while_queued_leaves_its_block_and_is_moved_aside(tmp_path: Path) -> None:
-    q = SendingQueue(capacity=10, directory=tmp_path)
+    q = SendingQueue(capacity=10, directory=tmp_path, memory_rows=0)
     for i in range(3):
         q.put(batch(1, start=i + 1))
     before = q.bytes_on_disk
