@@ -72,6 +72,7 @@ __all__ = [
     "flows_from_columns",
     "pack_addresses",
     "records_from_columns",
+    "split_batch_ids",
     "unpack_addresses",
     "with_columns",
 ]
@@ -275,6 +276,14 @@ def _values(values: Any, type_: pa.DataType, mask: Any = None) -> pa.Array:
     return pa.Array.from_buffers(type_, n, [bitmap, data], null_count=nulls)
 
 
+def _used_values(codes: Any, dictionary: pa.Array) -> tuple[Any, pa.Array]:
+    """``dictionary`` cut to the values ``codes`` use (in their order), and ``codes`` renumbered into it."""
+    used = np.zeros(len(dictionary), dtype=bool)
+    used[codes] = True
+    remap = (np.cumsum(used) - 1).astype(codes.dtype)
+    return remap[codes], dictionary.filter(_values(used, pa.bool_()))
+
+
 def _compact_dictionaries(table: pa.RecordBatch) -> pa.RecordBatch:
     """``table`` with each dictionary column's dictionary cut to the values its rows use.
 
@@ -289,14 +298,10 @@ def _compact_dictionaries(table: pa.RecordBatch) -> pa.RecordBatch:
         if not pa.types.is_dictionary(column.type) or len(column.dictionary) <= len(column):
             continue
         indices = column.indices
-        codes = _numpy(indices.fill_null(0) if indices.null_count else indices)
-        used = np.zeros(len(column.dictionary), dtype=bool)
-        used[codes] = True
-        remap = (np.cumsum(used) - 1).astype(codes.dtype)
+        codes, dictionary = _used_values(_numpy(indices.fill_null(0) if indices.null_count else indices),
+                                         column.dictionary)
         nulls = _numpy(indices.is_null()) if indices.null_count else None
-        arrays[j] = pa.DictionaryArray.from_arrays(
-            _values(remap[codes], indices.type, mask=nulls), column.dictionary.filter(_values(used, pa.bool_()))
-        )
+        arrays[j] = pa.DictionaryArray.from_arrays(_values(codes, indices.type, mask=nulls), dictionary)
         changed = True
     return pa.RecordBatch.from_arrays(arrays, schema=table.schema) if changed else table
 
@@ -613,6 +618,11 @@ class _View:
 BATCH_ID_SEPARATOR = "\n"  # between the names of a merged batch (the otlp receiver refuses ids holding it)
 
 
+def split_batch_ids(batch_id: str) -> list[str]:
+    """The names in a batch's ``batch_id`` (several when merged, none when empty)."""
+    return batch_id.split(BATCH_ID_SEPARATOR) if batch_id else []
+
+
 class FlowBatch:
     """What one stage hands to the next: a records view, a flows view, or both.
 
@@ -643,7 +653,7 @@ class FlowBatch:
 
     def batch_ids(self) -> list[str]:
         """The names of the batches this one holds (one, several when merged, none when unnamed)."""
-        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
+        return split_batch_ids(self.batch_id)
 
     # -- columnar access (the hot path) --
 

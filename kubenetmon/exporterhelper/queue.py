@@ -49,7 +49,7 @@ from typing import cast
 import pyarrow as pa
 
 from kubenetmon.errors import MixedBatchError
-from kubenetmon.flows import BATCH_ID_SEPARATOR, Flow, FlowBatch
+from kubenetmon.flows import Flow, FlowBatch, split_batch_ids
 
 __all__ = ["Block", "PutResult", "SendingQueue", "UnstorableBatchError"]
 
@@ -145,7 +145,7 @@ class _OnDisk:
         return self.size
 
     def batch_ids(self) -> list[str]:
-        return self.batch_id.split(BATCH_ID_SEPARATOR) if self.batch_id else []
+        return split_batch_ids(self.batch_id)
 
 
 _Queued = FlowBatch | _OnDisk

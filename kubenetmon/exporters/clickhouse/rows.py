@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kubenetmon.exporters.clickhouse.schema import COLUMNS
-from kubenetmon.flows import FLOW_SCHEMA, Flow, FlowBatch, pack_addresses
+from kubenetmon.flows import FLOW_SCHEMA, Flow, FlowBatch, _used_values, pack_addresses
 from kubenetmon.identity import Identity
 
 __all__ = ["COLUMN_NAMES", "COLUMN_TYPES", "PreparedRows", "RowMapper"]
@@ -252,10 +252,8 @@ class _Strings:
 
     def column(self, codes: np.ndarray[Any, Any]) -> pa.DictionaryArray:
         """``codes`` as a dictionary array whose dictionary holds only the values they use (one column's)."""
-        used = np.zeros(len(self.values), dtype=bool)
-        used[codes] = True
-        remap = (np.cumsum(used) - 1).astype(np.int32)
-        return pa.DictionaryArray.from_arrays(pa.array(remap[codes], pa.int32()), self.values.filter(pa.array(used)))
+        column_codes, dictionary = _used_values(codes.astype(np.int32, copy=False), self.values)
+        return pa.DictionaryArray.from_arrays(pa.array(column_codes, pa.int32()), dictionary)
 
 
 def _flag_codes(column: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[dict[str, bool]]]:

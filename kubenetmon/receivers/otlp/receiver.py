@@ -66,6 +66,17 @@ _SECOND_NS = 1_000_000_000
 _LOG_EVERY = 10.0
 
 
+def _batch_id_problem(batch_id: str | None) -> str | None:
+    """Why a request's ``kubenetmon-batch-id`` is refused (Export metadata and OTAP headers alike), or None."""
+    if batch_id is None:
+        return None
+    if len(batch_id) > MAX_BATCH_ID_BYTES:
+        return f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at most {MAX_BATCH_ID_BYTES}"
+    if BATCH_ID_SEPARATOR in batch_id:  # it separates the names of a merged batch (merge.py)
+        return f"{contract.BATCH_ID_METADATA} holds a line break: send one line"
+    return None
+
+
 def _peer_host(peer: str) -> str:
     """``ipv4:10.0.0.1:5555`` / ``ipv6:[fd00::1]:5555`` → the address without the port."""
     host = peer.rpartition(":")[0] if peer.count(":") >= 2 else peer
@@ -438,11 +449,9 @@ class OtlpReceiver(BaseComponent):
                 raise BarError("invalid", f"message is not a BatchArrowRecords: {exc}") from None
             status.batch_id = bar.batch_id
             batch_id = consumer.headers(bar).get(contract.BATCH_ID_METADATA)
-            if batch_id is not None and len(batch_id) > MAX_BATCH_ID_BYTES:
-                raise BarError("bad_batch_id", f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at "
-                               f"most {MAX_BATCH_ID_BYTES}")
-            if batch_id is not None and BATCH_ID_SEPARATOR in batch_id:
-                raise BarError("bad_batch_id", f"{contract.BATCH_ID_METADATA} holds a line break: send one line")
+            problem = _batch_id_problem(batch_id)
+            if problem is not None:
+                raise BarError("bad_batch_id", problem)
             with self._decode_slots:
                 result = consumer.decode(bar, time.time_ns())
             self._rejections(result, peer)
@@ -499,15 +508,9 @@ class OtlpReceiver(BaseComponent):
     def _handle(self, data: bytes, context: grpc.ServicerContext) -> tuple[bytes, str]:
         metadata = self._metadata(context)  # the token was checked on admission
         batch_id = metadata.get(contract.BATCH_ID_METADATA)
-        if isinstance(batch_id, str) and len(batch_id) > MAX_BATCH_ID_BYTES:
-            raise _Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{contract.BATCH_ID_METADATA} is {len(batch_id)} characters; at most {MAX_BATCH_ID_BYTES}",
-                "bad_batch_id",
-            )
-        if isinstance(batch_id, str) and BATCH_ID_SEPARATOR in batch_id:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{contract.BATCH_ID_METADATA} holds a line break: "
-                         "send one line", "bad_batch_id")
+        problem = _batch_id_problem(batch_id) if isinstance(batch_id, str) else None
+        if problem is not None:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, problem, "bad_batch_id")
         try:
             with self._decode_slots:
                 result = decode_records_bytes(data, self.limits, time.time_ns())
