@@ -66,10 +66,9 @@ class _Builder:
         self.resolver = Resolver()
         self.constructor = SafeConstructor()
         self.anchors: dict[str, Any] = {}
-        # Per open container: (the object, the key waiting for its value or _NO_KEY, merge sources).
+        # Per open container: (the object, the key waiting for its value or _NoKey, merge sources).
         self.stack: list[tuple[Any, list[Any], list[dict[Any, Any]]]] = []
         self.root: Any = None
-        self.done = False
 
     def scalar(self, event: Any) -> Any:
         tag = event.tag
@@ -88,12 +87,12 @@ class _Builder:
             raise _error(f"could not determine a constructor for the tag {tag!r}", event)
         return construct(self.constructor, ScalarNode(tag, value, event.start_mark, event.end_mark, event.style))
 
-    def add(self, value: Any, event: Any) -> None:
-        anchor = getattr(event, "anchor", None)
-        if anchor is not None and not isinstance(event, AliasEvent):
+    def add(self, value: Any, anchor: str | None, event: Any) -> None:
+        """Put ``value`` where the open container expects it (``event``: for the position in errors)."""
+        if anchor is not None:
             self.anchors[anchor] = value
         if not self.stack:
-            self.root, self.done = value, True
+            self.root = value
             return
         container, key, merges = self.stack[-1]
         if isinstance(container, list):
@@ -126,10 +125,7 @@ class _Builder:
         for source in merges:  # keys of the mapping itself win, then the first source listed
             for k, v in source.items():
                 container.setdefault(k, v)
-        if not self.stack:
-            self.root, self.done = container, True
-            return
-        self.add(container, _Anonymous(event))  # its anchor was recorded when it opened
+        self.add(container, None, event)  # its anchor was recorded when it opened
 
 
 class _NoKey:
@@ -140,21 +136,13 @@ class _MergeKey:
     """The ``<<`` key."""
 
 
-class _Anonymous:
-    """An event stand-in without an anchor (the container's anchor was recorded when it opened)."""
-
-    def __init__(self, event: Any) -> None:
-        self.start_mark = event.start_mark
-        self.anchor = None
-
-
 def _load_yaml(text: str) -> Any:
     builder = _Builder()
     documents = 0
     event: Any
     for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, ScalarEvent):
-            builder.add(builder.scalar(event), event)
+            builder.add(builder.scalar(event), event.anchor, event)
         elif isinstance(event, MappingStartEvent):
             if event.tag not in _MAP_TAGS:
                 raise _error(f"unknown tag {event.tag!r} on a mapping", event)
@@ -168,7 +156,7 @@ def _load_yaml(text: str) -> Any:
         elif isinstance(event, AliasEvent):
             if event.anchor not in builder.anchors:
                 raise _error(f"found undefined alias {event.anchor!r}", event)
-            builder.add(builder.anchors[event.anchor], event)
+            builder.add(builder.anchors[event.anchor], None, event)
         elif type(event).__name__ == "DocumentStartEvent":
             documents += 1
             if documents > 1:
