@@ -159,7 +159,6 @@ class K8sAttributesProcessor:
         self._suppressed: dict[str, int] = {}
         self._started = False
         self._stopped = False
-        self._compiled_once = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,11 +188,10 @@ class K8sAttributesProcessor:
 
     def is_ready(self) -> bool:
         ready = all(source.is_ready() for source in self._sources())
-        if ready and self._vector is not None and not self._compiled_once:
+        if ready and self._vector is not None and not self._vector.compiles:
             # Compile the first snapshot now, not on the first batch: 0.2 s of CPU at 50k pods (0.02 at 10k),
             # which that batch's agent would wait for (and later ones behind it).
             self._vector.snapshot()
-            self._compiled_once = True
             release_free_memory()  # what loading the inventory and compiling it left free (MBs per 10k pods)
         return ready
 
