@@ -37,7 +37,7 @@ from kubenetmon.otap._tables import (
 )
 from kubenetmon.otlp import _contract as c
 from kubenetmon.otlp._encode_records import resource_attributes
-from kubenetmon.otlp._encode_table import _text
+from kubenetmon.otlp._encode_table import _group_node, _text
 
 __all__ = ["ATTRIBUTE_KEYS", "RecordsProducer"]
 
@@ -205,12 +205,7 @@ class RecordsProducer:
         point_metric: list[np.ndarray[Any, Any]] = []
         nodes_seen: dict[str, int] = {}
         for group in groups:
-            node = node_names[int(node_idx[group[0]])] or default_node
-            if not node:
-                raise ValueError(
-                    "a conntrack record has no node and the resource has no k8s.node.name: set "
-                    "resource k8s.node.name (e.g. ${NODE_NAME}) in the exporter config"
-                )
+            node = _group_node(node_names, node_idx, group, default_node)
             rid = nodes_seen.get(node)
             if rid is None:
                 rid = nodes_seen[node] = len(nodes_seen)

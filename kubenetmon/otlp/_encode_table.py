@@ -102,6 +102,17 @@ def _attr(body: bytes) -> bytes:
     return length_delimited(0x3A, body)
 
 
+def _group_node(node_names: Any, node_idx: Any, group: Any, default_node: str) -> str:
+    """The node of a group of records (theirs, else the resource's); a ValueError that says what to set."""
+    node: str = node_names[int(node_idx[group[0]])] or default_node
+    if not node:
+        raise ValueError(
+            "a conntrack record has no node and the resource has no k8s.node.name: set "
+            "resource k8s.node.name (e.g. ${NODE_NAME}) in the exporter config"
+        )
+    return node
+
+
 def _text(packed: bytes, v6: bool = False) -> str:
     """Canonical text; an IPv4-mapped address of an ipv6 row stays IPv6 (``::ffff:a.b.c.d``)."""
     if not v6 and packed[:12] == _V4_MAPPED:
@@ -274,12 +285,7 @@ def encode_record_table_bytes(
     parts: list[bytes] = []
     in_request = 0
     for group in groups:
-        node = node_names[int(node_idx[group[0]])] or default_node
-        if not node:
-            raise ValueError(
-                "a conntrack record has no node and the resource has no k8s.node.name: set "
-                "resource k8s.node.name (e.g. ${NODE_NAME}) in the exporter config"
-            )
+        node = _group_node(node_names, node_idx, group, default_node)
         res = resource_attributes(node, resource)
         byte_points: list[bytes] = []
         packet_points: list[bytes] = []
