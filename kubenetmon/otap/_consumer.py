@@ -87,6 +87,7 @@ class _Verdicts:
         self.reason = np.zeros(n, dtype=np.int16)
         self.names: list[str] = [""]
         self.messages: dict[str, str] = {}
+        self.example: dict[str, int] = {}  # the point a reason's message is about: its first, as OTLP tells
 
     def reject(self, mask: np.ndarray[Any, Any], reason: str, message_of: Callable[[int], str]) -> None:
         new = mask & (self.reason == 0)
@@ -95,8 +96,12 @@ class _Verdicts:
         if reason not in self.names:
             self.names.append(reason)
         self.reason[new] = self.names.index(reason)
-        if reason not in self.messages:
-            self.messages[reason] = message_of(int(np.argmax(new)))
+        # Checks run rule by rule over all points, OTLP point by point: a later rule (the destination's
+        # address after the source's) can give the reason to an earlier point, whose message OTLP shows.
+        first = int(np.argmax(new))
+        if first < self.example.get(reason, len(new)):
+            self.messages[reason] = message_of(first)
+            self.example[reason] = first
 
     def accepted(self) -> np.ndarray[Any, Any]:
         ok: np.ndarray[Any, Any] = self.reason == 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kubenetmon.otap._proto import StatusCode
 from kubenetmon.otap._tables import (
@@ -44,10 +45,13 @@ __all__ = [
 ]
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
-_NO_ADDRESS = bytes(16)
-_TRANSPORT_CODES = {"tcp": 0, "udp": 1}
-_NETWORK_TYPE_CODES = {"ipv4": 0, "ipv6": 1}
-_DIRECTION_CODES = {c.DIRECTION_ORIGINAL: 0, c.DIRECTION_REPLY: 1}
+# Each value's code is its position.
+_TRANSPORT_VALUES = pa.array(["tcp", "udp"])
+_NETWORK_TYPE_VALUES = pa.array(["ipv4", "ipv6"])
+_DIRECTION_VALUES = pa.array([c.DIRECTION_ORIGINAL, c.DIRECTION_REPLY])
+# A dotted quad as inet_pton(AF_INET) takes it: four decimal octets of at most 255, no leading zeros.
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 
 
 class BarError(Exception):
@@ -173,6 +177,9 @@ class StreamStrings:
 
     Kept aligned with the stream's dictionary: when the next batch's
     dictionary extends it (a delta), only the new entries are looked at.
+    Most new strings are addresses: dotted quads are parsed as columns;
+    the rest (IPv6, anything else) go through ``inet_pton`` one by one,
+    so that what is an address is exactly what the OTLP decoder accepts.
     """
 
     def __init__(self) -> None:
@@ -184,7 +191,7 @@ class StreamStrings:
         self.network_type = np.zeros(0, dtype=np.int8)  # 0 ipv4, 1 ipv6
         self.direction = np.zeros(0, dtype=np.int8)  # 0 original, 1 reply
         self.address = np.zeros(0, dtype=np.int8)  # 0 IPv4, 1 IPv6, 2 too long, 3 not an address
-        self.packed = np.zeros((0, 16), dtype=np.uint8)
+        self.packed = np.zeros((0, 16), dtype=np.uint8)  # IPv4 as IPv4-mapped IPv6; zeros when no address
         self.address_id = np.zeros(0, dtype=np.int64)  # equal packed addresses share one id; -1: none
         self.ids: dict[bytes, int] = {}
 
@@ -195,49 +202,65 @@ class StreamStrings:
             start = len(old)
         elif old is not None:
             self.__init__()  # type: ignore[misc]  # a replacement dictionary: start over
+        if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+            raise TypeError(f"the attribute dictionary has type {dictionary.type}; expected strings")
         self.dictionary = dictionary
-        new = dictionary.slice(start).to_pylist()
-        if not new:
+        new = dictionary.slice(start)
+        if not len(new):
             return
-        canonical, transport, network_type, direction, address, address_id = [], [], [], [], [], []
-        raws: list[bytes] = []
-        first, ids, pton = self.first, self.ids, socket.inet_pton
-        # Once per new string of the stream, so kept lean: module-level tables, the address parsed
-        # by inet_pton (what the OTLP decoder's canonical form comes from), one join for the bytes.
-        for i, value in enumerate(new):
-            text = "" if value is None else value
-            j = first.get(text)
-            if j is None:
-                j = first[text] = start + i
-            canonical.append(j)
-            transport.append(_TRANSPORT_CODES.get(text, -1))
-            network_type.append(_NETWORK_TYPE_CODES.get(text, -1))
-            direction.append(_DIRECTION_CODES.get(text, -1))
-            if len(text) > MAX_ADDRESS_BYTES:
-                address.append(2)  # never parsed nor cached (see _checks._address)
-                address_id.append(-1)
-                raws.append(_NO_ADDRESS)
-                continue
-            v6 = ":" in text
-            try:
-                raw = pton(socket.AF_INET6, text) if v6 else _V4_MAPPED + pton(socket.AF_INET, text)
-            except (OSError, ValueError):
-                address.append(3)
-                address_id.append(-1)
-                raws.append(_NO_ADDRESS)
-                continue
-            address.append(1 if v6 else 0)
-            raws.append(raw)
-            address_id.append(ids.setdefault(raw, len(ids)))
-        packed = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(-1, 16)
+        texts = ["" if t is None else t for t in new.to_pylist()]
+        first = self.first
+        canonical = [first.setdefault(t, start + i) for i, t in enumerate(texts)]
+        column = new.fill_null("") if new.null_count else new
+        address, packed = _addresses_of(column, texts)
+        raw, ids = packed.tobytes(), self.ids
+        address_id = [ids.setdefault(raw[16 * i:16 * i + 16], len(ids)) if a < 2 else -1
+                      for i, a in enumerate(address.tolist())]
         self.canonical = np.concatenate([self.canonical, np.array(canonical, dtype=np.int64)])
-        self.transport = np.concatenate([self.transport, np.array(transport, dtype=np.int8)])
-        self.network_type = np.concatenate([self.network_type, np.array(network_type, dtype=np.int8)])
-        self.direction = np.concatenate([self.direction, np.array(direction, dtype=np.int8)])
-        self.address = np.concatenate([self.address, np.array(address, dtype=np.int8)])
+        self.transport = np.concatenate([self.transport, _codes(column, _TRANSPORT_VALUES)])
+        self.network_type = np.concatenate([self.network_type, _codes(column, _NETWORK_TYPE_VALUES)])
+        self.direction = np.concatenate([self.direction, _codes(column, _DIRECTION_VALUES)])
+        self.address = np.concatenate([self.address, address])
         self.packed = np.concatenate([self.packed, packed])
         self.address_id = np.concatenate([self.address_id, np.array(address_id, dtype=np.int64)])
-        self.texts.extend("" if t is None else t for t in new)
+        self.texts.extend(texts)
+
+
+def _codes(column: pa.Array, values: pa.Array) -> np.ndarray[Any, Any]:
+    """Each string's position in ``values`` (a small table), -1 when not there."""
+    codes: np.ndarray[Any, Any] = pc.index_in(column, value_set=values).fill_null(-1).to_numpy(
+        zero_copy_only=False)
+    return codes.astype(np.int8)
+
+
+def _addresses_of(column: pa.Array, texts: list[str]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Per string: 0 IPv4, 1 IPv6, 2 too long, 3 not an address; and the address as 16 bytes."""
+    n = len(texts)
+    address = np.full(n, 3, dtype=np.int8)
+    packed = np.zeros((n, 16), dtype=np.uint8)
+    too_long = pc.utf8_length(column).to_numpy(zero_copy_only=False) > MAX_ADDRESS_BYTES
+    address[too_long] = 2  # never parsed (see _checks._address)
+    quad = pc.match_substring_regex(column, _DOTTED_QUAD).to_numpy(zero_copy_only=False) & ~too_long
+    rows = np.flatnonzero(quad)
+    if len(rows):
+        octets = pc.list_flatten(pc.split_pattern(column.filter(pa.array(quad)), "."))
+        packed[rows, 10:12] = 0xFF
+        packed[rows, 12:] = octets.cast(pa.uint8()).to_numpy(zero_copy_only=False).reshape(-1, 4)
+        address[rows] = 0
+    pton = socket.inet_pton
+    parsed, raws = [], []
+    for i in np.flatnonzero(~quad & ~too_long).tolist():
+        text = texts[i]
+        v6 = ":" in text
+        try:
+            raws.append(pton(socket.AF_INET6, text) if v6 else _V4_MAPPED + pton(socket.AF_INET, text))
+        except (OSError, ValueError):
+            continue
+        parsed.append(i)
+        address[i] = 1 if v6 else 0
+    if parsed:
+        packed[parsed] = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(-1, 16)
+    return address, packed
 
 
 def int64_column(column: Any, what: str, native: bool = False) -> np.ndarray[Any, Any]:

@@ -16,7 +16,7 @@ from kubenetmon.otlp import DecodeLimits, decode_records, decode_records_bytes, 
 from kubenetmon.otlp._limits import MAX_TIME_NS
 from tests.otap.otap_testkit import bar_of, ipc, tables_from_request
 from tests.otlp.otlp_testkit import SECOND, T0, by_identity, make_records
-from tests.otlp.test_otlp_decode_rejects import BAD_POINTS, first_points, valid_request
+from tests.otlp.test_otlp_decode_rejects import BAD_POINTS, first_points, set_attr, valid_request
 
 NOW = T0 + 60 * SECOND
 
@@ -135,6 +135,32 @@ def test_a_bad_point_from_another_producer_gets_the_otlp_decoders_reason_and_mes
     otlp, otap = decode_records(request), otap_of_request(request)
     assert otap.rejected_by_reason == otlp.rejected_by_reason == {reason: 1}
     assert otap.errors == otlp.errors
+    assert by_identity(otap.records) == by_identity(otlp.records)
+
+
+# Address texts at the edges of what inet_pton takes; the OTAP decoder parses dotted quads as columns and
+# must accept, reject and equate exactly the same addresses as the OTLP decoder.
+ADDRESS_TEXTS = [
+    "0.0.0.0", "255.255.255.255", "10.1.2.3", "01.2.3.4", "1.2.3.04", "1.2.3.00", "256.1.1.1", "1.2.3",
+    "1.2.3.4.5", " 1.2.3.4", "1.2.3.4 ", "1..2.3", "1.2.3.-4", "0x1.2.3.4", "\u0661.2.3.4", "1.2.3.4\n",
+    "::ffff:10.1.2.3", "::FFFF:10.1.2.3", "2001:db8::1", "2001:DB8:0:0:0:0:0:1", "::", "1.2.3.4:80",
+    "9" * 65, "1." * 32 + "1", "",
+]
+
+
+def test_address_texts_are_accepted_refused_and_equated_as_over_otlp() -> None:
+    from kubenetmon.otlp import _contract as c
+
+    request = valid_request(n=len(ADDRESS_TEXTS))
+    for dp in request.resource_metrics[0].scope_metrics[0].metrics:
+        for i, point in enumerate(dp.sum.data_points):
+            set_attr(point, c.ATTR_SRC_ADDRESS, string=ADDRESS_TEXTS[i % len(ADDRESS_TEXTS)])
+            # Equal addresses in other texts make one record of two points, in both decoders.
+            set_attr(point, c.ATTR_DST_ADDRESS, string="10.1.2.3" if i % 2 else "::ffff:10.1.2.3")
+    otlp, otap = decode_records(request), otap_of_request(request)
+    assert otlp.rejected_by_reason and otlp.records  # the edge cases do both
+    assert otap.rejected_by_reason == otlp.rejected_by_reason
+    assert sorted(otap.errors) == sorted(otlp.errors)
     assert by_identity(otap.records) == by_identity(otlp.records)
 
 

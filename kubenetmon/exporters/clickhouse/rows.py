@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.acero  # Table.group_by loads it on first use: 0.2 s of CPU on the first block instead of at start
 import pyarrow.compute as pc
 
 from kubenetmon.exporters.clickhouse.schema import COLUMNS
