@@ -18,6 +18,12 @@ rewrite):
   contract, DESIGN §4.1), and replayed over gRPC with gzip and the agents'
   batch ids, as agents send them.
 
+Each gateway first gets the whole load once as a warm-up (the same requests
+under other batch ids), drained to ClickHouse, and then the measured pass: a
+gateway runs for days, and the first records after start pay for faulting in
+the heap, lazily initialised kernels and thread pools. The first pass is
+reported as well (whole process, per record), so the difference shows.
+
 Per tree it reports CPU per flow record (a record: one conntrack entry's
 delta over one interval as one node saw it) by stage — measured inside the
 gateway by a probe that wraps the stage entry points (thread CPU time,
@@ -63,6 +69,7 @@ START, END = "<!-- gateway:start -->", "<!-- gateway:end -->"
 DEFAULT_REFERENCE = "2c4d247"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE = bool(os.environ.get("KUBENETMON_BENCH_PROFILE"))  # sample the gateway with py-spy
+POLL = 0.5  # seconds between the bench's metric scrapes while it waits for the exporter
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 ZONES = ("us-west-2a", "us-west-2b", "us-west-2c")
 
@@ -207,6 +214,7 @@ local = threading.local()
 STAGES = [
     ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_export"),
     ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_bar"),
+    ("otap_decode", "kubenetmon.otap._consumer", "RecordsConsumer", "decode"),
     ("attribution", "kubenetmon.processors.k8s_attributes.processor", "K8sAttributesProcessor", "consume"),
     ("classification", "kubenetmon.processors.cloud_prefix.processor", "CloudPrefixProcessor", "consume"),
     ("queue", "kubenetmon.exporterhelper.exporter", "QueuedExporter", "consume"),
@@ -260,12 +268,22 @@ if os.environ.get("KUBENETMON_BENCH_MEMORY"):  # a memory timeline: RSS, Arrow's
             mi = mallinfo2()
             memory.append((round(time.time(), 2), int(status.split("VmRSS:")[1].split()[0]) // 1024,
                            pyarrow.total_allocated_bytes() >> 20, sys.getallocatedblocks(),
-                           (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20))
+                           (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20, round(time.process_time(), 3)))
             time.sleep(0.25)
     threading.Thread(target=sample, daemon=True).start()
 def dump():
     json.dump({"stats": stats, "found": found, "memory": memory}, open(out_path, "w"))
 atexit.register(dump)
+def snapshots():  # the bench asks for the stage totals at the end of the warm-up by creating a file
+    request = out_path + ".request"
+    while True:
+        if os.path.exists(request):
+            with open(out_path + ".tmp", "w") as f:
+                json.dump({"stats": dict(stats)}, f)
+            os.replace(out_path + ".tmp", out_path + ".warm")
+            os.unlink(request)
+        time.sleep(0.1)
+threading.Thread(target=snapshots, daemon=True).start()
 from kubenetmon.cli import main
 sys.exit(main(["run", "--config", sys.argv[1], "--config", sys.argv[2]]))
 """
@@ -287,11 +305,14 @@ class Run:
     stages: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     wall: float = 0.0
+    first_pass_cpu: float = 0.0  # the warm-up pass, whole process
+    idle_cpu_per_s: float = 0.0  # the idle gateway's CPU seconds per second (threads polling, scrapes)
+    idle_cpu: float = 0.0  # idle_cpu_per_s over the measured pass's wall time: subtracted from its CPU
     stored: list[Any] = field(default_factory=list)
 
 
-def _threads_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group: Python threads, gRPC's own, chDB's engine threads."""
+def _threads_cpu(pid: int, by_name: bool = False) -> dict[str, float]:
+    """CPU seconds per thread group: Python threads, gRPC's own, chDB's engine threads (or per thread name)."""
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -301,13 +322,22 @@ def _threads_cpu(pid: int) -> dict[str, float]:
         comm = raw[raw.index("(") + 1: raw.rindex(")")]
         fields = raw.rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if comm.startswith(("python", "kubenetmon")):
+        if by_name:
+            group = comm.rstrip("0123456789")
+        elif comm.startswith(("python", "kubenetmon", "jemalloc_bg_thd")):  # Arrow's jemalloc: loaded, unused
             group = "python"
-        elif comm.startswith(("grpc", "default-execut", "resolver-execu", "timer_manager")):
+        elif comm.startswith(("grpc", "default-execut", "resolver-execu", "timer_manager", "event_engine",
+                              "lifeguard")):  # gRPC's event engine pool and its lifeguard
             group = "grpc"
         else:
             group = "chdb"
         groups[group] = groups.get(group, 0.0) + cpu
+    if not by_name:
+        # Threads that ended are gone from /proc/PID/task but their CPU stays in the process's own total:
+        # what the live gRPC and chDB threads do not account for is the Python side's.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        process = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        groups["python"] = process - groups.get("grpc", 0.0) - groups.get("chdb", 0.0)
     return groups
 
 
@@ -422,8 +452,18 @@ def _send_otap(endpoint: str, streams: list[list[bytes]]) -> None:
         raise RuntimeError(f"{len(errors)} BARs refused, e.g. {errors[0]}")
 
 
-def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *, records: int,
-                label: str, clickhouse: str, otap: list[list[bytes]] | None = None) -> Run:
+Requests = list[tuple[str, str, bytes, int]]  # (node, batch id, OTLP request bytes, records)
+Warmup = tuple[Requests, list[list[bytes]] | None]  # the warm-up's requests, or its OTAP streams
+
+
+def warmup_load(requests: Requests, otap: bool) -> Warmup:
+    """The same requests under other batch ids (the gateway would take the same ids for re-sends)."""
+    renamed = [(node, f"warmup:{batch_id}", data, n) for node, batch_id, data, n in requests]
+    return renamed, otap_streams(renamed) if otap else None
+
+
+def run_gateway(tree: Path, work: Path, inv: Path, requests: Requests, *, records: int, label: str,
+                clickhouse: str, warmup: Warmup, otap: list[list[bytes]] | None = None) -> Run:
     """One gateway of ``tree`` fed ``requests``; ``clickhouse``: ``embedded`` (chDB in the gateway, the
     standalone default) or ``http`` (a ClickHouse-HTTP endpoint on chDB in another process, as a gateway in a
     cluster writes to a ClickHouse server)."""
@@ -438,7 +478,7 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
             server = stack.enter_context(clickhouse_http(state / "server-chdb"))
             endpoint = server.dsn()
         run = _run_gateway(tree, work, state, inv, requests, records=records, label=label, endpoint=endpoint,
-                           otap=otap)
+                           otap=otap, warmup=warmup)
         sql = ("SELECT direction, connectionClass, remoteCloudService, count(), sum(bytes), sum(packets) "
                "FROM default.network_flows_0 FINAL GROUP BY ALL ORDER BY ALL")
         run.stored = server.query(sql) if server is not None else _query(tree, state / "chdb", sql)
@@ -446,8 +486,8 @@ def run_gateway(tree: Path, work: Path, inv: Path, requests: list[tuple[str, str
         return run
 
 
-def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[tuple[str, str, bytes, int]], *,
-                 records: int, label: str, endpoint: str, otap: list[list[bytes]] | None) -> Run:
+def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Requests, *, records: int, label: str,
+                 endpoint: str, otap: list[list[bytes]] | None, warmup: Warmup) -> Run:
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
     overlay = state / "overlay.yaml"
     overlay.write_text(json.dumps({
@@ -485,32 +525,44 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
     try:
         _wait_ready(f"http://127.0.0.1:{health_port}/ready", proc)
         time.sleep(1.0)
+        run.idle_cpu_per_s = _idle_rate(proc.pid, metrics)
         base = _threads_cpu(proc.pid)
-        t0 = time.monotonic()
+        warm_requests, warm_otap = warmup
+        warm_t0 = time.monotonic()
+        if warm_otap is not None:
+            _send_otap(f"127.0.0.1:{grpc_port}", warm_otap)
+        else:
+            _send(f"127.0.0.1:{grpc_port}", warm_requests)
+        _drain(metrics, 0.0)
+        warm_sent = _metric(metrics, "kubenetmon_exporter_sent_flows_total")
+        warm_accepted = _metric(metrics, "kubenetmon_receiver_accepted_records_total")
+        request = Path(str(probe_out) + ".request")
+        request.touch()
+        while request.exists():
+            time.sleep(0.05)
+        middle = _threads_cpu(proc.pid)
+        run.first_pass_cpu = sum(middle.get(k, 0.0) - base.get(k, 0.0) for k in middle) - (
+            run.idle_cpu_per_s * (time.monotonic() - warm_t0))
+        base = middle
+        names_base = _threads_cpu(proc.pid, by_name=True)
         profiler = None
         if PROFILE:  # py-spy (pip install py-spy) samples every thread of the gateway while it works
             profiler = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(proc.pid), "--threads", "--format", "raw", "--rate", "250",
                  # "gil": only the thread holding the GIL (where Python CPU goes); else every busy thread, native
-                 *(["--gil"] if os.environ["KUBENETMON_BENCH_PROFILE"] == "gil" else ["--native"]),
+                 # "python": every busy thread, Python frames only
+                 *{"gil": ["--gil"], "python": []}.get(os.environ["KUBENETMON_BENCH_PROFILE"], ["--native"]),
                  "--output", str(state / "profile.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
+        t0 = time.monotonic()
         if otap is not None:
             _send_otap(f"127.0.0.1:{grpc_port}", otap)
         else:
             _send(f"127.0.0.1:{grpc_port}", requests)
-        # Wait until the exporter has delivered everything (its queue counts batches in flight too; with the
-        # default minute blocks that is up to a minute after the last request).
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if _metric(metrics, "kubenetmon_exporter_queue_size") == 0 and _metric(
-                metrics, "kubenetmon_exporter_sent_flows_total"
-            ):
-                break
-            time.sleep(0.5)
-        accepted = _metric(metrics, "kubenetmon_receiver_accepted_records_total")
+        _drain(metrics, warm_sent)
+        accepted = _metric(metrics, "kubenetmon_receiver_accepted_records_total") - warm_accepted
         run.wall = time.monotonic() - t0
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
@@ -518,7 +570,16 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
             print(f"profile: {state / 'profile.txt'} (py-spy raw: collapsed stacks)", flush=True)
         run.accepted_points = accepted
         after = _threads_cpu(proc.pid)
+        if os.environ.get("KUBENETMON_BENCH_THREADS"):  # where the process's CPU went, by thread name
+            names = _threads_cpu(proc.pid, by_name=True)
+            print(label, {k: round(v - names_base.get(k, 0.0), 3) for k, v in sorted(names.items(), key=lambda kv:
+                  -(kv[1] - names_base.get(kv[0], 0.0))) if v - names_base.get(k, 0.0) > 0.005},
+                  {k: round(v - base.get(k, 0.0), 3) for k, v in after.items()}, flush=True)
         run.cpu_by_group = {k: after.get(k, 0.0) - base.get(k, 0.0) for k in after}
+        # What the gateway spends anyway while the pass waits for its minute block (threads polling, the
+        # bench's own scrapes): not work per record.
+        run.idle_cpu = run.idle_cpu_per_s * run.wall
+        run.cpu_by_group["python"] = run.cpu_by_group.get("python", 0.0) - run.idle_cpu
         run.cpu_total = sum(run.cpu_by_group.values())
         status = Path(f"/proc/{proc.pid}/status").read_text()
         run.peak_rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
@@ -530,8 +591,31 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: list[
             proc.kill()
             proc.wait()
     if probe_out.exists():
-        run.stages = json.loads(probe_out.read_text())["stats"]
+        warm = json.loads(Path(str(probe_out) + ".warm").read_text())["stats"]
+        run.stages = {k: v - warm.get(k, 0.0) for k, v in json.loads(probe_out.read_text())["stats"].items()}
     return run
+
+
+def _idle_rate(pid: int, metrics: str, seconds: float = 5.0) -> float:
+    """CPU seconds per second of the idle gateway while the bench polls it as :func:`_drain` does."""
+    before, t0 = sum(_threads_cpu(pid).values()), time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        _metric(metrics, "kubenetmon_exporter_queue_size")
+        time.sleep(POLL)
+    return (sum(_threads_cpu(pid).values()) - before) / (time.monotonic() - t0)
+
+
+def _drain(metrics: str, sent_before: float) -> None:
+    """Wait until the exporter delivered everything (its queue counts batches in flight too; with the default
+    minute blocks that is up to a minute after the last request)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if _metric(metrics, "kubenetmon_exporter_queue_size") == 0 and _metric(
+            metrics, "kubenetmon_exporter_sent_flows_total"
+        ) > sent_before:
+            return
+        time.sleep(POLL)
+    raise RuntimeError("the gateway did not drain its queue in 300 s")
 
 
 def _query(tree: Path, path: Path, sql: str) -> list[Any]:
@@ -561,16 +645,18 @@ def _per_record(run: Run, seconds: float) -> str:
 
 def pipeline_seconds(run: Run) -> float:
     """CPU of the stages that make rows out of requests, without the database, the queue and the GC."""
-    return sum(run.stages.get(k, 0.0) for k in ("receive", "attribution", "classification", "mapping"))
+    return sum(run.stages.get(k, 0.0) for k in ("receive", "otap_decode", "attribution", "classification",
+                                                   "mapping"))
 
 
 def report(size: str, runs: list[Run]) -> list[str]:
     lines = [f"**{size}**, {runs[0].records:,} flow records", "",
              "| µs CPU per flow record | " + " | ".join(r.tree for r in runs) + " |",
              "|---|" + "---|" * len(runs)]
-    stage_names = ["decode (receive, exclusive)", "attribution", "classification", "queue", "mapping/aggregation",
+    stage_names = ["receive: request handling, OTLP decode, dedup, merge", "OTAP decode", "attribution",
+                   "classification", "queue", "mapping/aggregation",
                    "serialization + insert call", "GC (inside the stages above)"]
-    keys = ["receive", "attribution", "classification", "queue", "mapping", "insert", "gc"]
+    keys = ["receive", "otap_decode", "attribution", "classification", "queue", "mapping", "insert", "gc"]
     for name, key in zip(stage_names, keys, strict=True):
         lines.append(f"| {name} | " + " | ".join(
             _per_record(r, r.stages.get(key, 0.0)) if key in r.stages or key == "gc" else "n/a"
@@ -580,6 +666,8 @@ def report(size: str, runs: list[Run]) -> list[str]:
     lines.append("| chDB engine threads | " + " | ".join(
         _per_record(r, r.cpu_by_group.get("chdb", 0.0)) for r in runs) + " |")
     lines.append("| **whole process** | " + " | ".join(f"**{_per_record(r, r.cpu_total)}**" for r in runs) + " |")
+    lines.append("| whole process, first pass after start (the warm-up, not in the rows above) | " + " | ".join(
+        _per_record(r, r.first_pass_cpu) for r in runs) + " |")
     lines.append("| ms CPU per 10k records, without chDB threads (target ≤ 60) | " + " | ".join(
         f"{(r.cpu_total - r.cpu_by_group.get('chdb', 0.0)) / r.records * 1e7:.0f}" for r in runs) + " |")
     lines.append("| decode + attribution + classification + mapping, records/s per core (target ≥ 200,000) | "
@@ -587,9 +675,11 @@ def report(size: str, runs: list[Run]) -> list[str]:
                               for r in runs) + " |")
     lines.append("| records/s per core, whole process | " + " | ".join(
         f"{r.records / r.cpu_total:,.0f}" for r in runs) + " |")
-    lines.append("| peak RSS (MB; target ≤ 400 at 50k pods) | " + " | ".join(
+    lines.append("| peak RSS over both passes (MB; target ≤ 400 at 50k pods) | " + " | ".join(
         f"{r.peak_rss_mb:.0f}" for r in runs) + " |")
     lines.append("| wall time to drain (s) | " + " | ".join(f"{r.wall:.1f}" for r in runs) + " |")
+    lines.append("| idle gateway CPU (ms per s; × wall time subtracted from the process rows) | " + " | ".join(
+        f"{r.idle_cpu_per_s * 1e3:.1f}" for r in runs) + " |")
     same = all(r.stored == runs[0].stored for r in runs)
     lines += ["", f"Stored totals (direction, class, cloud service → rows, bytes, packets) "
                   f"{'identical in every run' if same else 'DIFFER between runs'}."]
@@ -608,6 +698,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--otap-only", action="store_true", help="feed this checkout OTAP only (no OTLP run)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (gateway logs, chDB data)")
     args = ap.parse_args()
     sections: list[str] = []
@@ -626,13 +717,15 @@ def main() -> int:
             inv, requests, records = make_load(ref or ROOT, sub, pods, nodes, agents=args.agents,
                                                connections=args.connections, rounds=args.rounds, seed=pods)
             bars = otap_streams(requests)
+            warm_otlp, warm_otap = warmup_load(requests, otap=False), warmup_load(requests, otap=True)
             for clickhouse in args.clickhouse.split(","):
                 runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTAP",
-                                    clickhouse=clickhouse, otap=bars),
-                        run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTLP",
-                                    clickhouse=clickhouse)]
+                                    clickhouse=clickhouse, otap=bars, warmup=warm_otap)]
+                if not args.otap_only:
+                    runs.append(run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTLP",
+                                            clickhouse=clickhouse, warmup=warm_otlp))
                 if ref is not None:
-                    runs.append(run_gateway(ref, sub, inv, requests, records=records,
+                    runs.append(run_gateway(ref, sub, inv, requests, records=records, warmup=warm_otlp,
                                             label=f"reference {args.reference}", clickhouse=clickhouse))
                 where = "ClickHouse over HTTP (another process)" if clickhouse == "http" else "embedded chDB"
                 label = f"{pods // 1000}k pods / {nodes:,} nodes, {where}"
