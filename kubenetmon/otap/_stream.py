@@ -202,12 +202,15 @@ class StreamStrings:
             start = len(old)
         elif old is not None:
             self.__init__()  # type: ignore[misc]  # a replacement dictionary: start over
-        if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+        if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)
+                or pa.types.is_string_view(dictionary.type)):
             raise TypeError(f"the attribute dictionary has type {dictionary.type}; expected strings")
         self.dictionary = dictionary
         new = dictionary.slice(start)
         if not len(new):
             return
+        if not pa.types.is_string(new.type):
+            new = new.cast(pa.string())  # what the compute kernels below take
         texts = ["" if t is None else t for t in new.to_pylist()]
         first = self.first
         canonical = [first.setdefault(t, start + i) for i, t in enumerate(texts)]

@@ -319,3 +319,19 @@ def test_a_bar_that_would_decompress_past_the_bound_is_refused_before_it_is_read
         small.decode(BatchArrowRecords.FromString(producer.encode(table, {}, {})), NOW)
     assert info.value.reason == "too_large" and "arrow.max_decompressed_mib" in info.value.message
     assert not small._readers  # nothing was read: the stream's readers are as they were
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string(), pa.string_view()])
+def test_a_dictionary_of_any_string_type_means_the_same_and_a_delta_adds_to_it(string_type: pa.DataType) -> None:
+    from kubenetmon.otap._stream import StreamStrings
+
+    strings = StreamStrings()
+    first = ["10.0.0.1", "tcp", None, "::1", "01.2.3.4", "x" * 70]
+    strings.update(pa.array(first, string_type))
+    strings.update(pa.array([*first, "::ffff:10.0.0.1", "udp"], string_type))  # a delta: two new strings
+    assert strings.address.tolist() == [0, 3, 3, 1, 3, 2, 1, 3]  # IPv4, not, not, IPv6, not, too long, IPv6, not
+    assert strings.transport.tolist() == [-1, 0, -1, -1, -1, -1, -1, 1]
+    assert strings.address_id[6] == strings.address_id[0] != strings.address_id[3]  # one address, two texts
+    assert strings.texts[2] == "" and strings.texts[6] == "::ffff:10.0.0.1"
+    with pytest.raises(TypeError, match="expected strings"):
+        StreamStrings().update(pa.array([b"10.0.0.1"], pa.binary()))
