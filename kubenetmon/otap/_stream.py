@@ -9,7 +9,6 @@ decoding the id encodings; any mismatch is a :class:`BarError`.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kubenetmon.flows import _pack
 from kubenetmon.otap._proto import StatusCode
 from kubenetmon.otap._tables import (
     ATTR_TYPE_BOOL,
@@ -44,7 +44,6 @@ __all__ = [
     "string_codes",
 ]
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 # Each value's code is its position.
 _TRANSPORT_VALUES = pa.array(["tcp", "udp"])
 _NETWORK_TYPE_VALUES = pa.array(["ipv4", "ipv6"])
@@ -178,7 +177,7 @@ class StreamStrings:
     Kept aligned with the stream's dictionary: when the next batch's
     dictionary extends it (a delta), only the new entries are looked at.
     Most new strings are addresses: dotted quads are parsed as columns;
-    the rest (IPv6, anything else) go through ``inet_pton`` one by one,
+    the rest (IPv6, anything else) go through ``flows._pack`` (inet_pton) one by one,
     so that what is an address is exactly what the OTLP decoder accepts.
     """
 
@@ -250,17 +249,16 @@ def _addresses_of(column: pa.Array, texts: list[str]) -> tuple[np.ndarray[Any, A
         packed[rows, 10:12] = 0xFF
         packed[rows, 12:] = octets.cast(pa.uint8()).to_numpy(zero_copy_only=False).reshape(-1, 4)
         address[rows] = 0
-    pton = socket.inet_pton
     parsed, raws = [], []
     for i in np.flatnonzero(~quad & ~too_long).tolist():
-        text = texts[i]
-        v6 = ":" in text
         try:
-            raws.append(pton(socket.AF_INET6, text) if v6 else _V4_MAPPED + pton(socket.AF_INET, text))
-        except (OSError, ValueError):
+            raw = _pack(texts[i])
+        except ValueError:
             continue
-        parsed.append(i)
-        address[i] = 1 if v6 else 0
+        if raw is not None:  # None: the empty text
+            parsed.append(i)
+            raws.append(raw)
+            address[i] = 1 if ":" in texts[i] else 0
     if parsed:
         packed[parsed] = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(-1, 16)
     return address, packed
