@@ -549,7 +549,8 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         run.first_pass_cpu = sum(middle.get(k, 0.0) - base.get(k, 0.0) for k in middle) - (
             run.idle_cpu_per_s * (time.monotonic() - warm_t0))
         base = middle
-        names_base = _threads_cpu(proc.pid, by_name=True)
+        by_thread = bool(os.environ.get("KUBENETMON_BENCH_THREADS"))  # where the CPU went, by thread name
+        names_base = _threads_cpu(proc.pid, by_name=True) if by_thread else {}
         profiler = None
         if PROFILE:  # py-spy (pip install py-spy) samples every thread of the gateway while it works
             profiler = subprocess.Popen(
@@ -575,7 +576,7 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
             print(f"profile: {state / 'profile.txt'} (py-spy raw: collapsed stacks)", flush=True)
         run.accepted_points = accepted
         after = _threads_cpu(proc.pid)
-        if os.environ.get("KUBENETMON_BENCH_THREADS"):  # where the process's CPU went, by thread name
+        if by_thread:
             names = _threads_cpu(proc.pid, by_name=True)
             print(label, {k: round(v - names_base.get(k, 0.0), 3) for k, v in sorted(names.items(), key=lambda kv:
                   -(kv[1] - names_base.get(kv[0], 0.0))) if v - names_base.get(k, 0.0) > 0.005},
