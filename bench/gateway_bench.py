@@ -209,7 +209,19 @@ def make_load(tree: Path, work: Path, pods: int, nodes: int, *, agents: int, con
 PROBE = r"""
 import atexit, gc, importlib, json, os, sys, threading, time
 out_path = os.environ["KUBENETMON_BENCH_PROBE"]
+if os.environ.get("KUBENETMON_BENCH_NO_PANDAS"):
+    # As in the image, which has no pandas (only chdb needs it): pyarrow and clickhouse-connect import it
+    # when it is installed (~49 MB) and do without it when it is not. (sys.modules["pandas"] = None is not
+    # "not installed" to pyarrow's shim.)
+    import importlib.abc
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "pandas" or name.startswith("pandas."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+    sys.meta_path.insert(0, NotInstalled())
 stats = {}
+calls = {}  # per stage: how many batches it was handed (records per batch: what per-batch costs divide by)
 local = threading.local()
 STAGES = [
     ("receive", "kubenetmon.receivers.otlp.receiver", "OtlpReceiver", "_export"),
@@ -236,6 +248,7 @@ def wrap(name, fn):
             if stack:
                 stack[-1] += spent
             stats[name] = stats.get(name, 0.0) + spent - nested
+            calls[name] = calls.get(name, 0) + 1
     return timed
 found = []
 for name, module, cls, meth in STAGES:
@@ -272,14 +285,14 @@ if os.environ.get("KUBENETMON_BENCH_MEMORY"):  # a memory timeline: RSS, Arrow's
             time.sleep(0.25)
     threading.Thread(target=sample, daemon=True).start()
 def dump():
-    json.dump({"stats": stats, "found": found, "memory": memory}, open(out_path, "w"))
+    json.dump({"stats": stats, "calls": calls, "found": found, "memory": memory}, open(out_path, "w"))
 atexit.register(dump)
 def snapshots():  # the bench asks for the stage totals at the end of the warm-up by creating a file
     request = out_path + ".request"
     while True:
         if os.path.exists(request):
             with open(out_path + ".tmp", "w") as f:
-                json.dump({"stats": dict(stats)}, f)
+                json.dump({"stats": dict(stats), "calls": dict(calls)}, f)
             os.replace(out_path + ".tmp", out_path + ".warm")
             os.unlink(request)
         time.sleep(0.1)
@@ -303,6 +316,7 @@ class Run:
     cpu_total: float = 0.0
     cpu_by_group: dict[str, float] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # per stage: batches handed to it in the pass
     peak_rss_mb: float = 0.0
     wall: float = 0.0
     first_pass_cpu: float = 0.0  # the warm-up pass, whole process
@@ -501,8 +515,12 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
             # For experiments only: the shipped default unless the variable is set.
             **({"workers": int(os.environ["KUBENETMON_BENCH_WORKERS"])} if "KUBENETMON_BENCH_WORKERS" in os.environ
                else {}),
-        }, **({"merge": {"max_records": int(os.environ["KUBENETMON_BENCH_MERGE"])}}
-              if "KUBENETMON_BENCH_MERGE" in os.environ else {})}},
+        }, "merge": {
+            **({"max_records": int(os.environ["KUBENETMON_BENCH_MERGE"])} if "KUBENETMON_BENCH_MERGE" in os.environ
+               else {}),
+            **({"linger": float(os.environ["KUBENETMON_BENCH_LINGER"])} if "KUBENETMON_BENCH_LINGER" in os.environ
+               else {}),
+        }}},
         "processors": {
             "k8s_attributes": {"source": "static", "static": {"path": str(inv)}, "node_flows": "keep"},
             "cloud_prefix": {"files_dir": str(RANGES), "cache_dir": str(state / "ranges"), "offline": True},
@@ -520,6 +538,8 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
     probe_out = state / "probe.json"
     env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out),
            "KUBENETMON_STATE_DIR": str(state)}  # whatever else the shipped config keeps (dedup journal)
+    if not endpoint.startswith("chdb") and "KUBENETMON_BENCH_PANDAS" not in os.environ:
+        env["KUBENETMON_BENCH_NO_PANDAS"] = "1"  # a gateway writing to a server runs the image: no pandas
     with open(state / "gateway.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,
@@ -597,8 +617,10 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
             proc.kill()
             proc.wait()
     if probe_out.exists():
-        warm = json.loads(Path(str(probe_out) + ".warm").read_text())["stats"]
-        run.stages = {k: v - warm.get(k, 0.0) for k, v in json.loads(probe_out.read_text())["stats"].items()}
+        warm = json.loads(Path(str(probe_out) + ".warm").read_text())
+        final = json.loads(probe_out.read_text())
+        run.stages = {k: v - warm["stats"].get(k, 0.0) for k, v in final["stats"].items()}
+        run.calls = {k: v - warm.get("calls", {}).get(k, 0) for k, v in final.get("calls", {}).items()}
     return run
 
 
@@ -683,6 +705,9 @@ def report(size: str, runs: list[Run]) -> list[str]:
         f"{r.records / r.cpu_total:,.0f}" for r in runs) + " |")
     lines.append("| peak RSS over both passes (MB; target ≤ 400 at 50k pods) | " + " | ".join(
         f"{r.peak_rss_mb:.0f}" for r in runs) + " |")
+    lines.append("| records per batch: attribution / mapping (what per-batch costs divide by) | " + " | ".join(
+        "/".join(f"{r.records / r.calls[k]:,.0f}" if r.calls.get(k) else "n/a" for k in ("attribution", "mapping"))
+        for r in runs) + " |")
     lines.append("| wall time to drain (s) | " + " | ".join(f"{r.wall:.1f}" for r in runs) + " |")
     lines.append("| idle gateway CPU (ms per s; × wall time subtracted from the process rows) | " + " | ".join(
         f"{r.idle_cpu_per_s * 1e3:.1f}" for r in runs) + " |")

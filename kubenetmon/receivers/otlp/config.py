@@ -164,6 +164,12 @@ class MergeConfig(_Strict):
     )
     max_records: int = Field(65_536, gt=0, description="Records one merged batch may hold at most.")
     max_requests: int = Field(64, gt=0, description="Requests one merged batch may hold at most.")
+    linger: float = Field(
+        0.2, ge=0, description="Seconds a merged batch may wait, at most, for requests that are being decoded "
+        "when it is formed (only then: a request that finds nothing else on its way goes on at once). Larger "
+        "batches cost the stages after the receiver less per record; each such request's acknowledgement comes "
+        "that much later. 0: take only what already waits."
+    )
 
 
 class OtlpReceiverConfig(ComponentConfig):

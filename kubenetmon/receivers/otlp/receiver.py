@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,8 @@ class OtlpReceiver(BaseComponent):
         self._decode_slots = threading.BoundedSemaphore(config.grpc.workers)
         merge = config.merge
         self._merger = (
-            Merger(self._deliver_table, merge.max_records, merge.max_requests) if merge.enabled else None
+            Merger(self._deliver_table, merge.max_records, merge.max_requests, merge.linger) if merge.enabled
+            else None
         )
         self._watchdog: Watchdog | None = None
         m = settings.metrics
@@ -452,10 +454,11 @@ class OtlpReceiver(BaseComponent):
             problem = _batch_id_problem(batch_id)
             if problem is not None:
                 raise BarError("bad_batch_id", problem)
-            with self._decode_slots:
-                result = consumer.decode(bar, time.time_ns())
-            self._rejections(result, peer)
-            outcome = self._deliver(result, batch_id, "partial" if result.rejected_points else "ok")
+            with self._announce():
+                with self._decode_slots:
+                    result = consumer.decode(bar, time.time_ns())
+                self._rejections(result, peer)
+                outcome = self._deliver(result, batch_id, "partial" if result.rejected_points else "ok")
             if result.rejected_points:  # OK all the same: those points are never retried (OTLP partial success)
                 status.status_message = f"rejected {result.rejected_points} data points: {result.error_message()}"
         except BarError as exc:
@@ -511,23 +514,28 @@ class OtlpReceiver(BaseComponent):
         problem = _batch_id_problem(batch_id) if isinstance(batch_id, str) else None
         if problem is not None:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, problem, "bad_batch_id")
-        try:
-            with self._decode_slots:
-                result = decode_records_bytes(data, self.limits, time.time_ns())
-        except DecodeError as exc:
-            raise _Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request is not an ExportMetricsServiceRequest: {exc}",
-                "invalid",
-            ) from None
-        self._rejections(result, context.peer())
-        response = ExportMetricsServiceResponse()
-        if result.rejected_points:
-            response.partial_success.rejected_data_points = result.rejected_points
-            response.partial_success.error_message = result.error_message()
-        payload = response.SerializeToString()
-        outcome = "partial" if result.rejected_points else "ok"
-        return payload, self._deliver(result, batch_id if isinstance(batch_id, str) else None, outcome)
+        with self._announce():
+            try:
+                with self._decode_slots:
+                    result = decode_records_bytes(data, self.limits, time.time_ns())
+            except DecodeError as exc:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request is not an ExportMetricsServiceRequest: {exc}",
+                    "invalid",
+                ) from None
+            self._rejections(result, context.peer())
+            response = ExportMetricsServiceResponse()
+            if result.rejected_points:
+                response.partial_success.rejected_data_points = result.rejected_points
+                response.partial_success.error_message = result.error_message()
+            payload = response.SerializeToString()
+            outcome = "partial" if result.rejected_points else "ok"
+            return payload, self._deliver(result, batch_id if isinstance(batch_id, str) else None, outcome)
+
+    def _announce(self) -> AbstractContextManager[None]:
+        """A request on its way to the merger: a leader may wait for it (merge.linger)."""
+        return self._merger.announce() if self._merger is not None else nullcontext()
 
     def _rejections(self, result: DecodeResult, peer: str) -> None:
         """Count (by reason) and log the points a decoder rejected; refresh the cache gauges."""

@@ -84,7 +84,8 @@ def _send_all(port: int, n: int, ids: list[str]) -> list[Any]:
 def test_requests_waiting_together_are_one_batch_and_each_is_counted_once(receivers: Start) -> None:
     holder: list[OtlpReceiver] = []
     pipeline = SlowPipeline(lambda: holder[0] if holder else None, others=7)
-    r = receivers(pipeline, grpc=PEERS)
+    # linger 0: the leader takes only what waits (with linger, the seven being decoded would join the first)
+    r = receivers(pipeline, grpc=PEERS, merge={"linger": 0})
     holder.append(r)
     ids = [f"b{i}" for i in range(8)]
     responses = _send_all(r.port, 8, ids)
@@ -103,7 +104,7 @@ def test_backpressure_refuses_every_request_of_a_merged_batch_and_retries_count_
     holder: list[OtlpReceiver] = []
     pipeline = SlowPipeline(lambda: holder[0] if holder else None, others=5)
     pipeline.refuse = True
-    r = receivers(pipeline, grpc=PEERS)
+    r = receivers(pipeline, grpc=PEERS, merge={"linger": 0})
     holder.append(r)
     ids = [f"p{i}" for i in range(6)]
     refused = _send_all(r.port, 6, ids)
@@ -126,6 +127,105 @@ def test_merging_can_be_turned_off(receivers: Start) -> None:
 
 def _table(seed: int, n: int = 4) -> pa.RecordBatch:
     return FlowBatch(records=make_records(n, node=f"node-{seed}", seed=seed)).record_table()
+
+
+class _Recorder:
+    """A pipeline that records the batch ids it was handed, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, table: pa.RecordBatch, batch_id: str) -> None:
+        self.names.append(batch_id)
+
+
+def _decoding(merger: Merger, seed: int, name: str, gate: threading.Event,
+              fail: bool = False) -> threading.Thread:
+    """A request announced at once that 'decodes' until ``gate`` opens, then submits (or fails to decode)."""
+    announced = threading.Event()
+
+    def run() -> None:
+        try:
+            with merger.announce():
+                announced.set()
+                gate.wait(30)
+                if fail:
+                    raise ValueError("bad request (test)")
+                merger.submit(_table(seed), name)
+        except ValueError:
+            pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert announced.wait(10)
+    return thread
+
+
+def test_a_leader_waits_for_the_requests_being_decoded_and_takes_them_along() -> None:
+    recorder = _Recorder()
+    merger = Merger(recorder, linger=30)
+    gate = threading.Event()
+    others = [_decoding(merger, s, f"n{s}", gate) for s in (1, 2)]
+    leader = threading.Thread(target=merger.submit, args=(_table(0), "n0"))
+    leader.start()
+    while not merger._busy:
+        time.sleep(0.005)
+    assert recorder.names == []  # two requests are on their way: the leader waits for them
+    gate.set()
+    for t in (leader, *others):
+        t.join(10)
+        assert not t.is_alive()
+    assert len(recorder.names) == 1  # one batch, in arrival order: the leader's first
+    first, *rest = recorder.names[0].split("\n")
+    assert first == "n0" and sorted(rest) == ["n1", "n2"]
+    assert merger.merged_requests == 3 and merger.lingered > 0
+
+
+def test_a_request_that_finds_nothing_on_its_way_goes_on_at_once() -> None:
+    recorder = _Recorder()
+    merger = Merger(recorder, linger=30)
+    merger.submit(_table(0), "alone")
+    assert recorder.names == ["alone"] and merger.lingered == 0
+
+
+def test_a_request_that_fails_to_decode_releases_the_waiting_leader() -> None:
+    recorder = _Recorder()
+    merger = Merger(recorder, linger=30)  # were the failed request not withdrawn, the leader would wait 30 s
+    gate = threading.Event()
+    failing = _decoding(merger, 1, "n1", gate, fail=True)
+    leader = threading.Thread(target=merger.submit, args=(_table(0), "n0"))
+    leader.start()
+    while not merger._busy:
+        time.sleep(0.005)
+    gate.set()
+    for t in (failing, leader):
+        t.join(10)
+        assert not t.is_alive()
+    assert recorder.names == ["n0"] and merger._announced == 0
+
+
+def test_the_leader_waits_no_longer_than_linger_for_a_slow_request() -> None:
+    recorder = _Recorder()
+    merger = Merger(recorder, linger=0.05)
+    gate = threading.Event()
+    slow = _decoding(merger, 1, "n1", gate)
+    merger.submit(_table(0), "n0")  # returns although n1 is still being decoded
+    assert recorder.names == ["n0"]
+    gate.set()
+    slow.join(10)
+    assert recorder.names == ["n0", "n1"]
+
+
+def test_a_full_group_goes_on_without_waiting_for_more() -> None:
+    recorder = _Recorder()
+    merger = Merger(recorder, max_records=8, linger=30)
+    gate = threading.Event()
+    slow = _decoding(merger, 1, "n1", gate)
+    merger.submit(_table(0, n=8), "n0")  # as many records as a group may hold: no use waiting for n1
+    assert recorder.names == ["n0"]
+    gate.set()
+    slow.join(10)
+    assert recorder.names == ["n0", "n1"]
 
 
 def test_a_merged_batch_holding_a_copy_already_queued_goes_on_in_parts(tmp_path: Path) -> None:
