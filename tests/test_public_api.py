@@ -20,7 +20,7 @@ def test_public_api_is_explicit() -> None:
 # The modules a plugin author imports from: each declares its public names, every declared name
 # exists, and nothing public-looking is left undeclared (httpx's habit).
 PUBLIC_MODULES = (
-    "kubenetmon.component", "kubenetmon.errors", "kubenetmon.flows", "kubenetmon.hookspecs",
+    "kubenetmon.component", "kubenetmon.compute", "kubenetmon.errors", "kubenetmon.flows", "kubenetmon.hookspecs",
     "kubenetmon.identity", "kubenetmon.testing",
 )
 

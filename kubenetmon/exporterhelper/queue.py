@@ -48,6 +48,7 @@ from typing import cast
 
 import pyarrow as pa
 
+from kubenetmon.compute import compute_slot
 from kubenetmon.errors import MixedBatchError
 from kubenetmon.flows import Flow, FlowBatch, split_batch_ids
 
@@ -172,7 +173,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _write_batch(path: Path, batch: FlowBatch) -> int:
     """``batch`` as Arrow IPC (FlowBatch.to_ipc's bytes) in ``path``, fsynced; its size."""
     with open(path, "wb") as fh:
-        batch.write_ipc(fh)
+        with compute_slot():  # serialising; not the fsync, which waits for the disk
+            batch.write_ipc(fh)
         fh.flush()
         os.fsync(fh.fileno())
         return fh.tell()

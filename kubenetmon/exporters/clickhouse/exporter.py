@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 from kubenetmon.component import CreateSettings
+from kubenetmon.compute import compute_slot
 from kubenetmon.errors import KubenetmonError, PermanentError, RetryableError
 from kubenetmon.exporterhelper import Block, QueuedExporter, backoff_intervals
 from kubenetmon.exporters.clickhouse.config import ClickHouseConfig
@@ -269,7 +270,8 @@ class ClickHouseExporter(QueuedExporter):
         if prepared is not None:
             return prepared
         unattributed = sum(b.num_records for b in block.batches)
-        prepared = self.mapper.prepare_batches(block.batches)
+        with compute_slot():
+            prepared = self.mapper.prepare_batches(block.batches)
         if unattributed:
             prepared.rejected["unattributed"] += unattributed
         for reason, n in prepared.rejected.items():

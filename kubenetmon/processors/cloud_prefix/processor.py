@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
+from kubenetmon.compute import compute_slot
 from kubenetmon.errors import BackpressureError, ConfigError, ConfigProblem
 from kubenetmon.flows import ConnectionClass, FlowBatch, with_columns
 from kubenetmon.processors.cloud_prefix.config import CloudPrefixConfig
@@ -371,20 +372,21 @@ class CloudPrefixProcessor(BaseComponent):
             return
         if state.classifier.table is None and self._config.not_ready == "backpressure":
             raise BackpressureError(f"{self._settings.id}: no cloud range table loaded yet", retry_after=5.0)
-        flows = batch.flow_table()
-        result = state.classifier.classify_column(flows.column("remote_address"))
-        identity = self._identity
-        local = {
-            f"local_{name}": fill_empty(flows.column(f"local_{name}"), getattr(identity, name))
-            for name in ("cloud", "region", "cluster", "cell")
-        }
-        batch.flows = with_columns(flows, {
-            "connection_class": result.connection_class,
-            "remote_cloud": result.cloud,
-            "remote_region": result.region,
-            "remote_cloud_service": result.cloud_service,
-            **local,
-        })
+        with compute_slot():
+            flows = batch.flow_table()
+            result = state.classifier.classify_column(flows.column("remote_address"))
+            identity = self._identity
+            local = {
+                f"local_{name}": fill_empty(flows.column(f"local_{name}"), getattr(identity, name))
+                for name in ("cloud", "region", "cluster", "cell")
+            }
+            batch.flows = with_columns(flows, {
+                "connection_class": result.connection_class,
+                "remote_cloud": result.cloud,
+                "remote_region": result.region,
+                "remote_cloud_service": result.cloud_service,
+                **local,
+            })
         self._count(result, state.classifier.table, flows.num_rows)
         self._next.consume(batch)
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from kubenetmon._memory import release_free_memory
 from kubenetmon.component import Consumer, CreateSettings, Host
+from kubenetmon.compute import compute_slot
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import ConntrackRecord, Flow, FlowBatch
 from kubenetmon.processors.k8s_attributes.config import (
@@ -217,7 +218,8 @@ class K8sAttributesProcessor:
         # still holds its records untouched. It keeps the producer's batch id: the flows are
         # what the named records became, so a re-delivered batch is still recognised downstream.
         if self._vector is not None:
-            table, outcome = self._vector.attribute_table(batch.record_table())
+            with compute_slot():
+                table, outcome = self._vector.attribute_table(batch.record_table())
             if batch.num_flows:  # flows that came with the records go on, first
                 table = _concat(batch.flow_table(), table)
             self._account(outcome)

@@ -45,6 +45,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
 from kubenetmon.component import BaseComponent, Consumer, CreateSettings, Host
+from kubenetmon.compute import compute_slot
 from kubenetmon.errors import BackpressureError
 from kubenetmon.flows import BATCH_ID_SEPARATOR, FlowBatch
 from kubenetmon.otap import ARROW_METRICS_METHOD, BarError, BatchArrowRecords, BatchStatus, RecordsConsumer, StatusCode
@@ -228,6 +229,8 @@ class OtlpReceiver(BaseComponent):
             m.gauge("receiver_merged_batches", "Merged batches handed to the pipeline, since start: "
                     "receiver_merged_requests / this is the mean requests per merge.").labels().set_function(
                 lambda: merger.groups)
+            m.gauge("receiver_merge_linger_seconds", "Seconds merge leaders waited for requests that were being "
+                    "decoded, since start (merge.linger).").labels().set_function(lambda: merger.lingered)
         self.m_latency = m.histogram(
             "receiver_request_latency_seconds", "Time to handle one export request.",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -455,7 +458,7 @@ class OtlpReceiver(BaseComponent):
             if problem is not None:
                 raise BarError("bad_batch_id", problem)
             with self._announce():
-                with self._decode_slots:
+                with self._decode_slots, compute_slot():
                     result = consumer.decode(bar, time.time_ns())
                 self._rejections(result, peer)
                 outcome = self._deliver(result, batch_id, "partial" if result.rejected_points else "ok")
@@ -516,7 +519,7 @@ class OtlpReceiver(BaseComponent):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, problem, "bad_batch_id")
         with self._announce():
             try:
-                with self._decode_slots:
+                with self._decode_slots, compute_slot():
                     result = decode_records_bytes(data, self.limits, time.time_ns())
             except DecodeError as exc:
                 raise _Abort(
