@@ -234,3 +234,40 @@ def test_the_columnar_engine_makes_no_row_objects(tmp_path: Path, make_processor
     assert batch._records.peek_table() is not None  # read as columns, not turned into rows
     assert out._flows.peek_table() is not None and out.num_flows == 2
     assert out.flow_table().column("remote_pod").to_pylist() == ["db", "db"]
+
+
+def test_the_next_consumer_runs_outside_the_compute_slot(tmp_path: Path) -> None:
+    """The slot is held around the attribution only: a next consumer that waits (a full queue) must not
+    keep the other stages (decoding, the exporter's mapping) from taking it."""
+    import threading
+
+    from kubenetmon.component import Kind
+    from kubenetmon.compute import compute_slot
+    from kubenetmon.identity import Identity
+    from kubenetmon.processors.k8s_attributes import factory
+    from kubenetmon.testing import StaticHost, create_settings
+
+    taken_elsewhere: list[bool] = []
+
+    class Downstream:
+        def consume(self, batch: FlowBatch) -> None:
+            def other_stage() -> None:
+                got = compute_slot().acquire(timeout=5)
+                taken_elsewhere.append(got)
+                if got:
+                    compute_slot().release()
+
+            thread = threading.Thread(target=other_stage)
+            thread.start()
+            thread.join(10)
+
+    path = tmp_path / "inventory.yaml"
+    write(path, INVENTORY)
+    settings = create_settings(Kind.PROCESSOR, "k8s_attributes", identity=Identity(cluster="c"))
+    processor = factory.create(settings, K8sAttributesConfig.model_validate(static_config(path)), Downstream())
+    processor.start(StaticHost())
+    try:
+        processor.consume(FlowBatch([record("172.17.0.2", "172.17.0.3", node="laptop", dport=5432)]))
+    finally:
+        processor.shutdown(5)
+    assert taken_elsewhere == [True]
