@@ -163,3 +163,41 @@ def test_compile_min_interval_reuses_a_recent_snapshot_then_catches_up() -> None
     time.sleep(0.35)
     table, _ = engine.attribute_table(batch)
     assert engine.compiles == 2 and table.column("remote_pod").to_pylist() == ["db", "db"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    prefixes=st.integers(0, 20),  # distinct IPv6 high halves among the keys
+    n_keys=st.integers(0, 3000),
+)
+def test_the_integer_lookup_finds_what_the_string_search_finds(seed: int, prefixes: int, n_keys: int) -> None:
+    """_Lookup (a hash table of the 64-bit halves) against _find (numpy's S16 search) on the same keys."""
+    import numpy as np
+
+    from kubenetmon.processors.k8s_attributes.vector import _find, _Lookup
+
+    rng = np.random.default_rng(seed)
+    v4_high = np.zeros(8, dtype=np.uint8)
+    highs = [v4_high] + [rng.integers(0, 256, 8, dtype=np.uint8) for _ in range(prefixes)]
+
+    def addresses(n: int) -> Any:
+        out = np.zeros((n, 16), dtype=np.uint8)
+        for i in range(n):
+            out[i, :8] = highs[int(rng.integers(0, len(highs)))]
+            if not out[i, :8].any():
+                out[i, 8:12] = (0, 0, 0xFF, 0xFF)
+                out[i, 12:] = rng.integers(0, 4, 4)  # a small space: many queries hit
+            else:
+                out[i, 8:] = rng.integers(0, 4, 8)
+        return out.view("S16").ravel()
+
+    keys = np.unique(addresses(n_keys))  # sorted, as the snapshot keeps them
+    queries = np.concatenate([addresses(200), keys[rng.integers(0, len(keys), 50)] if len(keys) else keys])
+    valid = rng.random(len(queries)) < 0.9
+    lookup = _Lookup(keys)
+    assert sorted(lookup.table[lookup.table >= 0].tolist()) == list(range(len(keys)))  # every key, once
+    pos, found = lookup.find(queries, valid)
+    want_pos, want_found = _find(keys, queries, valid)
+    assert (found == want_found).all()
+    assert (pos[found] == want_pos[want_found]).all()
