@@ -95,7 +95,7 @@ def test_permanent_error_drops_the_block_and_counts_it(db: Connection, make_expo
 
 def _start_child(dsn: str, queue_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.exporters.clickhouse.queue_child", dsn, str(queue_dir)],
+        [sys.executable, "-m", "tests.exporters.clickhouse.queue_child", dsn, str(queue_dir), str(T0_NS)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

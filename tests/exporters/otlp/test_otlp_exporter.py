@@ -22,6 +22,7 @@ from kubenetmon.otlp import decode_records_bytes
 from kubenetmon.receivers.otlp import OtlpReceiver
 from kubenetmon.testing import SinkConsumer, check_lifecycle, create_component
 from tests.otlp.otlp_testkit import (
+    T0,
     LoseAcknowledgements,
     RefusingConsumer,
     TLSFiles,
@@ -283,7 +284,7 @@ def test_kill_9_with_persistent_queue_then_restart_delivers_once(
     queue_dir = tmp_path / "queue"
     root = Path(__file__).resolve().parents[3]
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.exporters.otlp.otlp_queue_child", str(r.port), str(queue_dir), "7"],
+        [sys.executable, "-m", "tests.exporters.otlp.otlp_queue_child", str(r.port), str(queue_dir), "7", str(T0)],
         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
