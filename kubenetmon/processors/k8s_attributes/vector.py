@@ -85,15 +85,6 @@ def _column_keys(column: pa.Array | pa.ChunkedArray) -> tuple[Keys, Bool]:
     return data, valid
 
 
-def _find(keys: Keys, queries: Keys, valid: Bool) -> tuple[I64, Bool]:
-    """Position of each query in sorted ``keys`` and whether it is there."""
-    if len(keys) == 0:
-        return np.zeros(len(queries), dtype=np.int64), np.zeros(len(queries), dtype=bool)
-    pos = np.searchsorted(keys, queries)
-    found = valid & (keys[np.minimum(pos, len(keys) - 1)] == queries)
-    return pos, found
-
-
 def _halves(keys: Keys) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     """16-byte keys as their big-endian high and low 64-bit halves (the same order)."""
     octets = np.ascontiguousarray(keys).view(np.uint8).reshape(-1, 16)
@@ -103,15 +94,15 @@ def _halves(keys: Keys) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
 
 
 class _Lookup:
-    """Exact-match lookup of 16-byte keys, as :func:`_find` answers it, by a hash table of integers.
+    """Sorted 16-byte keys (:attr:`keys`) and their exact-match lookup by a hash table of integers.
 
     A binary search of ``S16`` strings costs ~180 ns per query among 50k pods
     (a cache miss per step); the lookups were most of attribution's cost per
     record. Here the keys' two 64-bit halves are hashed into an open-addressing
     table (linear probing, at most half full) built once per snapshot, and a
     batch's queries probe it round by round as vector operations: most settle
-    in the first round. ``pos`` is the key's index in the sorted keys, as
-    :func:`_find` gives it.
+    in the first round. :meth:`find` gives each query's position in the sorted
+    keys (of one of them, when keys repeat) and whether it is there.
     """
 
     _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the product's top bits are the slot
@@ -167,15 +158,12 @@ class _Lookup:
 class _Inventory:
     """One inventory's compiled lookup tables (entity ids are global to the snapshot)."""
 
-    pod_keys: Keys = field(default_factory=lambda: _NO_KEYS)
     pod_lookup: _Lookup = field(default_factory=lambda: _Lookup(_NO_KEYS))
     pod_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
-    hist_keys: Keys = field(default_factory=lambda: _NO_KEYS)
     hist_lookup: _Lookup = field(default_factory=lambda: _Lookup(_NO_KEYS))
     hist_since: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     hist_until: I64 = field(default_factory=lambda: np.empty(0, np.int64))
     hist_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
-    node_keys: Keys = field(default_factory=lambda: _NO_KEYS)
     node_lookup: _Lookup = field(default_factory=lambda: _Lookup(_NO_KEYS))
     node_ent: I32 = field(default_factory=lambda: np.empty(0, np.int32))
     node_names: frozenset[str] = frozenset()
@@ -222,15 +210,13 @@ class _Snapshot:
                 return e
 
             inv = _Inventory(node_names=node_names, zone_of=zone_of)
-            inv.pod_keys, inv.pod_ent = self._table([ip for ip, _ in pods], [entity(a) for _, a in pods])
-            inv.node_keys, inv.node_ent = self._table([ip for ip, _ in nodes], [entity(a) for _, a in nodes])
-            inv.pod_lookup, inv.node_lookup = _Lookup(inv.pod_keys), _Lookup(inv.node_keys)
+            inv.pod_lookup, inv.pod_ent = self._table([ip for ip, _ in pods], [entity(a) for _, a in pods])
+            inv.node_lookup, inv.node_ent = self._table([ip for ip, _ in nodes], [entity(a) for _, a in nodes])
             tenancies: list[tuple[str, Tenancy]] = [(ip, t) for ip, ts in retired for t in ts]
             if tenancies:
                 keys = _keys([ip for ip, _ in tenancies])
                 order = np.argsort(keys, kind="stable")
-                inv.hist_keys = keys[order]
-                inv.hist_lookup = _Lookup(inv.hist_keys)
+                inv.hist_lookup = _Lookup(keys[order])
                 inv.hist_since = np.array([t[0] for _, t in tenancies], dtype=np.int64)[order]
                 inv.hist_until = np.array([t[1] for _, t in tenancies], dtype=np.int64)[order]
                 inv.hist_ent = np.array([entity(t[2]) for _, t in tenancies], dtype=np.int32)[order]
@@ -254,10 +240,10 @@ class _Snapshot:
         self.ent_created = np.array(created, dtype=np.int64)
 
     @staticmethod
-    def _table(addresses: list[str], entities: list[int]) -> tuple[Keys, I32]:
+    def _table(addresses: list[str], entities: list[int]) -> tuple[_Lookup, I32]:
         keys = _keys(addresses)
         order = np.argsort(keys, kind="stable")
-        return keys[order], np.array(entities, dtype=np.int32)[order]
+        return _Lookup(keys[order]), np.array(entities, dtype=np.int32)[order]
 
 
 def _pick_with_history(  # noqa: PLR0917 - one vectorized step, its inputs
@@ -265,8 +251,9 @@ def _pick_with_history(  # noqa: PLR0917 - one vectorized step, its inputs
 ) -> I32:
     """For ``rows`` whose address has retired tenancies in ``inv``: the entity overlapping the record's
     interval most (ties: the newest), else the current holder — :func:`index.pick_tenant`, vectorized."""
-    lo = np.searchsorted(inv.hist_keys, queries[rows], side="left")
-    hi = np.searchsorted(inv.hist_keys, queries[rows], side="right")
+    hist_keys = inv.hist_lookup.keys
+    lo = np.searchsorted(hist_keys, queries[rows], side="left")
+    hi = np.searchsorted(hist_keys, queries[rows], side="right")
     counts = hi - lo
     s = start[rows]
     e = np.maximum(end[rows], s + 1)
@@ -350,7 +337,7 @@ class VectorAttributor:
             current = np.full(len(todo), -1, dtype=np.int32)
             pos, found = inv.pod_lookup.find(q, everywhere)
             current[found] = inv.pod_ent[pos[found]]
-            if len(inv.hist_keys):
+            if len(inv.hist_lookup.keys):
                 _, in_hist = inv.hist_lookup.find(q, everywhere)
                 rows = np.nonzero(in_hist)[0]
                 if len(rows):
@@ -364,7 +351,7 @@ class VectorAttributor:
         result = np.full(len(queries), -1, dtype=np.int32)
         todo = np.nonzero(valid)[0]
         for inv in snap.inventories:
-            if len(todo) == 0 or len(inv.node_keys) == 0:
+            if len(todo) == 0 or len(inv.node_lookup.keys) == 0:
                 continue
             pos, found = inv.node_lookup.find(queries[todo], np.ones(len(todo), dtype=bool))
             hit = todo[found]
