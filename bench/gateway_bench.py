@@ -539,7 +539,9 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
     env = {**os.environ, "PYTHONPATH": str(tree), "KUBENETMON_BENCH_PROBE": str(probe_out),
            "KUBENETMON_STATE_DIR": str(state)}  # whatever else the shipped config keeps (dedup journal)
     if not endpoint.startswith("chdb") and "KUBENETMON_BENCH_PANDAS" not in os.environ:
-        env["KUBENETMON_BENCH_NO_PANDAS"] = "1"  # a gateway writing to a server runs the image: no pandas
+        # A gateway writing to a server runs the image: no pandas (KUBENETMON_BENCH_PANDAS=1 keeps it, to see
+        # what it costs).
+        env["KUBENETMON_BENCH_NO_PANDAS"] = "1"
     with open(state / "gateway.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,
@@ -620,7 +622,7 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         warm = json.loads(Path(str(probe_out) + ".warm").read_text())
         final = json.loads(probe_out.read_text())
         run.stages = {k: v - warm["stats"].get(k, 0.0) for k, v in final["stats"].items()}
-        run.calls = {k: v - warm.get("calls", {}).get(k, 0) for k, v in final.get("calls", {}).items()}
+        run.calls = {k: v - warm["calls"].get(k, 0) for k, v in final["calls"].items()}
     return run
 
 
