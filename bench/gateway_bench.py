@@ -413,72 +413,91 @@ def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: i
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
 
 
-def otap_streams(requests: list[tuple[str, str, bytes, int]]) -> list[list[bytes]]:
-    """The same load as OTAP: one stream per agent, its BARs in order (what this tree's agents send).
+def otap_streams(*phases: list[tuple[str, str, bytes, int]]) -> list[list[list[bytes]]]:
+    """The same load as OTAP: per phase, per agent, its BARs in order (what this tree's agents send).
 
     The OTLP requests are decoded by this tree's receiver code into record batches and encoded by its OTAP
-    producer, so both feeds carry the same records under the same batch ids.
+    producer, so both feeds carry the same records under the same batch ids. An agent's BARs of every phase
+    come from one producer: they are one stream (see :class:`OtapAgents`).
     """
     from kubenetmon.otap import RecordsProducer
     from kubenetmon.otlp import decode_records_bytes
 
-    by_node: dict[str, list[bytes]] = {}
     producers: dict[str, Any] = {}
-    for node, batch_id, data, _ in requests:
-        result = decode_records_bytes(data)
-        producer = producers.setdefault(node, RecordsProducer("zstd"))
-        by_node.setdefault(node, []).append(
-            producer.encode(result.table, {"k8s.node.name": node}, {"kubenetmon-batch-id": batch_id})
-        )
-    return list(by_node.values())
+    out = []
+    for requests in phases:
+        by_node: dict[str, list[bytes]] = {node: [] for node in producers}
+        for node, batch_id, data, _ in requests:
+            result = decode_records_bytes(data)
+            producer = producers.setdefault(node, RecordsProducer("zstd"))
+            by_node.setdefault(node, []).append(
+                producer.encode(result.table, {"k8s.node.name": node}, {"kubenetmon-batch-id": batch_id})
+            )
+        out.append(list(by_node.values()))
+    return out
 
 
-def _send_otap(endpoint: str, streams: list[list[bytes]]) -> None:
-    import queue
+class OtapAgents:
+    """One ArrowMetrics stream per agent, open from the warm-up to the end of the measured pass.
 
-    import grpc
+    Agents keep a stream for ``arrow.max_stream_lifetime`` (300 s: 60 intervals of 5 s), so a gateway meets
+    a stream's first BAR (new IPC readers, a new string dictionary: ~1.6× the decode of a later one) once
+    in 60; the warm-up's BARs take that cost here, as a stream's first minutes do.
+    """
 
-    from kubenetmon.otap import ARROW_METRICS_METHOD, BatchStatus
+    def __init__(self, endpoint: str, agents: int) -> None:
+        import queue
 
-    errors: list[str] = []
+        import grpc
 
-    def agent(bars: list[bytes]) -> None:
-        channel = grpc.insecure_channel(endpoint)
-        call = channel.stream_stream(ARROW_METRICS_METHOD, request_serializer=None, response_deserializer=None)
-        outgoing: queue.Queue[bytes | None] = queue.Queue()
+        from kubenetmon.otap import ARROW_METRICS_METHOD
 
-        def requests() -> Iterator[bytes]:
-            while (item := outgoing.get()) is not None:
-                yield item
+        self._channels: list[Any] = []
+        self._outgoing: list[queue.Queue[bytes | None]] = []
+        self._responses: list[Iterator[bytes]] = []
+        for _ in range(agents):
+            channel = grpc.insecure_channel(endpoint)
+            call = channel.stream_stream(ARROW_METRICS_METHOD, request_serializer=None, response_deserializer=None)
+            outgoing: queue.Queue[bytes | None] = queue.Queue()
+            self._channels.append(channel)
+            self._outgoing.append(outgoing)
+            self._responses.append(call(iter(outgoing.get, None)))
 
-        responses = call(requests())
-        try:
-            for bar in bars:  # one BAR in flight per stream, as the exporter sends them
-                outgoing.put(bar)
-                status = BatchStatus.FromString(next(responses))
+    def send(self, streams: list[list[bytes]]) -> None:
+        """Every agent's BARs on its stream, the agents at once, one BAR in flight per stream."""
+        from kubenetmon.otap import BatchStatus
+
+        errors: list[str] = []
+
+        def agent(a: int) -> None:
+            for bar in streams[a]:  # one BAR in flight per stream, as the exporter sends them
+                self._outgoing[a].put(bar)
+                status = BatchStatus.FromString(next(self._responses[a]))
                 if status.status_code != 0:
                     errors.append(f"{status.status_code}: {status.status_message}")
-        finally:
-            outgoing.put(None)
-            channel.close()
 
-    threads = [threading.Thread(target=agent, args=(bars,)) for bars in streams]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} BARs refused, e.g. {errors[0]}")
+        threads = [threading.Thread(target=agent, args=(a,)) for a in range(len(streams))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(f"{len(errors)} BARs refused, e.g. {errors[0]}")
+
+    def close(self) -> None:
+        for outgoing in self._outgoing:
+            outgoing.put(None)
+        for channel in self._channels:
+            channel.close()
 
 
 Requests = list[tuple[str, str, bytes, int]]  # (node, batch id, OTLP request bytes, records)
 Warmup = tuple[Requests, list[list[bytes]] | None]  # the warm-up's requests, or its OTAP streams
 
 
-def warmup_load(requests: Requests, otap: bool) -> Warmup:
+def warmup_requests(requests: Requests) -> Requests:
     """The same requests under other batch ids (the gateway would take the same ids for re-sends)."""
-    renamed = [(node, f"warmup:{batch_id}", data, n) for node, batch_id, data, n in requests]
-    return renamed, otap_streams(renamed) if otap else None
+    return [(node, f"warmup:{batch_id}", data, n) for node, batch_id, data, n in requests]
 
 
 def run_gateway(tree: Path, work: Path, inv: Path, requests: Requests, *, records: int, label: str,
@@ -549,6 +568,7 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         )
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     run = Run(label, records)
+    agents: OtapAgents | None = None
     try:
         _wait_ready(f"http://127.0.0.1:{health_port}/ready", proc)
         time.sleep(1.0)
@@ -557,7 +577,8 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         warm_requests, warm_otap = warmup
         warm_t0 = time.monotonic()
         if warm_otap is not None:
-            _send_otap(f"127.0.0.1:{grpc_port}", warm_otap)
+            agents = OtapAgents(f"127.0.0.1:{grpc_port}", len(warm_otap))
+            agents.send(warm_otap)
         else:
             _send(f"127.0.0.1:{grpc_port}", warm_requests)
         _drain(metrics, 0.0)
@@ -585,8 +606,9 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
             )
             time.sleep(1.0)
         t0 = time.monotonic()
-        if otap is not None:
-            _send_otap(f"127.0.0.1:{grpc_port}", otap)
+        if agents is not None:
+            assert otap is not None
+            agents.send(otap)
         else:
             _send(f"127.0.0.1:{grpc_port}", requests)
         _drain(metrics, warm_sent)
@@ -612,6 +634,8 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         status = Path(f"/proc/{proc.pid}/status").read_text()
         run.peak_rss_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
     finally:
+        if agents is not None:
+            agents.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=120)
@@ -749,8 +773,9 @@ def main() -> int:
             sub.mkdir()
             inv, requests, records = make_load(ref or ROOT, sub, pods, nodes, agents=args.agents,
                                                connections=args.connections, rounds=args.rounds, seed=pods)
-            bars = otap_streams(requests)
-            warm_otlp, warm_otap = warmup_load(requests, otap=False), warmup_load(requests, otap=True)
+            warm = warmup_requests(requests)
+            warm_bars, bars = otap_streams(warm, requests)
+            warm_otlp, warm_otap = (warm, None), (warm, warm_bars)
             for clickhouse in args.clickhouse.split(","):
                 runs = [run_gateway(ROOT, sub, inv, requests, records=records, label="this checkout, OTAP",
                                     clickhouse=clickhouse, otap=bars, warmup=warm_otap)]
