@@ -4,15 +4,8 @@ The public API for plugin authors is re-exported here; everything else is
 internal and may change.
 """
 
-import os as _os
-
-# Arrow's allocator, chosen before pyarrow is first imported (it reads this once; an operator's own
-# setting wins). Its default, mimalloc, keeps a heap per thread: here batches are built on the gRPC
-# threads and freed on the exporter's, and the gateway bench (10k pods, OTAP, 25 agents) measured
-# 11.7 µs CPU per record and 908 MB peak with it against 6.6 µs and 530 MB with the system
-# allocator (jemalloc: 7.6 µs, 559 MB). docs/benchmarks.md, gateway section.
-_os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-
+# First: the allocators' settings, before numpy and pyarrow load (kubenetmon/_process.py).
+from kubenetmon import _process  # noqa: F401
 from kubenetmon.component import (
     BaseComponent,
     ComponentConfig,

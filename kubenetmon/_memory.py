@@ -17,8 +17,6 @@ import ctypes
 import os
 from collections.abc import Callable
 
-import pyarrow as pa
-
 __all__ = ["LARGE_ROWS", "limit_malloc_arenas", "mmap_large_blocks", "release_free_memory"]
 
 #: Rows (dump entries, records of a block) from which the temporaries are worth returning: below it they
@@ -41,6 +39,8 @@ _TRIM = _malloc_trim()
 
 def release_free_memory() -> None:
     """Return the free pages of every malloc arena and of Arrow's default pool to the kernel."""
+    import pyarrow as pa  # here: kubenetmon imports this module before pyarrow (see limit_malloc_arenas)
+
     if _TRIM is not None:
         _TRIM(0)
     pa.default_memory_pool().release_unused()
@@ -49,14 +49,23 @@ def release_free_memory() -> None:
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
+def limit_malloc_arenas(arenas: int = 1) -> bool:
     """Cap glibc's malloc arenas (unless the operator set ``MALLOC_ARENA_MAX``); call before threads start.
 
     glibc gives each thread that meets a locked arena one of its own, up to 8
     per core, and each keeps what was freed in it: the gateway builds batches
     on dozens of gRPC threads. Measured in bench/gateway_bench.py (10k pods,
     OTAP, 25 agents): peak RSS 530 → 422 MB with 2 arenas, CPU per record
-    unchanged (6.6 → 6.0 µs, within noise). True when the cap was set.
+    unchanged (6.6 → 6.0 µs, within noise). One arena (the heavy work takes
+    turns anyway: ``kubenetmon.compute``), 50k pods over HTTP: peak RSS 514,
+    521, 532 MB with 2 → 427, 426 with 1; CPU per 10k records 62–64 → 60 ms
+    (a peak is the sum of each arena's own high-water mark: what one thread
+    freed in its arena served nothing on another). True when the cap was set.
+
+    ``import kubenetmon`` calls it first thing: a cap only binds threads that
+    malloc for the first time after it, and importing numpy or pyarrow starts
+    threads (OpenBLAS, jemalloc's) that took an arena of their own before
+    ``kubenetmon run`` could set it — the cap then held at 2, whatever it said.
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False

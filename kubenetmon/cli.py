@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 from kubenetmon import __version__
-from kubenetmon._memory import limit_malloc_arenas
 from kubenetmon.config import expand_env, load_files, validate
 from kubenetmon.errors import ComponentStartError, ConfigError, PluginError
 from kubenetmon.plugins import ComponentRegistry, build_plugin_manager, load_components
@@ -95,7 +94,6 @@ def _cmd_run(args: argparse.Namespace, registry: ComponentRegistry) -> int:
 
     config, _ = _load(args.config, registry)
     gc.set_threshold(*GC_THRESHOLDS)
-    limit_malloc_arenas()  # before the components start their threads
     logs = config.service.telemetry.logs
     configure_logging(args.log_level or logs.level, logs.encoding)
     service = Service(config, registry)

@@ -29,3 +29,29 @@ def test_malloc_arenas_are_capped_unless_the_operator_chose() -> None:
     env["MALLOC_ARENA_MAX"] = "4"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+ARENAS = """
+import ctypes, sys, threading
+import kubenetmon.cli  # what `kubenetmon run` imports: numpy and pyarrow start threads of their own
+def work():
+    blocks = [bytearray(100_000) for _ in range(20)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sys.stdout.flush()
+ctypes.CDLL(None).malloc_stats()  # glibc: one "Arena n:" section per arena, on stderr
+"""
+
+
+def test_one_malloc_arena_for_every_thread_after_import() -> None:
+    """The cap binds threads that allocate after it: importing kubenetmon sets it before numpy and pyarrow
+    start theirs (set in ``kubenetmon run`` instead, it held at 2: the bench's peak RSS showed it)."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    run = subprocess.run([sys.executable, "-c", ARENAS], env=env, capture_output=True, text=True, check=True)
+    assert run.stderr.count("Arena ") == 1, run.stderr
+    env["MALLOC_ARENA_MAX"] = "4"  # the operator's choice stands
+    run = subprocess.run([sys.executable, "-c", ARENAS], env=env, capture_output=True, text=True, check=True)
+    assert run.stderr.count("Arena ") > 1, run.stderr
