@@ -170,6 +170,9 @@ def _load(path: str | Path, parser: ObjectParser) -> Inventory:
             raise InventoryError(f"static inventory {path}: items[{i}] has kind {_short(kind)}; "
                                  "only Pod, Node and ReplicaSet are understood")
         sections[kinds[kind]].append((f"items[{i}]", item))
+    # From here the entries are only in ``sections``, each dropped once parsed (``_parse_each``): the parsed
+    # objects reuse its memory instead of adding to the whole document's.
+    del doc
 
     def replicaset(entry: dict[str, Any], where: str) -> tuple[str, tuple[str, str] | None]:
         rs = entry
@@ -190,7 +193,8 @@ def _parse_each(
 ) -> list[T]:
     """Parse every entry of one inventory section; errors name the file, the entry and what is wrong."""
     parsed: list[T] = []
-    for place, entry in entries:
+    for i, (place, entry) in enumerate(entries):
+        entries[i] = (place, None)
         where = f"static inventory {path}: {place}"
         if not isinstance(entry, dict):
             raise InventoryError(f"{where}: expected a mapping, got {_short(entry)}")
