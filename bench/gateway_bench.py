@@ -282,7 +282,7 @@ if os.environ.get("KUBENETMON_BENCH_MEMORY"):  # a memory timeline: RSS, Arrow's
             memory.append((round(time.time(), 2), int(status.split("VmRSS:")[1].split()[0]) // 1024,
                            pyarrow.total_allocated_bytes() >> 20, sys.getallocatedblocks(),
                            (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20, round(time.process_time(), 3)))
-            time.sleep(0.25)
+            time.sleep(float(os.environ['KUBENETMON_BENCH_MEMORY']) if os.environ['KUBENETMON_BENCH_MEMORY'] != '1' else 0.25)
     threading.Thread(target=sample, daemon=True).start()
 def dump():
     json.dump({"stats": stats, "calls": calls, "found": found, "memory": memory}, open(out_path, "w"))
