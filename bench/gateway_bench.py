@@ -240,9 +240,11 @@ def wrap(name, fn):
             stack = local.stack = []
         stack.append(0.0)
         t0 = time.thread_time()
+        active[name] = active.get(name, 0) + 1
         try:
             return fn(*args, **kwargs)
         finally:
+            active[name] -= 1
             spent = time.thread_time() - t0
             nested = stack.pop()
             if stack:
@@ -250,6 +252,7 @@ def wrap(name, fn):
             stats[name] = stats.get(name, 0.0) + spent - nested
             calls[name] = calls.get(name, 0) + 1
     return timed
+active = {}  # stage -> calls in progress (the memory timeline shows them)
 found = []
 for name, module, cls, meth in STAGES:
     try:
@@ -281,7 +284,8 @@ if os.environ.get("KUBENETMON_BENCH_MEMORY"):  # a memory timeline: RSS, Arrow's
             mi = mallinfo2()
             memory.append((round(time.time(), 2), int(status.split("VmRSS:")[1].split()[0]) // 1024,
                            pyarrow.total_allocated_bytes() >> 20, sys.getallocatedblocks(),
-                           (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20, round(time.process_time(), 3)))
+                           (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20, round(time.process_time(), 3),
+                           "+".join(k for k, v in active.items() if v)))
             time.sleep(float(os.environ['KUBENETMON_BENCH_MEMORY']) if os.environ['KUBENETMON_BENCH_MEMORY'] != '1' else 0.25)
     threading.Thread(target=sample, daemon=True).start()
 def dump():
