@@ -194,8 +194,9 @@ def make_load(tree: Path, work: Path, pods: int, nodes: int, *, agents: int, con
         spec["agents"][f"node-{node}"] = rounds_spec
     spec_path, out_path = work / "load.json", work / "load.pickle"
     spec_path.write_text(json.dumps(spec))
+    # cwd=tree: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH.
     subprocess.run([sys.executable, "-c", GENERATE, str(spec_path), str(out_path)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(tree)})
+                   env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
     import pickle
 
     requests = pickle.loads(out_path.read_bytes())
@@ -220,6 +221,9 @@ if os.environ.get("KUBENETMON_BENCH_NO_PANDAS"):
                 raise ModuleNotFoundError(f"No module named {name!r}", name=name)
             return None
     sys.meta_path.insert(0, NotInstalled())
+import kubenetmon  # the tree under test, or the bench measures the wrong code
+if not os.path.abspath(kubenetmon.__file__).startswith(os.path.abspath(os.environ["PYTHONPATH"]) + os.sep):
+    sys.exit(f"the probe imported {kubenetmon.__file__}, not the tree under test {os.environ['PYTHONPATH']}")
 stats = {}
 calls = {}  # per stage: how many batches it was handed (records per batch: what per-batch costs divide by)
 local = threading.local()
@@ -286,7 +290,8 @@ if os.environ.get("KUBENETMON_BENCH_MEMORY"):  # a memory timeline: RSS, Arrow's
                            pyarrow.total_allocated_bytes() >> 20, sys.getallocatedblocks(),
                            (mi.uordblks + mi.hblkhd) >> 20, mi.fordblks >> 20, round(time.process_time(), 3),
                            "+".join(k for k, v in active.items() if v)))
-            time.sleep(float(os.environ['KUBENETMON_BENCH_MEMORY']) if os.environ['KUBENETMON_BENCH_MEMORY'] != '1' else 0.25)
+            every = os.environ["KUBENETMON_BENCH_MEMORY"]
+            time.sleep(float(every) if every != "1" else 0.25)
     threading.Thread(target=sample, daemon=True).start()
 def dump():
     json.dump({"stats": stats, "calls": calls, "found": found, "memory": memory}, open(out_path, "w"))
@@ -405,6 +410,8 @@ def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: i
                         errors.append(f"{exc.code()}: {exc.details()}")
                         break
                     time.sleep(0.2)
+            else:
+                errors.append(f"{batch_id}: refused 100 times (UNAVAILABLE / RESOURCE_EXHAUSTED)")
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
     for t in threads:
@@ -532,18 +539,20 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
                  endpoint: str, otap: list[list[bytes]] | None, warmup: Warmup) -> Run:
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
     overlay = state / "overlay.yaml"
+    merge = {  # only when set: the reference's config has no merge section
+        **({"max_records": int(os.environ["KUBENETMON_BENCH_MERGE"])} if "KUBENETMON_BENCH_MERGE" in os.environ
+           else {}),
+        **({"linger": float(os.environ["KUBENETMON_BENCH_LINGER"])} if "KUBENETMON_BENCH_LINGER" in os.environ
+           else {}),
+    }
+    merge = {"merge": merge} if merge else {}
     overlay.write_text(json.dumps({
         "receivers": {"otlp": {"grpc": {
             "endpoint": f"127.0.0.1:{grpc_port}",
             # For experiments only: the shipped default unless the variable is set.
             **({"workers": int(os.environ["KUBENETMON_BENCH_WORKERS"])} if "KUBENETMON_BENCH_WORKERS" in os.environ
                else {}),
-        }, "merge": {
-            **({"max_records": int(os.environ["KUBENETMON_BENCH_MERGE"])} if "KUBENETMON_BENCH_MERGE" in os.environ
-               else {}),
-            **({"linger": float(os.environ["KUBENETMON_BENCH_LINGER"])} if "KUBENETMON_BENCH_LINGER" in os.environ
-               else {}),
-        }}},
+        }, **merge}},
         "processors": {
             "k8s_attributes": {"source": "static", "static": {"path": str(inv)}, "node_flows": "keep"},
             "cloud_prefix": {"files_dir": str(RANGES), "cache_dir": str(state / "ranges"), "offline": True},
@@ -569,6 +578,9 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
         proc = subprocess.Popen(
             [sys.executable, "-c", PROBE, str(tree / "config" / "gateway.yaml"), str(overlay)], env=env,
             stdout=subprocess.DEVNULL, stderr=log,
+            # ``python -c`` puts the working directory first on sys.path, before PYTHONPATH: run in the tree,
+            # or every tree runs the bench's checkout (as the reference did until 2026-12-06).
+            cwd=tree,
         )
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     run = Run(label, records)
@@ -681,7 +693,7 @@ def _query(tree: Path, path: Path, sql: str) -> list[Any]:
             "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
             "print(json.dumps([list(r) for r in c.query(sys.argv[2]).result_rows], default=str))\n")
     out = subprocess.run([sys.executable, "-c", code, str(path), sql], check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(tree)})
+                         env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -738,12 +750,22 @@ def report(size: str, runs: list[Run]) -> list[str]:
     lines.append("| records per batch: attribution / mapping (what per-batch costs divide by) | " + " | ".join(
         "/".join(f"{r.records / r.calls[k]:,.0f}" if r.calls.get(k) else "n/a" for k in ("attribution", "mapping"))
         for r in runs) + " |")
+    lines.append("| data points accepted by the receiver in the measured pass | " + " | ".join(
+        f"{r.accepted_points:,.0f}" for r in runs) + " |")
     lines.append("| wall time to drain (s) | " + " | ".join(f"{r.wall:.1f}" for r in runs) + " |")
     lines.append("| idle gateway CPU (ms per s; × wall time subtracted from the process rows) | " + " | ".join(
         f"{r.idle_cpu_per_s * 1e3:.1f}" for r in runs) + " |")
     same = all(r.stored == runs[0].stored for r in runs)
     lines += ["", f"Stored totals (direction, class, cloud service → rows, bytes, packets) "
                   f"{'identical in every run' if same else 'DIFFER between runs'}."]
+    if not same:  # the groups that differ, per run
+        groups = sorted({tuple(row[:3]) for r in runs for row in r.stored})
+        lines += ["", "| direction, class, cloud service | " + " | ".join(r.tree for r in runs) + " |",
+                  "|---|" + "---|" * len(runs)]
+        for g in groups:
+            cells = [next((" / ".join(row[3:]) for row in r.stored if tuple(row[:3]) == g), "—") for r in runs]
+            if len(set(cells)) > 1:
+                lines.append(f"| {', '.join(g)} | " + " | ".join(cells) + " |")
     return lines
 
 
