@@ -72,6 +72,31 @@ def test_rows_go_in_over_http_with_every_compression(ch: ClickHouseHTTP, make_ex
     assert all(stats["insert_tokens"]), "every insert carries insert_deduplication_token in the URL"
 
 
+@pytest.mark.parametrize("encoding", ["lz4", "zstd", "gzip"])
+def test_the_server_reads_every_compressed_frame_of_a_body(ch: ClickHouseHTTP, encoding: str) -> None:
+    """A client may compress a streamed insert chunk by chunk (clickhouse-connect's Native inserts do): a
+    server reads all the frames, and so must this stand-in, or it loses rows without an error."""
+    import gzip
+
+    import lz4.frame
+
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[import-not-found,no-redef]
+
+    compress = {"lz4": lz4.frame.compress, "zstd": zstd.compress, "gzip": gzip.compress}[encoding]
+    ch.query("CREATE TABLE IF NOT EXISTS default.frames (x UInt32) ENGINE = MergeTree ORDER BY x")
+    body = compress(b"1\n2\n") + compress(b"3\n") + compress(b"4\n")
+    query = urllib.parse.quote("INSERT INTO default.frames FORMAT TSV")
+    request = urllib.request.Request(f"{ch.url}/?query={query}", data=body, method="POST", headers={
+        "Content-Encoding": encoding,
+        "Authorization": "Basic " + base64.b64encode(f"default:{PASSWORD}".encode()).decode(),
+    })
+    urllib.request.urlopen(request, timeout=30).read()
+    assert ch.query("SELECT count(), sum(x) FROM default.frames") == [[4, 10]]
+
+
 def test_5xx_answers_are_retried_and_the_block_stored_once(ch: ClickHouseHTTP, make_exporter: Any) -> None:
     ch.fault("status", count=4, match="INSERT", status=503, code=202, message="Too many simultaneous queries")
     ch.fault("status", count=2, match="INSERT", status=500, code=252, message="Too many parts (TOO_MANY_PARTS)")
