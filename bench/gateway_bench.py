@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +386,15 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -
     raise RuntimeError("the gateway did not become ready")
 
 
+def _at_once(work: Callable[[int], None], n: int) -> None:
+    """``work(0)`` … ``work(n - 1)``, each on a thread of its own, all at once; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: int = 4) -> None:
     import grpc
 
@@ -413,11 +422,7 @@ def _send(endpoint: str, requests: list[tuple[str, str, bytes, int]], workers: i
             else:
                 errors.append(f"{batch_id}: refused 100 times (UNAVAILABLE / RESOURCE_EXHAUSTED)")
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _at_once(worker, workers)
     for c in channels:
         c.close()
     if errors:
@@ -487,11 +492,7 @@ class OtapAgents:
                 if status.status_code != 0:
                     errors.append(f"{status.status_code}: {status.status_message}")
 
-        threads = [threading.Thread(target=agent, args=(a,)) for a in range(len(streams))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(agent, len(streams))
         if errors:
             raise RuntimeError(f"{len(errors)} BARs refused, e.g. {errors[0]}")
 
@@ -539,13 +540,13 @@ def _run_gateway(tree: Path, work: Path, state: Path, inv: Path, requests: Reque
                  endpoint: str, otap: list[list[bytes]] | None, warmup: Warmup) -> Run:
     grpc_port, metrics_port, health_port = _free_port(), _free_port(), _free_port()
     overlay = state / "overlay.yaml"
-    merge = {  # only when set: the reference's config has no merge section
+    merge_settings = {
         **({"max_records": int(os.environ["KUBENETMON_BENCH_MERGE"])} if "KUBENETMON_BENCH_MERGE" in os.environ
            else {}),
         **({"linger": float(os.environ["KUBENETMON_BENCH_LINGER"])} if "KUBENETMON_BENCH_LINGER" in os.environ
            else {}),
     }
-    merge = {"merge": merge} if merge else {}
+    merge = {"merge": merge_settings} if merge_settings else {}  # only when set: the reference has no merge
     overlay.write_text(json.dumps({
         "receivers": {"otlp": {"grpc": {
             "endpoint": f"127.0.0.1:{grpc_port}",
