@@ -67,15 +67,18 @@ def test_stalled_calls_from_one_client_leave_room_for_a_valid_agent(
     attacker = stallers(r.port)
     streams = [attacker.open() for _ in range(20)]
     # Beyond its 4 slots the stalling client is refused at once, without waiting for its body.
+    # Which 4 of the 20 hold the slots is not fixed: the server's threads admit the
+    # calls in whatever order they are scheduled.
     assert attacker.wait_ended(16, timeout=5), attacker.ended
-    assert set(streams[4:]) <= attacker.ended
+    stalled = set(streams) - attacker.ended
+    assert len(stalled) == 4, stalled
     assert outcome(r, "too_many_from_peer") == 16
     # A valid agent (another address) still gets through while the 4 stay stalled.
     with caplog.at_level(logging.WARNING):
         response = agent_export(r.port)
     assert response.partial_success.rejected_data_points == 0
     assert len(sink.batches) == 1
-    assert not set(streams[:4]) & attacker.ended
+    assert not stalled & attacker.ended
 
 
 def test_a_stalled_call_is_cancelled_after_the_read_timeout_and_frees_its_slot(
