@@ -113,6 +113,48 @@ def test_aggregation_sums_equal_keys_and_can_be_turned_off() -> None:
     assert (off.rows, off.aggregated_away) == (3, 0)
 
 
+def test_aggregation_matches_summing_row_by_row_over_many_keys() -> None:
+    # 3,000 flows over ~600 keys that differ in one field or several (ports, addresses, pods, buckets,
+    # flags), met in a shuffled order: one row per key, in the order each key is first met, with exact sums.
+    import random
+
+    rng = random.Random(7)
+    flows = []
+    for _ in range(3000):
+        local = Endpoint(address=f"10.0.{rng.randrange(3)}.{rng.randrange(4)}", port=rng.choice((443, 8080)),
+                         pod=rng.choice(("api-1", "api-2", "")), namespace="shop")
+        remote = Endpoint(address=f"10.1.0.{rng.randrange(5)}", port=rng.choice((0, 41000, 65535)))
+        flows.append(make_flow(rng.choice(("out", "in")), nbytes=rng.randrange(2**40), packets=rng.randrange(9),
+                               end_ns=T0_NS + rng.choice((30, 90)) * SECOND, local=local, remote=remote,
+                               connection_flags={"nat": True} if rng.random() < 0.1 else {}))
+    rows = mapper().prepare(flows).to_rows()
+    expected: dict[tuple[object, ...], list[int]] = {}
+    for row in mapper(aggregate=False).prepare(flows).to_rows():
+        key = tuple((k, str(v)) for k, v in row.items() if k not in ("bytes", "packets"))
+        sums = expected.setdefault(key, [0, 0])
+        sums[0] += row["bytes"]
+        sums[1] += row["packets"]
+    assert 300 < len(expected) < 3000
+    got = [(tuple((k, str(v)) for k, v in r.items() if k not in ("bytes", "packets")), [r["bytes"], r["packets"]])
+           for r in rows]
+    assert got == list(expected.items())
+
+
+def test_mapping_does_not_load_arrow_dataset_libraries() -> None:
+    # Table.group_by would load pyarrow.acero, and with it pyarrow.dataset, Parquet and the cloud
+    # filesystems: ~15 MB of RSS in every gateway for nothing it uses.
+    code = (
+        "import sys\n"
+        "from tests.exporters.clickhouse.clickhouse_testkit import IDENTITY, make_flow\n"
+        "from kubenetmon.exporters.clickhouse.rows import RowMapper\n"
+        "RowMapper(IDENTITY).prepare([make_flow('out'), make_flow('out'), make_flow('in')])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('pyarrow.acero', 'pyarrow.dataset'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).parents[3]).stdout
+    assert out.strip() == "[]"
+
+
 def test_mapping_is_deterministic_so_retries_send_identical_blocks() -> None:
     flows = [make_flow(d, nbytes=i) for i in range(50) for d in ("out", "in")]
     assert mapper().prepare(flows).to_rows() == mapper().prepare(flows).to_rows()
