@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kubenetmon.flows import (
     ADDRESS,
@@ -53,6 +54,9 @@ from kubenetmon.processors.k8s_attributes.decision import UNKNOWN_CLUSTER, Batch
 from kubenetmon.processors.k8s_attributes.index import Attrs, ClusterIndex, Tenancy
 
 __all__ = ["VectorAttributor"]
+
+# Texts a snapshot remembers beyond its node names, zones and clusters (see _Snapshot.string_id).
+_MAX_LOOKED_UP = 4096
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -234,10 +238,37 @@ class _Snapshot:
         n = len(rows)
         self.ent = {f: indices[len(head) + i * n: len(head) + (i + 1) * n] for i, f in enumerate(_ENTITY_FIELDS)}
         self.dictionary: pa.Array = encoded.dictionary
-        self.strings: list[str] = self.dictionary.to_pylist()
-        self._ids: dict[str, int] = {value: i for i, value in enumerate(self.strings)}
+        # The ids a batch looks up by text (its observers' node names and zones, the cluster names),
+        # found up front; any other text is searched for once (:meth:`string_id`). Not a dict of every
+        # string (pod names…): a Python str and a dict slot per pod, ~7 MB at 50k pods.
+        wanted = set(head)
+        for inv in self.inventories:
+            wanted |= inv.node_names
+            wanted.update(inv.zone_of)
+            wanted.update(inv.zone_of.values())
+        texts = sorted(wanted)
+        found = pc.index_in(pa.array(texts, pa.utf8()), value_set=self.dictionary).to_pylist()
+        self._ids: dict[str, int | None] = dict(zip(texts, found, strict=True))
+        self._bound = len(self._ids) + _MAX_LOOKED_UP
         self.ent_cluster = np.array(cluster_ord, dtype=np.int32)
         self.ent_created = np.array(created, dtype=np.int64)
+
+    def string_id(self, text: str) -> int | None:
+        """The id of ``text`` in :attr:`dictionary`, None when absent.
+
+        A text not found up front is searched for (one scan) and remembered,
+        up to :data:`_MAX_LOOKED_UP` of them per snapshot: an agent may name
+        itself anything, and one that names itself anew each time must not
+        grow the snapshot.
+        """
+        try:
+            return self._ids[text]
+        except KeyError:
+            where = pc.index(self.dictionary, text).as_py()
+            found = where if where >= 0 else None
+            if len(self._ids) < self._bound:
+                self._ids[text] = found
+            return found
 
     @staticmethod
     def _table(addresses: list[str], entities: list[int]) -> tuple[_Lookup, I32]:
@@ -386,11 +417,11 @@ class VectorAttributor:
         extra_ids: dict[str, int] = {}
 
         def string_id(value: str) -> int:
-            found = snap._ids.get(value)
+            found = snap.string_id(value)
             if found is None:
                 found = extra_ids.get(value)
                 if found is None:
-                    found = extra_ids[value] = len(snap.strings) + len(extra)
+                    found = extra_ids[value] = len(snap.dictionary) + len(extra)
                     extra.append(value)
             return found
 
@@ -403,8 +434,8 @@ class VectorAttributor:
                 if len(snap.inventories) > 1 and name not in snap.inventories[0].node_names:
                     ordinal = next((k for k, inv in enumerate(snap.inventories) if name in inv.node_names), 0)
                 zone = snap.inventories[ordinal].zone_of.get(name, "")
-                hit = (string_id(name), string_id(zone), ordinal, snap._ids[snap.cluster_names[ordinal]])
-                if name in snap._ids and zone in snap._ids:  # only what needs no per-batch string
+                hit = (string_id(name), string_id(zone), ordinal, string_id(snap.cluster_names[ordinal]))
+                if snap.string_id(name) is not None and snap.string_id(zone) is not None:  # no per-batch string
                     cache[name] = hit
             obs_node[i], obs_zone[i], obs_cluster[i], obs_cluster_name[i] = hit
         obs_idx = observer.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -481,7 +512,7 @@ class VectorAttributor:
             ids[f"local_{f}"] = local
             ids[f"remote_{f}"] = column[ra2]
         # One dictionary for every string column of the batch: the compiled strings the batch uses.
-        used = np.zeros(len(snap.strings) + len(extra), dtype=bool)
+        used = np.zeros(len(snap.dictionary) + len(extra), dtype=bool)
         used[_EMPTY] = True
         for values in ids.values():
             used[values] = True

@@ -207,3 +207,25 @@ def test_the_integer_lookup_finds_what_the_string_search_finds(seed: int, prefix
     want_pos, want_found = searched(keys, queries, valid)
     assert (found == want_found).all()
     assert (pos[found] == want_pos[want_found]).all()
+
+
+def test_observers_outside_the_node_list_get_one_string_each_and_leave_the_snapshot_bounded() -> None:
+    # An agent may name itself anything: a pod's name ("web", a string the compiled inventory holds
+    # but not as a node) or names no inventory has. Each is one dictionary value of the batch, and a
+    # flood of new names does not grow the compiled snapshot without bound.
+    parser = ObjectParser()
+    index = ClusterIndex()
+    index.replace_nodes([parser.node(make_node("node-a", internal_ips=["10.0.0.1"], zone="za"))])
+    index.replace_pods([parser.pod(make_pod("web", node="node-a", ip="10.1.0.5"))])
+    engine = VectorAttributor(index, cluster="east")
+    observers = ["web", "node-a", *(f"ghost-{i}" for i in range(6000)), "web"]
+    records = [ConntrackRecord(o, "tcp", "ipv4", "10.1.0.5", 1, "198.51.100.1", 2, "198.51.100.1", 2, "10.1.0.5",
+                               1, 1, 1, 1, 1) for o in observers]
+    table, _ = engine.attribute_table(FlowBatch(records).record_table())
+    for name in ("observer", "local_node", "local_pod", "local_availability_zone"):
+        dictionary = table.column(name).dictionary.to_pylist()
+        assert len(dictionary) == len(set(dictionary)), name
+    assert table.column("observer").to_pylist()[::2] == observers
+    assert table.column("local_availability_zone").to_pylist()[2:4] == ["za", "za"]
+    snapshot = engine.snapshot()
+    assert len(snapshot._ids) <= 5000  # node names, zones, clusters, and at most 4096 looked-up texts
