@@ -13,12 +13,21 @@ the gateway's memory bound. Here:
   int, quoted text a string), anchors and aliases, and merge keys; no node
   tree is kept. Nesting is bounded by :data:`MAX_DEPTH`, without recursion.
 
+With ``convert``, each item of a list under a top-level key (``pods:``,
+``nodes:``…) is handed over as soon as it is complete and only what
+``convert`` returns is kept in the list: the whole document never exists at
+once. It matters beyond the peak: objects kept from a document parsed whole
+sit among the freed ones (pymalloc frees an arena only when all of it is
+free): a 50k-pod inventory left 66 MB of RSS for 30 MB of kept objects,
+26-30 MB when its items are converted as they come.
+
 Errors are ``yaml.YAMLError`` (with the position), as from ``safe_load``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -34,7 +43,11 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
-__all__ = ["MAX_DEPTH", "load_text"]
+__all__ = ["MAX_DEPTH", "Convert", "load_text"]
+
+#: ``convert(key, position, item)``: what to keep for the item at ``position`` of the list under
+#: top-level ``key``.
+Convert = Callable[[Any, int, Any], Any]
 
 MAX_DEPTH = 64  # an inventory nests ~6 levels (a pod's metadata.ownerReferences[].name)
 
@@ -49,20 +62,34 @@ def _error(message: str, event: Any) -> ConstructorError:
     return ConstructorError(None, None, message, event.start_mark)
 
 
-def load_text(text: str) -> Any:
-    """The document in ``text`` (None when it holds none); JSON or YAML."""
+def load_text(text: str, convert: Convert | None = None) -> Any:
+    """The document in ``text`` (None when it holds none); JSON or YAML.
+
+    ``convert``: called for each item of a list under a top-level key (of a
+    mapping), in order; the list keeps what it returns. JSON is parsed whole
+    first (the stdlib parser has no events), then its items converted.
+    """
     if text.lstrip()[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            doc = json.loads(text)
         except ValueError:
             pass  # YAML flow style, or not valid at all: the YAML parser says which
-    return _load_yaml(text)
+        else:
+            if convert is not None and isinstance(doc, dict):
+                for key, value in doc.items():
+                    if isinstance(value, list):
+                        for i, item in enumerate(value):
+                            value[i] = None  # each item freed once converted
+                            value[i] = convert(key, i, item)
+            return doc
+    return _load_yaml(text, convert)
 
 
 class _Builder:
     """Objects from events: one open container per nesting level."""
 
-    def __init__(self) -> None:
+    def __init__(self, convert: Convert | None = None) -> None:
+        self.convert = convert
         self.resolver = Resolver()
         self.constructor = SafeConstructor()
         self.anchors: dict[str, Any] = {}
@@ -96,6 +123,8 @@ class _Builder:
             return
         container, key, merges = self.stack[-1]
         if isinstance(container, list):
+            if self.convert is not None and len(self.stack) == 2 and isinstance(self.stack[0][0], dict):
+                value = self.convert(self.stack[0][1][0], len(container), value)  # the key awaiting this list
             container.append(value)
         elif key[0] is _NoKey:
             key[0] = value
@@ -136,8 +165,8 @@ class _MergeKey:
     """The ``<<`` key."""
 
 
-def _load_yaml(text: str) -> Any:
-    builder = _Builder()
+def _load_yaml(text: str, convert: Convert | None = None) -> Any:
+    builder = _Builder(convert)
     documents = 0
     event: Any
     for event in yaml.parse(text, Loader=_Loader):

@@ -141,8 +141,44 @@ def _load(path: str | Path, parser: ObjectParser) -> Inventory:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InventoryError(f"static inventory {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    del raw
+
+    def replicaset(entry: dict[str, Any], where: str) -> tuple[str, tuple[str, str] | None]:
+        rs = entry
+        if "metadata" not in entry:
+            _check_short(entry, _RS_KEYS, where)
+            rs = {"metadata": {"name": entry["name"], "namespace": entry.get("namespace") or "default",
+                               "ownerReferences": _owner_refs(entry, where)}}
+        return parser.replicaset(rs)
+
+    pods: list[PodInfo] = []
+    nodes: list[NodeInfo] = []
+    replicasets: list[tuple[str, tuple[str, str] | None]] = []
+    sections: dict[str, tuple[str, list[Any], Callable[[dict[str, Any], str], Any]]] = {
+        "pods": ("pod", pods, lambda e, w: parser.pod(_pod_object(e, w))),
+        "nodes": ("node", nodes, lambda e, w: parser.node(_node_object(e, w))),
+        "replicasets": ("replicaset", replicasets, replicaset),
+    }
+    kinds = {"Pod": "pods", "Node": "nodes", "ReplicaSet": "replicasets"}
+
+    def convert(key: Any, i: int, entry: Any) -> Any:
+        # Each entry is parsed as soon as the file's parser has it, and not kept in the document
+        # (see inventory_file: the whole document would pin its memory under the parsed objects).
+        place = f"{key}[{i}]"
+        if key == "items":  # a kubectl List
+            kind = entry.get("kind") if isinstance(entry, dict) else None
+            if not isinstance(kind, str) or kind not in kinds:
+                raise InventoryError(f"static inventory {path}: {place} has kind {_short(kind)}; "
+                                     "only Pod, Node and ReplicaSet are understood")
+            key = kinds[kind]
+        elif key not in sections:
+            return entry  # an unknown key: refused below, whole
+        what, parsed, parse = sections[key]
+        parsed.append(_parse_entry(f"static inventory {path}: {place}", entry, what, parse))
+        return None
+
     try:
-        doc = load_text(text)  # JSON, or YAML without safe_load's node tree (see inventory_file)
+        doc = load_text(text, convert)  # JSON, or YAML without safe_load's node tree (see inventory_file)
     except yaml.YAMLError as exc:
         raise InventoryError(f"static inventory {path} is not valid YAML: {exc}") from exc
     if doc is None:
@@ -157,54 +193,22 @@ def _load(path: str | Path, parser: ObjectParser) -> Inventory:
     if unknown:
         raise InventoryError(f"static inventory {path}: unknown top-level key(s) {', '.join(unknown)[:200]}; "
                              "expected nodes, pods, replicasets or items")
-    sections: dict[str, list[tuple[str, Any]]] = {"nodes": [], "pods": [], "replicasets": []}
     for name in (*sections, "items"):
         if not isinstance(doc.get(name) or [], list):
             raise InventoryError(f"static inventory {path}: {name} must be a list, got {_short(doc[name])}")
-    for name in sections:
-        sections[name] += [(f"{name}[{i}]", e) for i, e in enumerate(doc.get(name) or [])]
-    kinds = {"Pod": "pods", "Node": "nodes", "ReplicaSet": "replicasets"}
-    for i, item in enumerate(doc.get("items") or []):  # a kubectl List
-        kind = item.get("kind") if isinstance(item, dict) else None
-        if not isinstance(kind, str) or kind not in kinds:
-            raise InventoryError(f"static inventory {path}: items[{i}] has kind {_short(kind)}; "
-                                 "only Pod, Node and ReplicaSet are understood")
-        sections[kinds[kind]].append((f"items[{i}]", item))
-    # From here the entries are only in ``sections``, each dropped once parsed (``_parse_each``): the parsed
-    # objects reuse its memory instead of adding to the whole document's.
-    del doc
-
-    def replicaset(entry: dict[str, Any], where: str) -> tuple[str, tuple[str, str] | None]:
-        rs = entry
-        if "metadata" not in entry:
-            _check_short(entry, _RS_KEYS, where)
-            rs = {"metadata": {"name": entry["name"], "namespace": entry.get("namespace") or "default",
-                               "ownerReferences": _owner_refs(entry, where)}}
-        return parser.replicaset(rs)
-
-    pods = _parse_each(path, sections["pods"], "pod", lambda e, w: parser.pod(_pod_object(e, w)))
-    nodes = _parse_each(path, sections["nodes"], "node", lambda e, w: parser.node(_node_object(e, w)))
-    replicasets = _parse_each(path, sections["replicasets"], "replicaset", replicaset)
     return pods, nodes, replicasets
 
 
-def _parse_each(
-    path: str | Path, entries: list[tuple[str, Any]], what: str, parse: Callable[[dict[str, Any], str], T]
-) -> list[T]:
-    """Parse every entry of one inventory section; errors name the file, the entry and what is wrong."""
-    parsed: list[T] = []
-    for i, (place, entry) in enumerate(entries):
-        entries[i] = (place, None)
-        where = f"static inventory {path}: {place}"
-        if not isinstance(entry, dict):
-            raise InventoryError(f"{where}: expected a mapping, got {_short(entry)}")
-        try:
-            parsed.append(parse(entry, where))
-        except InvalidObject as exc:
-            raise InventoryError(f"{where}: {exc}") from exc
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise InventoryError(f"{where}: malformed {what} ({_short(exc)})") from exc
-    return parsed
+def _parse_entry(where: str, entry: Any, what: str, parse: Callable[[dict[str, Any], str], T]) -> T:
+    """Parse one inventory entry; errors name the file, the entry and what is wrong."""
+    if not isinstance(entry, dict):
+        raise InventoryError(f"{where}: expected a mapping, got {_short(entry)}")
+    try:
+        return parse(entry, where)
+    except InvalidObject as exc:
+        raise InventoryError(f"{where}: {exc}") from exc
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InventoryError(f"{where}: malformed {what} ({_short(exc)})") from exc
 
 
 class StaticSource:

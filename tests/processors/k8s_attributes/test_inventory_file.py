@@ -83,3 +83,31 @@ def test_random_documents_in_every_dump_style_read_alike(style: bool | None) -> 
 def test_bad_text_is_a_yaml_error_that_says_what(text: str, what: str) -> None:
     with pytest.raises(yaml.YAMLError, match=what):
         load_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "pods:\n- {name: a}\n- {name: b, ips: [10.0.0.1]}\nnodes:\n- {name: n}\nother: {pods: [1, 2]}\n",
+    '{"pods": [{"name": "a"}, {"name": "b", "ips": ["10.0.0.1"]}], "nodes": [{"name": "n"}], '
+    '"other": {"pods": [1, 2]}}',
+])
+def test_convert_gets_each_top_level_list_item_in_order_and_the_list_keeps_its_result(text: str) -> None:
+    seen: list[tuple[Any, int, Any]] = []
+
+    def convert(key: Any, position: int, item: Any) -> Any:
+        seen.append((key, position, item))
+        return f"{key}#{position}"
+
+    doc = load_text(text, convert)
+    # Only lists directly under a top-level key: the nested "other.pods" list is left as it is.
+    assert seen == [("pods", 0, {"name": "a"}), ("pods", 1, {"name": "b", "ips": ["10.0.0.1"]}),
+                    ("nodes", 0, {"name": "n"})]
+    assert doc == {"pods": ["pods#0", "pods#1"], "nodes": ["nodes#0"], "other": {"pods": [1, 2]}}
+
+
+def test_convert_has_each_yaml_item_before_the_rest_of_the_file_is_read() -> None:
+    # Items are handed over as they complete, so that the whole document never exists at once; an error
+    # further on comes after the items before it.
+    seen: list[Any] = []
+    with pytest.raises(yaml.YAMLError):
+        load_text("pods:\n- {name: a}\n- {name: b}\n- {name: [unclosed\n", lambda k, i, item: seen.append(item))
+    assert seen == [{"name": "a"}, {"name": "b"}]
