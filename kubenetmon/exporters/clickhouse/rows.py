@@ -466,14 +466,12 @@ class RowMapper:
         over = np.zeros(count, dtype=bool)
         sums = []
         for values in (nbytes, npackets):
-            total = np.zeros(count, dtype=np.uint64)
-            np.add.at(total, group, values)
             hi = np.zeros(count, dtype=np.uint64)
             np.add.at(hi, group, values >> np.uint64(32))
             lo = np.zeros(count, dtype=np.uint64)
             np.add.at(lo, group, values & np.uint64(0xFFFFFFFF))
             over |= (hi + (lo >> np.uint64(32))) >= np.uint64(2**32)
-            sums.append(total)
+            sums.append((hi << np.uint64(32)) + lo)  # the sum itself, exact where it fits (the others split)
         out_b, out_p = sums
         out_keys = {k: v[first] for k, v in keys.items()}  # each group's key, read off its first row
         if not over.any():
