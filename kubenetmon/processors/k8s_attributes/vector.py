@@ -416,14 +416,16 @@ class VectorAttributor:
         extra: list[str] = []  # strings this batch needs that the snapshot lacks (an unknown observer)
         extra_ids: dict[str, int] = {}
 
-        def string_id(value: str) -> int:
+        def string_id(value: str) -> tuple[int, bool]:
+            """The id of ``value`` for this batch, and whether the snapshot has it (else a per-batch string)."""
             found = snap.string_id(value)
-            if found is None:
-                found = extra_ids.get(value)
-                if found is None:
-                    found = extra_ids[value] = len(snap.dictionary) + len(extra)
-                    extra.append(value)
-            return found
+            if found is not None:
+                return found, True
+            added = extra_ids.get(value)
+            if added is None:
+                added = extra_ids[value] = len(snap.dictionary) + len(extra)
+                extra.append(value)
+            return added, False
 
         cache = snap.observers
         for i, text in enumerate(names):
@@ -434,8 +436,9 @@ class VectorAttributor:
                 if len(snap.inventories) > 1 and name not in snap.inventories[0].node_names:
                     ordinal = next((k for k, inv in enumerate(snap.inventories) if name in inv.node_names), 0)
                 zone = snap.inventories[ordinal].zone_of.get(name, "")
-                hit = (string_id(name), string_id(zone), ordinal, string_id(snap.cluster_names[ordinal]))
-                if snap.string_id(name) is not None and snap.string_id(zone) is not None:  # no per-batch string
+                (node_id, node_known), (zone_id, zone_known) = string_id(name), string_id(zone)
+                hit = (node_id, zone_id, ordinal, string_id(snap.cluster_names[ordinal])[0])
+                if node_known and zone_known:  # only what needs no per-batch string
                     cache[name] = hit
             obs_node[i], obs_zone[i], obs_cluster[i], obs_cluster_name[i] = hit
         obs_idx = observer.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
