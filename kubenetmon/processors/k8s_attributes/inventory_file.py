@@ -18,8 +18,8 @@ With ``convert``, each item of a list under a top-level key (``pods:``,
 ``convert`` returns is kept in the list: the whole document never exists at
 once. It matters beyond the peak: objects kept from a document parsed whole
 sit among the freed ones (pymalloc frees an arena only when all of it is
-free): a 50k-pod inventory left 66 MB of RSS for 30 MB of kept objects,
-26-30 MB when its items are converted as they come.
+free): loading a 50k-pod inventory left 66 MB of RSS for 30 MB of kept
+objects, 36 MB when its items are converted as they come.
 
 Errors are ``yaml.YAMLError`` (with the position), as from ``safe_load``.
 """
